@@ -1,0 +1,45 @@
+"""Timing and behaviour settings of the emulated node stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """How the emulated node stack behaves in time.
+
+    Defaults are the real platform's values. ``time_scale`` multiplies every platform delay and
+    period (webhook retry delays, the pod orchestrator's period, its health-check timeout and its
+    token-refresh threshold), so ``time_scale=0.01`` runs the same policy a hundred times faster.
+    """
+
+    #: First retry delay of a webhook delivery answered with 5xx (seconds); doubles per retry.
+    delivery_base_delay: float = 1.0
+    #: Retries of a webhook delivery after the first attempt, only on 5xx.
+    delivery_max_retries: int = 5
+    #: Jitter added to each retry delay, as a fraction of it (0.2: up to +20 %).
+    delivery_jitter: float = 0.2
+    #: Timeout of one webhook POST; a timeout drops the message (seconds).
+    delivery_timeout: float = 10.0
+    #: Period of the pod orchestrator's health, partner-status and token checks (seconds).
+    po_period: float = 10.0
+    #: A node whose /healthz takes longer than this is marked failed (seconds).
+    po_healthz_timeout: float = 10.0
+    #: The PO pushes a new token when the remaining lifetime falls under this (seconds).
+    po_token_threshold: float = 21.0
+    #: Whether the pod orchestrator runs its periodic loop at all.
+    po_enabled: bool = True
+    #: Lifetime of minted Keycloak tokens (seconds); FLAME sees 300 to 1800.
+    token_lifetime: float = 1800.0
+    #: Multiplies every delay and period above except the token lifetime.
+    time_scale: float = 1.0
+
+    def scaled(self, seconds: float) -> float:
+        """A platform delay in this stack's time."""
+        return seconds * self.time_scale
+
+    @classmethod
+    def fast(cls, **changes: object) -> StackSettings:
+        """Settings for tests: the real policy, 100 times faster."""
+        return replace(cls(time_scale=0.01), **changes)  # type: ignore[arg-type]

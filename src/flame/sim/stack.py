@@ -1,0 +1,509 @@
+"""The emulated FLAME node stack: one analysis, N nodes, every service of WIRE.md behind one ASGI app.
+
+A :class:`FlameStack` plays, for every node of one analysis, the sidecar nginx and the services behind
+it: message broker (with the hub relay between nodes), storage service, hub adapter, Kong, pod
+orchestrator, and each node's Keycloak. It is one ASGI application routed like the sidecar:
+
+- by ``Host``: ``http://nginx-{DEPLOYMENT_NAME}/<prefix>/...``, as an unmodified FLAME client sends it;
+- by path: ``{base}/node/{DEPLOYMENT_NAME}/<prefix>/...``, a per-node base URL for served mode;
+- ``/_sim/...``: the emulator's own API (nodes, final results, events, key sets, restarts).
+
+Two modes run the same code. In-process: clients use :meth:`FlameStack.client` (httpx's ASGI
+transport), webhooks are delivered in-process. Served: :meth:`FlameStack.serve` runs uvicorn on
+127.0.0.1 and webhooks travel over real HTTP to the analysis APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI, HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from flame.sim import backends, broker, data, po, storage
+from flame.sim.events import EventLog
+from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
+from flame.sim.issuer import JWKS_PATH, TokenIssuer
+from flame.sim.node import NodeSpec, SimNode
+from flame.sim.proxy import SidecarTransport, forward
+from flame.sim.settings import StackSettings
+
+#: Paths the sidecar lets through to each service (WIRE.md section 1); ``{a}``/``{p}``: analysis/project.
+_ALLOWED = {
+    "message-broker": r"^/analyses/{a}/(participants(/self)?|messages(/.*)?)$",
+    "storage": r"^/(final|local|intermediate)(/.*)?$",
+    "hub-adapter": r"^/kong/datastore/{p}$",
+    "kong": r"^/.+$",
+    "po": r"^/stream_logs$",
+    "analysis": r"^/.*$",
+}
+
+RestartListener = Callable[[SimNode, dict[str, str]], Any]
+
+
+class FlameStack:
+    """One analysis on N emulated FLAME nodes.
+
+    Use it as an async context manager (``async with FlameStack.create(3) as stack:``), or call
+    :meth:`start` and :meth:`aclose`. Everything it does is recorded in :attr:`events`.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec],
+        *,
+        analysis_id: str | None = None,
+        project_id: str | None = None,
+        storage_backend: backends.StorageBackend | None = None,
+        settings: StackSettings | None = None,
+        seed: int = 0,
+        faults: FaultPlan | None = None,
+        keycloak_url: str = "http://keycloak.sim",
+    ) -> None:
+        names = [spec.name for spec in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node names must be unique, got {names}")
+        if sum(spec.role == "aggregator" for spec in nodes) != 1:
+            raise ValueError("exactly one node must have role 'aggregator'")
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", name):
+                raise ValueError(f"node name {name!r}: use lowercase letters, digits and '-'")
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.analysis_id = analysis_id or str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        self.project_id = project_id or str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        self.settings = settings or StackSettings()
+        self.faults = faults or FaultPlan(seed=seed)
+        self.events = EventLog()
+        self._tmpdir: str | None = None
+        if storage_backend is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="flame-stack-")
+            storage_backend = backends.LocalFolderBackend(Path(self._tmpdir))
+        self.storage_backend = storage_backend
+        signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.nodes: dict[str, SimNode] = {}
+        for spec in nodes:
+            issuer = TokenIssuer(f"{keycloak_url}/{spec.name}", private_key=signing_key)
+            self.nodes[spec.name] = SimNode(spec, self.analysis_id, issuer)
+        for node in self.nodes.values():
+            node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
+        self._restart_listeners: list[RestartListener] = []
+        self._analysis_clients: dict[str, httpx.AsyncClient] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started_at: float | None = None
+        self._server: uvicorn.Server | None = None
+        self._server_task: asyncio.Task[Any] | None = None
+        self.base_url: str | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.app = StackApp(self)
+        self.broker = broker.Broker(self)
+        self.po = po.PodOrchestrator(self)
+        self.service_apps: dict[str, Any] = {
+            "message-broker": broker.create_app(self),
+            "storage": storage.create_app(self),
+            "hub-adapter": data.create_hub_adapter_app(self),
+            "kong": data.create_kong_app(self),
+            "po": po.create_app(self),
+        }
+        self.admin_app = _create_admin_app(self)
+
+    @classmethod
+    def create(
+        cls, analysis_nodes: int = 3, *, data_root: Path | str | None = None, **kwargs: Any
+    ) -> FlameStack:
+        """A stack with one aggregator and ``analysis_nodes`` analysis nodes ``node-1`` ... ``node-N``.
+
+        With ``data_root``, node ``node-i`` reads its data from ``data_root/node-i`` (sub-folders
+        ``fhir/`` and ``s3/``).
+        """
+        root = Path(data_root) if data_root is not None else None
+        specs = [NodeSpec("aggregator", role="aggregator")]
+        for i in range(1, analysis_nodes + 1):
+            name = f"node-{i}"
+            folder = root / name if root is not None and (root / name).is_dir() else None
+            specs.append(NodeSpec(name, role="default", data_dir=folder))
+        return cls(specs, **kwargs)
+
+    # -- lookup -------------------------------------------------------------------------------------
+
+    def node(self, name: str) -> SimNode:
+        """The node called ``name``; KeyError with the known names otherwise."""
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise KeyError(f"no node {name!r}; nodes: {', '.join(self.nodes)}") from None
+
+    def node_by_id(self, node_id: str) -> SimNode | None:
+        return next((n for n in self.nodes.values() if n.node_id == node_id), None)
+
+    def node_by_deployment(self, deployment: str) -> SimNode | None:
+        return next((n for n in self.nodes.values() if n.deployment_name == deployment), None)
+
+    def node_by_host(self, host: str) -> SimNode | None:
+        return self.node_by_deployment(host[len("nginx-") :]) if host.startswith("nginx-") else None
+
+    def now(self) -> float:
+        """Seconds since :meth:`start`, the time base of fault rules."""
+        return 0.0 if self._started_at is None else time.monotonic() - self._started_at
+
+    def is_reachable(self, host: str) -> bool:
+        """Whether ``nginx-...`` names a current deployment whose pod is up."""
+        node = self.node_by_host(host)
+        return node is not None and not self.faults.offline(node.name, self.now())
+
+    # -- environment --------------------------------------------------------------------------------
+
+    def env(self, name: str, *, per_node_url: bool | None = None) -> dict[str, str]:
+        """The five variables a FLAME container of node ``name`` gets, plus local-run overrides.
+
+        In served mode (or with ``per_node_url=True``) ``FLAME_BASE_URL`` points at the node's base
+        URL on loopback, since ``nginx-...`` does not resolve outside a cluster.
+        """
+        node = self.node(name)
+        env = {
+            "ANALYSIS_ID": self.analysis_id,
+            "PROJECT_ID": self.project_id,
+            "DEPLOYMENT_NAME": node.deployment_name,
+            "KEYCLOAK_TOKEN": node.token,
+            "DATA_SOURCE_TOKEN": node.data_key if node.role == "default" else "none_needed",
+        }
+        if per_node_url is None:
+            per_node_url = self.base_url is not None
+        if per_node_url:
+            env["FLAME_BASE_URL"] = self.node_base_url(name)
+        return env
+
+    def node_base_url(self, name: str) -> str:
+        """``{base}/node/{DEPLOYMENT_NAME}``: the node's sidecar under the served stack's address."""
+        base = self.base_url or "http://stack.sim"
+        return f"{base}/node/{self.node(name).deployment_name}"
+
+    def jwks_url(self, name: str) -> str:
+        """Where node ``name``'s Keycloak key set is served (served mode: a real URL)."""
+        base = self.base_url or "http://stack.sim"
+        return f"{base}/_sim/keycloak/{name}{JWKS_PATH}"
+
+    # -- analyses attached to nodes ------------------------------------------------------------------
+
+    def attach_analysis(self, name: str, target: Any) -> None:
+        """Tell the sidecar of node ``name`` where its analysis API is: an ASGI app or a base URL."""
+        node = self.node(name)
+        node.analysis_target = target
+        old = self._analysis_clients.pop(name, None)
+        if old is not None:
+            self._spawn(old.aclose())
+        if target is None:
+            return
+        if isinstance(target, str):
+            self._analysis_clients[name] = httpx.AsyncClient(base_url=target.rstrip("/"), timeout=None)
+        else:
+            transport = httpx.ASGITransport(app=target)
+            self._analysis_clients[name] = httpx.AsyncClient(
+                transport=transport, base_url="http://analysis", timeout=None
+            )
+
+    def analysis_client(self, name: str) -> httpx.AsyncClient | None:
+        return self._analysis_clients.get(name)
+
+    def on_restart(self, listener: RestartListener) -> None:
+        """Call ``listener(node, env)`` whenever a node is restarted."""
+        self._restart_listeners.append(listener)
+
+    async def restart_node(self, name: str, reason: str = "requested") -> dict[str, str]:
+        """Restart node ``name`` as the pod orchestrator does: new deployment, new token, memory lost.
+
+        The old ``nginx-...`` host stops resolving; subscriptions the old pod made stay at the broker
+        (as on FLAME) and their deliveries fail. Returns the new environment.
+        """
+        node = self.node(name)
+        with node.lock:
+            node.restart_counter += 1
+            node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
+        self.attach_analysis(name, None)
+        self.events.record("node.restart", name, deployment=node.deployment_name, reason=reason)
+        env = self.env(name)
+        for listener in list(self._restart_listeners):
+            result = listener(node, env)
+            if asyncio.iscoroutine(result):
+                await result
+        return env
+
+    # -- clients ------------------------------------------------------------------------------------
+
+    def client(self, name: str, **kwargs: Any) -> httpx.AsyncClient:
+        """An in-process client whose base URL is node ``name``'s sidecar ``http://nginx-...``."""
+        transport = SidecarTransport(self.app, self.is_reachable)
+        return httpx.AsyncClient(transport=transport, base_url=f"http://{self.node(name).host}", **kwargs)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> FlameStack:
+        """Start the stack's background work (deliveries, pod orchestrator, timed faults)."""
+        if self._started_at is not None:
+            return self
+        self._started_at = time.monotonic()
+        self.http = httpx.AsyncClient(
+            transport=SidecarTransport(self.app, self.is_reachable),
+            timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout)),
+        )
+        self.events.record("stack.start", analysis_id=self.analysis_id, nodes=list(self.nodes))
+        if self.settings.po_enabled:
+            self._spawn(self.po.run())
+        if self.faults.timed():
+            self._spawn(self._run_timed_faults())
+        return self
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the stack over HTTP on loopback (served mode); returns the base URL."""
+        await self.start()
+        if self._server is not None:
+            assert self.base_url is not None
+            return self.base_url
+        # Bind the socket here so the port is known, and connections queue, before uvicorn runs.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", timeout_graceful_shutdown=1)
+        server = uvicorn.Server(config)
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self._server = server
+        self._server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        bound = sock.getsockname()
+        self.base_url = f"http://{bound[0]}:{bound[1]}"
+        self.events.record("stack.serve", url=self.base_url)
+        return self.base_url
+
+    async def aclose(self) -> None:
+        """Stop everything the stack started, and remove its temporary storage folder."""
+        if self._server is not None and self._server_task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server_task, 5.0)
+            self._server = None
+            self.base_url = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.aclose()
+        for client in self._analysis_clients.values():
+            await client.aclose()
+        self._analysis_clients.clear()
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+        await self.storage_backend.aclose()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+        self._started_at = None
+
+    async def __aenter__(self) -> FlameStack:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run_timed_faults(self) -> None:
+        for rule in self.faults.timed():
+            delay = rule.at - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if isinstance(rule, TokenExpiry):
+                count = self.node(rule.node).issuer.expire_all()
+                self.events.record("fault.token_expiry", rule.node, tokens=count)
+            elif isinstance(rule, NodeRestart):
+                self.events.record("fault.restart", rule.node)
+                await self.restart_node(rule.node, reason="fault")
+
+    # -- final results -------------------------------------------------------------------------------
+
+    async def final_results(self, analysis_id: str | None = None) -> dict[str, bytes]:
+        """The final results submitted for an analysis (this one by default): filename -> bytes."""
+        return await storage.read_final_results(self, analysis_id or self.analysis_id)
+
+
+class StackApp:
+    """The ASGI app that routes like each node's sidecar nginx (see the module docstring)."""
+
+    def __init__(self, stack: FlameStack) -> None:
+        self.stack = stack
+        self._allowed = {
+            service: re.compile(
+                pattern.replace("{a}", re.escape(stack.analysis_id)).replace("{p}", re.escape(stack.project_id))
+            )
+            for service, pattern in _ALLOWED.items()
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        stack = self.stack
+        host = _header(scope, b"host").split(":")[0]
+        path: str = scope["path"]
+        node: SimNode | None
+        if host.startswith("nginx-"):
+            node = stack.node_by_host(host)
+            if node is None:
+                await _plain(scope, receive, send, 502, f"no pod answers for {host}")
+                return
+        elif path.startswith("/node/"):
+            deployment, _, rest = path[len("/node/") :].partition("/")
+            node = stack.node_by_deployment(deployment)
+            if node is None:
+                await _plain(scope, receive, send, 404, f"no deployment {deployment!r} in this stack")
+                return
+            path = "/" + rest
+        elif path == "/_sim" or path.startswith("/_sim/"):
+            await stack.admin_app(scope, receive, send)
+            return
+        else:
+            await _plain(scope, receive, send, 404, "address a node: Host nginx-{DEPLOYMENT_NAME} or /node/{name}/...")
+            return
+        if stack.faults.offline(node.name, stack.now()):
+            await _plain(scope, receive, send, 502, f"the pod of {node.name} is offline")
+            return
+        if path == "/healthz":
+            await _plain(scope, receive, send, 200, "healthy")
+            return
+        service, tail = _split_service(path)
+        if service is None or not self._allowed[service].match(tail):
+            await _plain(scope, receive, send, 404, "not routed by the sidecar")
+            return
+        status = stack.faults.outage(service, node.name, stack.now())
+        if status is not None:
+            stack.events.record("fault.outage", node.name, service=service, status=status, path=tail)
+            await _plain(scope, receive, send, status, "service unavailable (injected)")
+            return
+        inner = dict(scope)
+        inner["path"] = tail
+        inner["raw_path"] = tail.encode()
+        inner["root_path"] = ""
+        inner["flame.node"] = node
+        inner["flame.stack"] = stack
+        if service == "analysis":
+            await _forward_to_analysis(stack, node, inner, receive, send)
+        else:
+            await stack.service_apps[service](inner, receive, send)
+
+
+def _split_service(path: str) -> tuple[str | None, str]:
+    for prefix, service in (
+        ("/message-broker", "message-broker"),
+        ("/storage", "storage"),
+        ("/hub-adapter", "hub-adapter"),
+        ("/kong", "kong"),
+        ("/po", "po"),
+        ("/analysis", "analysis"),
+    ):
+        if path == prefix or path.startswith(prefix + "/"):
+            return service, path[len(prefix) :] or "/"
+    return None, path
+
+
+async def _forward_to_analysis(stack: FlameStack, node: SimNode, scope: Scope, receive: Receive, send: Send) -> None:
+    client = stack.analysis_client(node.name)
+    if client is None:
+        response: Response = PlainTextResponse("the analysis is not running", status_code=502)
+    else:
+        request = Request(scope, receive)
+        url = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+        response = await forward(request, client, url)
+    await response(scope, receive, send)
+
+
+async def _plain(scope: Scope, receive: Receive, send: Send, status: int, text: str) -> None:
+    await PlainTextResponse(text, status_code=status)(scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _create_admin_app(stack: FlameStack) -> FastAPI:
+    app = FastAPI(title="flame emulated stack", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/_sim/nodes")
+    async def nodes() -> list[dict[str, Any]]:
+        return [
+            {
+                "name": n.name,
+                "nodeId": n.node_id,
+                "nodeType": n.role,
+                "deployment": n.deployment_name,
+                "host": n.host,
+                "baseUrl": stack.node_base_url(n.name),
+            }
+            for n in stack.nodes.values()
+        ]
+
+    @app.get("/_sim/keycloak/{name}" + JWKS_PATH)
+    async def jwks(name: str) -> dict[str, Any]:
+        if name not in stack.nodes:
+            raise HTTPException(404, f"no node {name!r}")
+        return stack.nodes[name].issuer.jwks()
+
+    @app.get("/_sim/final/{analysis_id}")
+    async def final_list(analysis_id: str) -> dict[str, Any]:
+        results = await stack.final_results(analysis_id)
+        return {"analysisId": analysis_id, "results": [{"filename": k, "size": len(v)} for k, v in results.items()]}
+
+    @app.get("/_sim/final/{analysis_id}/{filename}")
+    async def final_get(analysis_id: str, filename: str) -> Response:
+        results = await stack.final_results(analysis_id)
+        if filename not in results:
+            raise HTTPException(404, f"no final result {filename!r}")
+        return Response(results[filename], media_type="application/octet-stream")
+
+    @app.get("/_sim/events")
+    async def events(kind: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in stack.events.to_list() if kind is None or str(e["kind"]).startswith(kind)]
+
+    @app.post("/_sim/nodes/{name}/restart")
+    async def restart(name: str) -> JSONResponse:
+        if name not in stack.nodes:
+            raise HTTPException(404, f"no node {name!r}")
+        env = await stack.restart_node(name)
+        return JSONResponse({"deployment": env["DEPLOYMENT_NAME"]})
+
+    return app
