@@ -141,7 +141,9 @@ class NodeConfig:
                 "KEYCLOAK_TOKEN", "is not set", "the node Keycloak's JWT (it may be empty if minting failed)"
             )
         keycloak = env["KEYCLOAK_TOKEN"].strip() or None
-        data_token = _required(env, "DATA_SOURCE_TOKEN", f"the Kong API key, or {NO_DATA_ACCESS!r} on aggregators")
+        data_token = _required(
+            env, "DATA_SOURCE_TOKEN", f"the Kong API key, or {NO_DATA_ACCESS!r} on aggregators"
+        )
         return cls(
             analysis_id=analysis_id,
             project_id=project_id,
@@ -178,7 +180,9 @@ def _url(env: Mapping[str, str], name: str) -> str:
     value = env[name].strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(name, f"{value!r} is not an absolute http(s) URL", "a URL such as http://127.0.0.1:8080")
+        raise ConfigurationError(
+            name, f"{value!r} is not an absolute http(s) URL", "a URL such as http://127.0.0.1:8080"
+        )
     return value.rstrip("/")
 
 
@@ -203,7 +207,9 @@ def _role(env: Mapping[str, str]) -> NodeRole | None:
     if not raw:
         return None
     if raw not in ("default", "aggregator"):
-        raise ConfigurationError("FLAME_NODE_ROLE", f"{raw!r} is not a node role", "'default' or 'aggregator'")
+        raise ConfigurationError(
+            "FLAME_NODE_ROLE", f"{raw!r} is not a node role", "'default' or 'aggregator'"
+        )
     return raw  # type: ignore[return-value]
 
 

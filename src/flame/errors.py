@@ -58,7 +58,9 @@ class TokenMalformedError(TokenError):
 class TokenExpiredError(TokenError):
     """The token's ``exp`` lies in the past (beyond the clock-skew allowance)."""
 
-    def __init__(self, message: str, *, expired_seconds_ago: float, token_name: str = "KEYCLOAK_TOKEN") -> None:
+    def __init__(
+        self, message: str, *, expired_seconds_ago: float, token_name: str = "KEYCLOAK_TOKEN"
+    ) -> None:
         self.expired_seconds_ago = expired_seconds_ago
         super().__init__(message, token_name=token_name)
 

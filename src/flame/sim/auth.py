@@ -41,9 +41,7 @@ def broker_claims(request: Request) -> dict[str, Any]:
     try:
         return current_node(request).issuer.verify(token)
     except InvalidToken:
-        raise HTTPException(
-            401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        ) from None
+        raise HTTPException(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 
 
 def service_claims(request: Request) -> dict[str, Any]:

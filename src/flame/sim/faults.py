@@ -182,7 +182,9 @@ def parse_faults(spec: str, seed: int = 0) -> FaultPlan:
         try:
             plan.add(_parse_rule(raw))
         except (ValueError, IndexError) as exc:
-            raise ValueError(f"cannot read fault rule {raw!r}: {exc}. See flame.sim.faults.parse_faults.") from None
+            raise ValueError(
+                f"cannot read fault rule {raw!r}: {exc}. See flame.sim.faults.parse_faults."
+            ) from None
     return plan
 
 
@@ -208,7 +210,9 @@ def _parse_rule(raw: str) -> Rule:
         )
     if name == "outage":
         start, end = _window(parts[1])
-        return ServiceOutage(service=parts[0], start=start, end=end, node=parts[2] if len(parts) > 2 else None)  # type: ignore[arg-type]
+        return ServiceOutage(
+            service=parts[0], start=start, end=end, node=parts[2] if len(parts) > 2 else None
+        )  # type: ignore[arg-type]
     if name == "expire":
         return TokenExpiry(node=parts[0], at=float(parts[1]))
     if name == "restart":
@@ -216,7 +220,9 @@ def _parse_rule(raw: str) -> Rule:
     if name == "offline":
         start, end = _window(parts[1])
         return NodeOffline(node=parts[0], start=start, end=end)
-    raise ValueError(f"unknown fault {name!r} (drop, duplicate, reorder, delay, outage, expire, restart, offline)")
+    raise ValueError(
+        f"unknown fault {name!r} (drop, duplicate, reorder, delay, outage, expire, restart, offline)"
+    )
 
 
 def _window(text: str) -> tuple[float, float]:

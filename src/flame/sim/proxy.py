@@ -50,7 +50,9 @@ class SidecarTransport(httpx.AsyncBaseTransport):
         await self._network.aclose()
 
 
-async def forward(request: Request, client: httpx.AsyncClient, url: str, *, timeout: float | None = None) -> Response:
+async def forward(
+    request: Request, client: httpx.AsyncClient, url: str, *, timeout: float | None = None
+) -> Response:
     """Forward ``request`` to ``url`` and stream the answer back, as a reverse proxy does."""
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
     upstream = client.build_request(

@@ -323,7 +323,7 @@ class FlameStack:
         await self.aclose()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -354,7 +354,9 @@ class StackApp:
         self.stack = stack
         self._allowed = {
             service: re.compile(
-                pattern.replace("{a}", re.escape(stack.analysis_id)).replace("{p}", re.escape(stack.project_id))
+                pattern.replace("{a}", re.escape(stack.analysis_id)).replace(
+                    "{p}", re.escape(stack.project_id)
+                )
             )
             for service, pattern in _ALLOWED.items()
         }
@@ -385,7 +387,9 @@ class StackApp:
             await stack.admin_app(scope, receive, send)
             return
         else:
-            await _plain(scope, receive, send, 404, "address a node: Host nginx-{DEPLOYMENT_NAME} or /node/{name}/...")
+            await _plain(
+                scope, receive, send, 404, "address a node: Host nginx-{DEPLOYMENT_NAME} or /node/{name}/..."
+            )
             return
         if stack.faults.offline(node.name, stack.now()):
             await _plain(scope, receive, send, 502, f"the pod of {node.name} is offline")
@@ -428,7 +432,9 @@ def _split_service(path: str) -> tuple[str | None, str]:
     return None, path
 
 
-async def _forward_to_analysis(stack: FlameStack, node: SimNode, scope: Scope, receive: Receive, send: Send) -> None:
+async def _forward_to_analysis(
+    stack: FlameStack, node: SimNode, scope: Scope, receive: Receive, send: Send
+) -> None:
     client = stack.analysis_client(node.name)
     if client is None:
         response: Response = PlainTextResponse("the analysis is not running", status_code=502)
@@ -486,7 +492,10 @@ def _create_admin_app(stack: FlameStack) -> FastAPI:
     @app.get("/_sim/final/{analysis_id}")
     async def final_list(analysis_id: str) -> dict[str, Any]:
         results = await stack.final_results(analysis_id)
-        return {"analysisId": analysis_id, "results": [{"filename": k, "size": len(v)} for k, v in results.items()]}
+        return {
+            "analysisId": analysis_id,
+            "results": [{"filename": k, "size": len(v)} for k, v in results.items()],
+        }
 
     @app.get("/_sim/final/{analysis_id}/{filename}")
     async def final_get(analysis_id: str, filename: str) -> Response:

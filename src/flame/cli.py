@@ -1,0 +1,113 @@
+"""The ``flame`` command line: ``flame demo``, ``flame check``, ``flame node up``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flame.errors import FlameError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flame`` command; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except FlameError as exc:
+        print(f"flame: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flame", description="Federated analyses on FLAME nodes.")
+    commands = parser.add_subparsers(title="commands")
+
+    demo = commands.add_parser("demo", help="run the README's main job on this machine")
+    demo.set_defaults(handler=_demo)
+
+    check = commands.add_parser("check", help="check this container's configuration and token")
+    check.add_argument("--jwks-url", help="verify the token's signature against this JWKS URL")
+    check.set_defaults(handler=_check)
+
+    node = commands.add_parser("node", help="the emulated FLAME node stack")
+    node_commands = node.add_subparsers(title="node commands")
+    up = node_commands.add_parser("up", help="serve an emulated node stack on loopback until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=3, help="number of analysis nodes (plus one aggregator)")
+    up.add_argument("--data", type=Path, help="data folder with one sub-folder per node (node-1, node-2, ...)")
+    up.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--storage", type=Path, help="folder that keeps node storage (default: temporary)")
+    up.add_argument("--seed", type=int, default=0, help="seed of ids and injected faults")
+    up.add_argument("--faults", default="", help="fault plan, e.g. 'drop=0.1;outage=storage@5-8'")
+    up.add_argument("--env-file", type=Path, help="also write each node's environment as JSON here")
+    up.set_defaults(handler=_node_up)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flame.demo import run_selfcheck
+
+    return run_selfcheck()
+
+
+def _check(args: argparse.Namespace) -> int:
+    from flame.demo import check_environment
+
+    return check_environment(jwks_url=args.jwks_url)
+
+
+def _node_up(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve_stack(args))
+
+
+async def _serve_stack(args: argparse.Namespace) -> int:
+    from flame.sim import FlameStack, parse_faults
+    from flame.sim.backends import LocalFolderBackend
+
+    if args.nodes < 1:
+        raise SystemExit("flame node up: --nodes must be at least 1")
+    if args.data is not None and not args.data.is_dir():
+        raise SystemExit(f"flame node up: --data {args.data} is not a folder")
+    backend = None
+    if args.storage is not None:
+        args.storage.mkdir(parents=True, exist_ok=True)
+        backend = LocalFolderBackend(args.storage)
+    stack = FlameStack.create(
+        args.nodes,
+        data_root=args.data,
+        storage_backend=backend,
+        seed=args.seed,
+        faults=parse_faults(args.faults, seed=args.seed),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        base = await stack.serve(port=args.port)
+        environments = {name: stack.env(name) for name in stack.nodes}
+        print(f"emulated FLAME node stack on {base} (analysis {stack.analysis_id})")
+        for name, env in environments.items():
+            print(f"\n# node {name} ({stack.node(name).role}, node id {stack.node(name).node_id})")
+            for key, value in env.items():
+                print(f"export {key}={value}")
+        if args.env_file is not None:
+            args.env_file.write_text(json.dumps(environments, indent=2))
+        print("\nPress Ctrl-C to stop.", flush=True)
+        await stop.wait()
+    finally:
+        await stack.aclose()
+        print("stopped.", flush=True)
+    return 0
