@@ -112,16 +112,15 @@ class PodOrchestrator:
         if record.status in FINAL_STATUSES or self.stack.analysis_client(node.name) is None:
             return
         settings = self.stack.settings
-        client = self.stack.http
-        if client is None:
-            return
+        client = self.stack.node_http(node.name)
         base = f"http://{node.host}/analysis"
         timeout = settings.scaled(settings.po_healthz_timeout)
         try:
-            answer = await client.get(f"{base}/healthz", timeout=timeout)
+            # wait_for as well: httpx timeouts do not apply to in-process (ASGI) requests
+            answer = await asyncio.wait_for(client.get(f"{base}/healthz", timeout=timeout), timeout)
             answer.raise_for_status()
             health = answer.json()
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, asyncio.TimeoutError) as exc:
             await self._unhealthy(node, f"healthz failed: {type(exc).__name__}")
             return
         record.last_health = health
@@ -131,8 +130,10 @@ class PodOrchestrator:
         partners = {
             n.node_id: self.records[n.name].status for n in self.stack.nodes.values() if n is not node
         }
-        with contextlib.suppress(httpx.HTTPError):
-            await client.post(f"{base}/partner_status", json={"partner_status": partners}, timeout=timeout)
+        with contextlib.suppress(httpx.HTTPError, asyncio.TimeoutError):
+            await asyncio.wait_for(
+                client.post(f"{base}/partner_status", json={"partner_status": partners}, timeout=timeout), timeout
+            )
         remaining = health.get("token_remaining_time")
         threshold = settings.scaled(settings.po_token_threshold)
         if isinstance(remaining, int | float) and remaining < max(threshold, 1.0):
@@ -144,14 +145,13 @@ class PodOrchestrator:
         node.token = token
         self.records[node.name].token_refreshes += 1
         status: int | None = None
-        if self.stack.http is not None:
-            try:
-                answer = await self.stack.http.post(
-                    f"http://{node.host}/analysis/token_refresh", json={"token": token}
-                )
-                status = answer.status_code
-            except httpx.HTTPError:
-                status = None
+        try:
+            answer = await self.stack.node_http(node.name).post(
+                f"http://{node.host}/analysis/token_refresh", json={"token": token}
+            )
+            status = answer.status_code
+        except httpx.HTTPError:
+            status = None
         self.stack.events.record("po.token_refresh", node.name, status=status)
 
     async def _unhealthy(self, node: SimNode, reason: str) -> None:

@@ -28,23 +28,30 @@ _HOP_BY_HOP = {
 class SidecarTransport(httpx.AsyncBaseTransport):
     """Sends requests for ``http://nginx-*`` hosts into the stack app, everything else to the network.
 
-    This stands in for the cluster DNS: inside a FLAME node ``nginx-{DEPLOYMENT_NAME}`` resolves to
-    the analysis' sidecar. A host the stack does not know (an old deployment after a restart, a node
-    that is offline) fails like an unresolvable host: :class:`httpx.ConnectError`.
+    This stands in for the cluster DNS of one node: inside a FLAME node ``nginx-{DEPLOYMENT_NAME}``
+    resolves to the analysis' sidecar. Every node of an analysis has the same deployment name, so
+    the transport is bound to the node whose cluster it stands in (``resolve`` maps a host name to
+    that node's name, or None). A host the node does not know (an old deployment after a restart, a
+    pod that is offline) fails like an unresolvable host: :class:`httpx.ConnectError`.
     """
 
-    def __init__(self, app: Any, is_reachable: Callable[[str], bool]) -> None:
-        self._inner = httpx.ASGITransport(app=app)
+    def __init__(self, app: Any, resolve: Callable[[str], str | None]) -> None:
+        self._app = app
+        self._resolve = resolve
         self._network = httpx.AsyncHTTPTransport()
-        self._is_reachable = is_reachable
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
-        if host.startswith("nginx-"):
-            if not self._is_reachable(host):
-                raise httpx.ConnectError(f"cannot resolve or reach {host}", request=request)
-            return await self._inner.handle_async_request(request)
-        return await self._network.handle_async_request(request)
+        if not host.startswith("nginx-"):
+            return await self._network.handle_async_request(request)
+        node = self._resolve(host)
+        if node is None:
+            raise httpx.ConnectError(f"cannot resolve or reach {host}", request=request)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await self._app({**scope, "flame.via": node}, receive, send)
+
+        return await httpx.ASGITransport(app=app).handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._network.aclose()

@@ -4,8 +4,11 @@ A :class:`FlameStack` plays, for every node of one analysis, the sidecar nginx a
 it: message broker (with the hub relay between nodes), storage service, hub adapter, Kong, pod
 orchestrator, and each node's Keycloak. It is one ASGI application routed like the sidecar:
 
-- by ``Host``: ``http://nginx-{DEPLOYMENT_NAME}/<prefix>/...``, as an unmodified FLAME client sends it;
-- by path: ``{base}/node/{DEPLOYMENT_NAME}/<prefix>/...``, a per-node base URL for served mode;
+- per node, as each node's cluster sees its sidecar ``http://nginx-{DEPLOYMENT_NAME}/<prefix>/...``.
+  Every node of an analysis has the same deployment name, so the node is told by the connection: the
+  in-process transport of that node (:meth:`FlameStack.client`), or in served mode the node's own
+  port on loopback. A ``Host`` of another (say, an earlier) deployment gets 502, like a dead pod;
+- by path: ``{base}/node/{name}/<prefix>/...`` on the stack's main address;
 - ``/_sim/...``: the emulator's own API (nodes, final results, events, key sets, restarts).
 
 Two modes run the same code. In-process: clients use :meth:`FlameStack.client` (httpx's ASGI
@@ -105,6 +108,9 @@ class FlameStack:
             node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
         self._restart_listeners: list[RestartListener] = []
         self._analysis_clients: dict[str, httpx.AsyncClient] = {}
+        self._node_http: dict[str, httpx.AsyncClient] = {}
+        self._node_ports: dict[str, int] = {}
+        self._port_to_node: dict[int, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started_at: float | None = None
         self._server: uvicorn.Server | None = None
@@ -152,20 +158,20 @@ class FlameStack:
     def node_by_id(self, node_id: str) -> SimNode | None:
         return next((n for n in self.nodes.values() if n.node_id == node_id), None)
 
-    def node_by_deployment(self, deployment: str) -> SimNode | None:
-        return next((n for n in self.nodes.values() if n.deployment_name == deployment), None)
-
-    def node_by_host(self, host: str) -> SimNode | None:
-        return self.node_by_deployment(host[len("nginx-") :]) if host.startswith("nginx-") else None
-
     def now(self) -> float:
         """Seconds since :meth:`start`, the time base of fault rules."""
         return 0.0 if self._started_at is None else time.monotonic() - self._started_at
 
-    def is_reachable(self, host: str) -> bool:
-        """Whether ``nginx-...`` names a current deployment whose pod is up."""
-        node = self.node_by_host(host)
-        return node is not None and not self.faults.offline(node.name, self.now())
+    def resolver(self, name: str) -> Callable[[str], str | None]:
+        """Host-name resolution inside node ``name``'s cluster: its current sidecar, if its pod is up."""
+
+        def resolve(host: str) -> str | None:
+            node = self.nodes[name]
+            if host != node.host or self.faults.offline(name, self.now()):
+                return None
+            return name
+
+        return resolve
 
     # -- environment --------------------------------------------------------------------------------
 
@@ -190,9 +196,14 @@ class FlameStack:
         return env
 
     def node_base_url(self, name: str) -> str:
-        """``{base}/node/{DEPLOYMENT_NAME}``: the node's sidecar under the served stack's address."""
-        base = self.base_url or "http://stack.sim"
-        return f"{base}/node/{self.node(name).deployment_name}"
+        """The node's sidecar in served mode: its own port on loopback, as ``http://nginx-...`` inside a node.
+
+        Before :meth:`serve`, the path form ``{base}/node/{name}`` of the in-process app.
+        """
+        port = self._node_ports.get(name)
+        if port is not None:
+            return f"http://127.0.0.1:{port}"
+        return f"{self.base_url or 'http://stack.sim'}/node/{self.node(name).name}"
 
     def jwks_url(self, name: str) -> str:
         """Where node ``name``'s Keycloak key set is served (served mode: a real URL)."""
@@ -247,9 +258,20 @@ class FlameStack:
     # -- clients ------------------------------------------------------------------------------------
 
     def client(self, name: str, **kwargs: Any) -> httpx.AsyncClient:
-        """An in-process client whose base URL is node ``name``'s sidecar ``http://nginx-...``."""
-        transport = SidecarTransport(self.app, self.is_reachable)
+        """An in-process client inside node ``name``'s cluster; its base URL is the sidecar ``http://nginx-...``."""
+        transport = SidecarTransport(self.app, self.resolver(name))
         return httpx.AsyncClient(transport=transport, base_url=f"http://{self.node(name).host}", **kwargs)
+
+    def node_http(self, name: str) -> httpx.AsyncClient:
+        """The client node ``name``'s own services use (broker deliveries, PO calls); cached per node."""
+        client = self._node_http.get(name)
+        if client is None:
+            client = httpx.AsyncClient(
+                transport=SidecarTransport(self.app, self.resolver(name)),
+                timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout)),
+            )
+            self._node_http[name] = client
+        return client
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -259,8 +281,7 @@ class FlameStack:
             return self
         self._started_at = time.monotonic()
         self.http = httpx.AsyncClient(
-            transport=SidecarTransport(self.app, self.is_reachable),
-            timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout)),
+            timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout))
         )
         self.events.record("stack.start", analysis_id=self.analysis_id, nodes=list(self.nodes))
         if self.settings.po_enabled:
@@ -275,18 +296,20 @@ class FlameStack:
         if self._server is not None:
             assert self.base_url is not None
             return self.base_url
-        # Bind the socket here so the port is known, and connections queue, before uvicorn runs.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
+        # One listening socket for the stack (``/node/{name}/...``, ``/_sim``) and one per node, as each
+        # node has its own sidecar; bound here so ports are known, and connections queue, before uvicorn runs.
+        sockets = [_listen(host, port)]
+        for name in self.nodes:
+            sockets.append(_listen(host, 0))
+            node_port = sockets[-1].getsockname()[1]
+            self._node_ports[name] = node_port
+            self._port_to_node[node_port] = name
         config = uvicorn.Config(self.app, lifespan="off", log_level="warning", timeout_graceful_shutdown=1)
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._server = server
-        self._server_task = asyncio.create_task(server.serve(sockets=[sock]))
-        bound = sock.getsockname()
+        self._server_task = asyncio.create_task(server.serve(sockets=sockets))
+        bound = sockets[0].getsockname()
         self.base_url = f"http://{bound[0]}:{bound[1]}"
         self.events.record("stack.serve", url=self.base_url)
         return self.base_url
@@ -304,9 +327,12 @@ class FlameStack:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.broker.aclose()
-        for client in self._analysis_clients.values():
+        for client in [*self._analysis_clients.values(), *self._node_http.values()]:
             await client.aclose()
         self._analysis_clients.clear()
+        self._node_http.clear()
+        self._node_ports.clear()
+        self._port_to_node.clear()
         if self.http is not None:
             await self.http.aclose()
             self.http = None
@@ -347,6 +373,15 @@ class FlameStack:
         return await storage.read_final_results(self, analysis_id or self.analysis_id)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
 class StackApp:
     """The ASGI app that routes like each node's sidecar nginx (see the module docstring)."""
 
@@ -370,26 +405,24 @@ class StackApp:
         stack = self.stack
         host = _header(scope, b"host").split(":")[0]
         path: str = scope["path"]
-        node: SimNode | None
-        if host.startswith("nginx-"):
-            node = stack.node_by_host(host)
-            if node is None:
-                await _plain(scope, receive, send, 502, f"no pod answers for {host}")
-                return
-        elif path.startswith("/node/"):
-            deployment, _, rest = path[len("/node/") :].partition("/")
-            node = stack.node_by_deployment(deployment)
-            if node is None:
-                await _plain(scope, receive, send, 404, f"no deployment {deployment!r} in this stack")
-                return
-            path = "/" + rest
-        elif path == "/_sim" or path.startswith("/_sim/"):
+        if path == "/_sim" or path.startswith("/_sim/"):
             await stack.admin_app(scope, receive, send)
             return
-        else:
-            await _plain(
-                scope, receive, send, 404, "address a node: Host nginx-{DEPLOYMENT_NAME} or /node/{name}/..."
-            )
+        name: str | None = scope.get("flame.via")
+        if name is None and scope.get("server"):
+            name = stack._port_to_node.get(scope["server"][1])
+        if name is None and path.startswith("/node/"):
+            name, _, rest = path[len("/node/") :].partition("/")
+            if name not in stack.nodes:
+                await _plain(scope, receive, send, 404, f"no node {name!r} in this stack")
+                return
+            path = "/" + rest
+        if name is None:
+            await _plain(scope, receive, send, 404, "address a node: its own port, or /node/{name}/...")
+            return
+        node = stack.nodes[name]
+        if host.startswith("nginx-") and host != node.host:
+            await _plain(scope, receive, send, 502, f"no pod answers for {host} on {name}")
             return
         if stack.faults.offline(node.name, stack.now()):
             await _plain(scope, receive, send, 502, f"the pod of {node.name} is offline")

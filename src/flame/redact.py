@@ -1,0 +1,241 @@
+"""Keep tokens and secrets out of log output.
+
+Three kinds of text are replaced by ``[REDACTED]``:
+
+- JWT-shaped strings: base64url segments joined by dots whose first segment starts with ``eyJ`` (the
+  Base64 of ``{"``), and lone header or payload segments of that shape;
+- whatever follows ``Bearer `` (an ``Authorization`` header value);
+- exact secrets registered with :func:`register_secret` (for example the ``DATA_SOURCE_TOKEN`` key).
+
+:func:`redact` applies this to a string. :class:`RedactTokensFilter` applies it to log records: it formats
+the message with its arguments first, so a token passed as an argument is caught too, and it redacts the
+formatted exception and stack text. :func:`install_redaction` makes every record of the ``flame`` logger
+hierarchy pass through the filter, whichever handler (on ``flame``, on root, added later) emits it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+REDACTED = "[REDACTED]"
+"""What a token or secret is replaced by."""
+
+MIN_SECRET_LENGTH = 8
+"""Shorter strings cannot be registered as secrets: replacing them would garble ordinary text."""
+
+_B64URL = r"[A-Za-z0-9_=-]"
+# A JWT (header.payload.signature), or a part of one: a header or payload segment always starts with eyJ.
+_JWT_RE = re.compile(rf"eyJ{_B64URL}{{8,}}(?:\.{_B64URL}+){{0,2}}")
+# RFC 6750 b64token after "Bearer ".
+_BEARER_RE = re.compile(r"(\bBearer\s+)[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+
+
+class _SecretSet:
+    """A thread-safe set of exact strings, with a compiled pattern matching any of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("a secret to redact must be a str")
+        if len(value) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"a secret to redact must be at least {MIN_SECRET_LENGTH} characters long; "
+                "shorter ones would garble ordinary log text"
+            )
+        with self._lock:
+            if value in self._secrets:
+                return
+            self._secrets = self._secrets | {value}
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+    def discard(self, value: str) -> None:
+        with self._lock:
+            if value not in self._secrets:
+                return
+            self._secrets = self._secrets - {value}
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+
+    def sub(self, text: str) -> str:
+        pattern = self._pattern  # one atomic read: a consistent snapshot
+        return pattern.sub(REDACTED, text) if pattern is not None else text
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+
+_GLOBAL_SECRETS = _SecretSet()
+
+
+def register_secret(value: str) -> None:
+    """Redact this exact string everywhere from now on (in :func:`redact` and every filter).
+
+    Raises :class:`ValueError` for strings shorter than :data:`MIN_SECRET_LENGTH` characters.
+    """
+    _GLOBAL_SECRETS.add(value)
+
+
+def unregister_secret(value: str) -> None:
+    """Stop redacting a string registered with :func:`register_secret` (no error if it was not)."""
+    _GLOBAL_SECRETS.discard(value)
+
+
+def _redact_shapes(text: str) -> str:
+    text = _JWT_RE.sub(REDACTED, text)
+    return _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with JWTs (and parts of them), Bearer values and registered secrets replaced."""
+    return _redact_shapes(_GLOBAL_SECRETS.sub(text))
+
+
+class RedactTokensFilter(logging.Filter):
+    """A logging filter that redacts tokens and secrets from a record; it never drops a record.
+
+    The message is formatted with its arguments first; ``record.msg`` becomes the redacted text and
+    ``record.args`` becomes ``None``. An exception or stack attached to the record is formatted into
+    ``record.exc_text`` / ``record.stack_info`` and redacted there (formatters use ``exc_text`` when it
+    is set). Secrets registered with this filter's :meth:`register_secret` apply to it alone; those
+    registered with the module's :func:`register_secret` apply to every filter.
+    """
+
+    def __init__(self, name: str = "", *, secrets: Iterable[str] = ()) -> None:
+        super().__init__(name)
+        self._secrets = _SecretSet()
+        for secret in secrets:
+            self._secrets.add(secret)
+        self._formatter = logging.Formatter()
+
+    def register_secret(self, value: str) -> None:
+        """Redact this exact string in the records this filter sees (at least 8 characters)."""
+        self._secrets.add(value)
+
+    def redact(self, text: str) -> str:
+        """Redact ``text`` with this filter's secrets and the global rules."""
+        return redact(self._secrets.sub(text))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; always returns ``True``."""
+        try:
+            message = record.getMessage()
+        except Exception:
+            # Leave no unformatted token-bearing arguments behind; say that formatting failed.
+            message = f"{record.msg} [log arguments could not be formatted and were dropped]"
+        record.msg = self.redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            try:
+                record.exc_text = self._formatter.formatException(record.exc_info)
+            except Exception:
+                record.exc_text = "[exception could not be formatted]"
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+    def __repr__(self) -> str:
+        return f"RedactTokensFilter(name={self.name!r}, secrets={len(self._secrets)})"
+
+
+# --- installation ------------------------------------------------------------------------------------
+
+_install_lock = threading.Lock()
+_default_filter: RedactTokensFilter | None = None
+_hierarchies: frozenset[str] = frozenset()  # replaced whole, never mutated: safe to read unlocked
+_previous_factory: Callable[..., logging.LogRecord] | None = None
+_our_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def _in_hierarchies(name: str) -> bool:
+    roots = _hierarchies  # a frozenset snapshot
+    return any(root in ("", "root") or name == root or name.startswith(root + ".") for root in roots)
+
+
+def _make_factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        active = _default_filter
+        if active is not None and _in_hierarchies(record.name):
+            active.filter(record)
+        return record
+
+    return factory
+
+
+def install_redaction(logger_name: str = "flame") -> RedactTokensFilter:
+    """Redact every log record of the ``logger_name`` hierarchy; idempotent. Returns the shared filter.
+
+    The filter is added to the ``logger_name`` logger itself, and a log-record factory (wrapping the one
+    in place) runs it on every record created by that logger or one of its children (``flame.node.x``),
+    so a record is redacted before any handler sees it, even a handler on root or one added later.
+    Calling it again with another name extends redaction to that hierarchy too.
+    """
+    global _default_filter, _hierarchies, _previous_factory, _our_factory
+    with _install_lock:
+        if _default_filter is None:
+            _default_filter = RedactTokensFilter()
+        flt = _default_filter
+        _hierarchies = _hierarchies | {logger_name}
+        logger = logging.getLogger(logger_name)
+        if flt not in logger.filters:
+            logger.addFilter(flt)
+        if _our_factory is None:
+            _previous_factory = logging.getLogRecordFactory()
+            _our_factory = _make_factory(_previous_factory)
+            logging.setLogRecordFactory(_our_factory)
+        return flt
+
+
+def install_redaction_on_handler(handler: logging.Handler) -> RedactTokensFilter:
+    """Add the shared redaction filter to ``handler`` (idempotent), for records of any logger.
+
+    Use it for a handler that must never print a token whatever logger the record comes from.
+    """
+    global _default_filter
+    with _install_lock:
+        if _default_filter is None:
+            _default_filter = RedactTokensFilter()
+        flt = _default_filter
+        if flt not in handler.filters:
+            handler.addFilter(flt)
+        return flt
+
+
+def uninstall_redaction() -> None:
+    """Undo :func:`install_redaction` (mainly for tests); handler filters are left in place."""
+    global _hierarchies, _previous_factory, _our_factory
+    with _install_lock:
+        flt = _default_filter
+        for name in _hierarchies:
+            if flt is not None:
+                logging.getLogger(name).removeFilter(flt)
+        _hierarchies = frozenset()
+        if _our_factory is not None and logging.getLogRecordFactory() is _our_factory:
+            assert _previous_factory is not None
+            logging.setLogRecordFactory(_previous_factory)
+            _our_factory = None
+            _previous_factory = None
+        # If another factory wraps ours, ours stays in the chain but does nothing: no hierarchy left.
+
+
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "RedactTokensFilter",
+    "install_redaction",
+    "install_redaction_on_handler",
+    "redact",
+    "register_secret",
+    "unregister_secret",
+]
