@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -50,10 +51,8 @@ class StackHarness:
         return f"{self.stack.node_base_url(node)}/analysis/webhook"
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
-        for server in self._servers:
-            await server.aclose()
+        await asyncio.gather(*(client.aclose() for client in self._clients))
+        await asyncio.gather(*(server.aclose() for server in self._servers))
 
 
 @pytest.fixture(params=MODES)
@@ -65,10 +64,13 @@ def mode(request: pytest.FixtureRequest) -> str:
 async def make_stack(mode: str) -> AsyncIterator[Callable[..., Any]]:
     """``await make_stack(analysis_nodes=2, **FlameStack kwargs)``: a started stack in ``mode``."""
     harnesses: list[StackHarness] = []
+    backends: list[Any] = []
 
     async def factory(analysis_nodes: int = 2, **kwargs: Any) -> StackHarness:
         kwargs.setdefault("settings", StackSettings.fast(po_enabled=False))
         stack = FlameStack.create(analysis_nodes, **kwargs)
+        if kwargs.get("storage_backend") is not None:
+            backends.append(kwargs["storage_backend"])
         await stack.start()
         if mode == "served":
             await stack.serve()
@@ -80,3 +82,5 @@ async def make_stack(mode: str) -> AsyncIterator[Callable[..., Any]]:
     for harness in harnesses:
         await harness.aclose()
         await harness.stack.aclose()
+    for backend in backends:
+        await backend.aclose()

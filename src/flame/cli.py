@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     node_commands = node.add_subparsers(title="node commands")
     up = node_commands.add_parser("up", help="serve an emulated node stack on loopback until Ctrl-C")
     up.add_argument("--nodes", type=int, default=3, help="number of analysis nodes (plus one aggregator)")
-    up.add_argument("--data", type=Path, help="data folder with one sub-folder per node (node-1, node-2, ...)")
+    up.add_argument(
+        "--data", type=Path, help="data folder with one sub-folder per node (node-1, node-2, ...)"
+    )
     up.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     up.add_argument("--storage", type=Path, help="folder that keeps node storage (default: temporary)")
     up.add_argument("--seed", type=int, default=0, help="seed of ids and injected faults")

@@ -14,8 +14,10 @@ catch a subclass to handle one kind::
     │   └── ServiceUnavailableError  unreachable, or 5xx/429 after all retries
     ├── ProtocolError           a peer or service broke the wire contract or the round protocol
     ├── FlameTimeoutError       a bounded wait ran out (also a :class:`TimeoutError`)
-    ├── PayloadError            a payload that cannot be encoded or decoded
-    │   └── PickleRefusedError      pickled data met without the ``allow_pickle`` opt-in
+    ├── PayloadError            a payload or argument that cannot be encoded, decoded or sent
+    │   ├── PickleRefusedError      pickled data met without the ``allow_pickle`` opt-in
+    │   └── StorageArgumentError    an argument storage would refuse (bad tag, non-finite number)
+    ├── DataNotFoundError       requested data is in none of the node's data sources
     └── DisclosureRefusedError  a result that would disclose too much (minimum counts, DP budget)
 
 Messages say what failed and what to do; they never contain a token or any part of one.
@@ -142,12 +144,22 @@ class PickleRefusedError(PayloadError):
     """
 
 
+class StorageArgumentError(PayloadError, ValueError):
+    """An argument the storage service would refuse (a bad tag, a non-finite number), refused before
+    any request is sent."""
+
+
+class DataNotFoundError(FlameError, LookupError):
+    """Requested data is in none of the node's data sources (for example an S3 key no source has)."""
+
+
 class DisclosureRefusedError(FlameError):
     """Releasing a result was refused because it would disclose too much about individuals."""
 
 
 __all__ = [
     "ConfigurationError",
+    "DataNotFoundError",
     "DisclosureRefusedError",
     "FlameError",
     "FlameTimeoutError",
@@ -156,6 +168,7 @@ __all__ = [
     "ProtocolError",
     "ServiceError",
     "ServiceUnavailableError",
+    "StorageArgumentError",
     "TokenAudienceError",
     "TokenError",
     "TokenExpiredError",

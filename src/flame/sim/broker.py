@@ -1,10 +1,484 @@
-"""PLACEHOLDER being replaced by the broker implementation."""
-from typing import Any
-from fastapi import FastAPI
+"""The emulated message broker of each node, and the hub relay between nodes (WIRE.md section 2).
+
+:func:`create_app` is the broker's REST API as one node's sidecar reaches it (the router has already
+stripped ``/message-broker`` and put the node in the request scope). :class:`Broker` is the delivery
+side shared by every node of a stack: a message POSTed at one node is relayed (in memory, standing in
+for the hub) to each recipient node, whose broker POSTs it verbatim to every webhook subscribed there.
+
+Behaviour copied from PrivateAIM/node-message-broker, where WIRE.md leaves it open:
+
+- ``Location`` of a new subscription is ``{scheme}://{Host}/analyses/{a}/messages/subscriptions/{id}``,
+  built from the request as the broker sees it, so it lacks the sidecar's ``/message-broker`` prefix
+  (clients must keep the path tail and re-base it).
+- ``DELETE .../subscriptions/{id}`` answers 204 also for an unknown id (a repository ``deleteById``);
+  ``DELETE .../subscriptions`` deletes every subscription of the analysis, 204.
+- A request body that is not ``application/json`` gets 415; errors carry Spring Boot's error JSON
+  (``timestamp``, ``path``, ``status``, ``error``, ``requestId``); a 401 has an empty body and a
+  ``WWW-Authenticate`` header. The token is checked before the route, so unknown paths get 401 first.
+- A recipient listed twice gets the message twice. A webhook answering 3xx counts as delivered (the
+  broker's web client neither follows redirects nor treats them as errors).
+
+Delivery policy (settings in :class:`~flame.sim.settings.StackSettings`): 2xx/3xx delivered; 5xx retried
+at most ``delivery_max_retries`` times after ``scaled(delivery_base_delay) * 2**k * (1 + jitter)``;
+4xx, connection errors and timeouts drop the message. Nothing is persisted and order is not kept.
+Every step is recorded in ``stack.events`` (``broker.*``, ``delivery.*``, ``fault.delivery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
+
+from flame.sim.auth import broker_claims, current_node, current_stack
+from flame.sim.faults import DeliveryDecision
+
+if TYPE_CHECKING:
+    from flame.sim.node import SimNode
+    from flame.sim.stack import FlameStack
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message accepted by a broker: what the hub relays to each recipient."""
+
+    seq: int
+    sender: SimNode
+    recipients: tuple[SimNode, ...]
+    body: bytes
+    message_id: str | None
+    broadcast: bool = False
+
+
+@dataclass
+class _Attempt:
+    """Event detail shared by every event of one (message, webhook, copy) delivery."""
+
+    message: Message
+    receiver: SimNode
+    subscription_id: str
+    webhook: str
+    copy: int
+
+    def base(self) -> dict[str, Any]:
+        return {
+            "sender": self.message.sender.name,
+            "receiver": self.receiver.name,
+            "webhook": self.webhook,
+            "subscription_id": self.subscription_id,
+            "message_id": self.message.message_id,
+            "message_seq": self.message.seq,
+            "copy": self.copy,
+        }
+
+
 class Broker:
-    def __init__(self, stack: Any) -> None:
+    """The delivery side of every node's broker plus the hub relay, for one :class:`FlameStack`.
+
+    Each accepted message spawns one asyncio task per (recipient, webhook); :meth:`quiesce` waits for
+    them all to finish and :meth:`aclose` cancels them.
+    """
+
+    def __init__(self, stack: FlameStack) -> None:
         self.stack = stack
+        self._seq = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def pending(self) -> int:
+        """How many delivery tasks are still running."""
+        return len(self._tasks)
+
+    def accept(
+        self, sender: SimNode, recipients: list[SimNode], message: Any, *, broadcast: bool = False
+    ) -> Message:
+        """Take a validated message from ``sender`` and start delivering it to ``recipients``.
+
+        The fault plan is consulted here, synchronously and in a fixed order (recipient, then
+        subscription), so that the same seed yields the same decisions whatever the timing.
+        """
+        stack = self.stack
+        self._seq += 1
+        body = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        msg = Message(self._seq, sender, tuple(recipients), body, _message_id(message), broadcast)
+        stack.events.record(
+            "broker.sent",
+            sender.name,
+            sender=sender.name,
+            recipients=[r.name for r in recipients],
+            size=len(body),
+            message_id=msg.message_id,
+            message_seq=msg.seq,
+            broadcast=broadcast,
+        )
+        for receiver in recipients:
+            # The receiving broker lists its subscriptions when the hub hands it the message.
+            with receiver.lock:
+                subscriptions = [
+                    (sid, sub["webhookUrl"])
+                    for sid, sub in receiver.subscriptions.items()
+                    if sub["analysisId"] == receiver.analysis_id
+                ]
+            if not subscriptions:
+                stack.events.record(
+                    "delivery.unsubscribed",
+                    receiver.name,
+                    sender=sender.name,
+                    receiver=receiver.name,
+                    message_id=msg.message_id,
+                    message_seq=msg.seq,
+                )
+            for sid, url in subscriptions:
+                decision = stack.faults.delivery(sender.name, receiver.name, stack.now())
+                self._spawn(self._deliver(msg, receiver, sid, url, decision))
+        return msg
+
+    async def quiesce(self, timeout: float = 10.0) -> None:
+        """Wait until no delivery task is pending; raise TimeoutError after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks:
+            idle = self._idle_event()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(self._tasks)} delivery task(s) still pending after {timeout} s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(idle.wait(), remaining)
+
     async def aclose(self) -> None:
-        pass
-def create_app(stack: Any) -> FastAPI:
-    return FastAPI()
+        """Cancel every pending delivery and wait for the tasks to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _idle_event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        if self._tasks:
+            self._idle.clear()
+        else:
+            self._idle.set()
+        return self._idle
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        if self._idle is not None:
+            self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks and self._idle is not None:
+            self._idle.set()
+
+    async def _deliver(
+        self, msg: Message, receiver: SimNode, sid: str, url: str, decision: DeliveryDecision
+    ) -> None:
+        events = self.stack.events
+        common = _Attempt(msg, receiver, sid, url, 0).base()
+        if decision.reasons:
+            events.record(
+                "fault.delivery",
+                receiver.name,
+                reasons=list(decision.reasons),
+                drop=decision.drop,
+                copies=decision.copies,
+                delay=decision.delay,
+                **common,
+            )
+        if decision.drop:
+            events.record("delivery.dropped", receiver.name, reason="fault", attempt=0, status=None, **common)
+            return
+        if decision.delay > 0:
+            await asyncio.sleep(decision.delay)
+        for copy in range(decision.copies):
+            try:
+                await self._post_with_retries(_Attempt(msg, receiver, sid, url, copy))
+            except Exception as exc:  # the emulator must not lose a task to an unexpected error
+                events.record(
+                    "delivery.dropped",
+                    receiver.name,
+                    reason="error",
+                    error=f"{type(exc).__name__}: {exc}",
+                    attempt=None,
+                    status=None,
+                    **_Attempt(msg, receiver, sid, url, copy).base(),
+                )
+
+    async def _post_with_retries(self, job: _Attempt) -> None:
+        stack = self.stack
+        settings = stack.settings
+        events = stack.events
+        node = job.receiver.name
+        timeout = settings.scaled(settings.delivery_timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            status: int | None = None
+            extra: dict[str, Any] = {}
+            try:
+                status = await self._post_once(job, timeout)
+            except (httpx.TimeoutException, asyncio.TimeoutError):
+                reason = "timeout"
+            except httpx.HTTPError as exc:
+                reason = "connection"
+                extra["error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                if status < 400:
+                    events.record("delivery.ok", node, attempt=attempt, status=status, **job.base())
+                    return
+                if status < 500:
+                    reason = "4xx"
+                elif attempt > settings.delivery_max_retries:
+                    reason = "5xx-exhausted"
+                else:
+                    base = settings.scaled(settings.delivery_base_delay) * 2 ** (attempt - 1)
+                    delay = base * (1 + stack.rng.uniform(0, settings.delivery_jitter))
+                    events.record(
+                        "delivery.retry", node, attempt=attempt, status=status, delay=delay, **job.base()
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+            events.record(
+                "delivery.dropped", node, reason=reason, attempt=attempt, status=status, **extra, **job.base()
+            )
+            return
+
+    async def _post_once(self, job: _Attempt, timeout: float) -> int:
+        # The receiving node's broker posts from inside that node's cluster: its client resolves
+        # ``http://nginx-...`` to that node's sidecar (and fails to connect for a gone or offline pod).
+        client = self.stack.node_http(job.receiver.name)
+        request: Awaitable[httpx.Response] = client.post(
+            job.webhook,
+            content=job.message.body,
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
+        # ASGI transports ignore httpx timeouts: bound the whole exchange here as well.
+        response = await asyncio.wait_for(request, timeout)
+        return response.status_code
+
+
+def _message_id(message: Any) -> str | None:
+    if isinstance(message, dict):
+        meta = message.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("id"), str):
+            return str(meta["id"])
+    return None
+
+
+# -- the REST API -------------------------------------------------------------------------------------
+
+
+class _ClientError(Exception):
+    def __init__(self, status: int = 400, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(stack: FlameStack) -> FastAPI:
+    """The broker REST API of every node of ``stack`` (paths as the broker sees them, WIRE.md §2)."""
+    app = FastAPI(
+        title="flame emulated message broker",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(broker_claims)],
+    )
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(_ClientError, _client_error)  # type: ignore[arg-type]
+    subscriptions = "/analyses/{analysis_id}/messages/subscriptions"
+
+    @app.post(subscriptions, status_code=201)
+    async def add_subscription(analysis_id: str, request: Request) -> Response:
+        node = current_node(request)
+        body = await _json_body(request)
+        url = body.get("webhookUrl") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not _absolute_http_url(url):
+            raise _ClientError(400, "webhookUrl must be an absolute http(s) URL")
+        sid = str(uuid.uuid4())
+        subscription = {"subscriptionId": sid, "analysisId": analysis_id, "webhookUrl": url}
+        with node.lock:
+            node.subscriptions[sid] = subscription
+        current_stack(request).events.record(
+            "broker.subscribed", node.name, subscription_id=sid, webhook=url, deployment=node.deployment_name
+        )
+        location = (
+            f"{request.url.scheme}://{request.url.netloc}/analyses/{analysis_id}/messages/subscriptions/{sid}"
+        )
+        return JSONResponse(subscription, status_code=201, headers={"Location": location})
+
+    @app.get(subscriptions)
+    async def list_subscriptions(analysis_id: str, request: Request) -> list[dict[str, str]]:
+        node = current_node(request)
+        with node.lock:
+            return [dict(s) for s in node.subscriptions.values() if s["analysisId"] == analysis_id]
+
+    @app.delete(subscriptions, status_code=204)
+    async def delete_all_subscriptions(analysis_id: str, request: Request) -> Response:
+        node = current_node(request)
+        with node.lock:
+            gone = [sid for sid, s in node.subscriptions.items() if s["analysisId"] == analysis_id]
+            for sid in gone:
+                del node.subscriptions[sid]
+        current_stack(request).events.record("broker.unsubscribed", node.name, subscription_ids=gone)
+        return Response(status_code=204)
+
+    @app.get(subscriptions + "/{subscription_id}")
+    async def get_subscription(analysis_id: str, subscription_id: str, request: Request) -> dict[str, str]:
+        node = current_node(request)
+        sid = _subscription_id(subscription_id)
+        with node.lock:
+            found = node.subscriptions.get(sid)
+        if found is None:
+            # Spring's ResponseEntity.notFound(): 404 with an empty body.
+            raise StarletteHTTPException(404, "")
+        return dict(found)
+
+    @app.delete(subscriptions + "/{subscription_id}", status_code=204)
+    async def delete_subscription(analysis_id: str, subscription_id: str, request: Request) -> Response:
+        node = current_node(request)
+        sid = _subscription_id(subscription_id)
+        with node.lock:
+            existed = node.subscriptions.pop(sid, None) is not None
+        if existed:
+            current_stack(request).events.record("broker.unsubscribed", node.name, subscription_ids=[sid])
+        return Response(status_code=204)
+
+    @app.post("/analyses/{analysis_id}/messages", status_code=202)
+    async def send_message(analysis_id: str, request: Request) -> Response:
+        node, stack_ = current_node(request), current_stack(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "message" not in body:
+            raise _ClientError(400, "the body needs 'recipients' and 'message'")
+        ids = body.get("recipients")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise _ClientError(400, "recipients must be a non-empty list of node ids")
+        recipients: list[SimNode] = []
+        for node_id in ids:
+            partner = stack_.node_by_id(node_id)
+            if partner is None or partner is node:
+                raise _ClientError(
+                    400, "list of recipients contains at least one recipient that is not part of the analysis"
+                )
+            recipients.append(partner)
+        stack_.broker.accept(node, recipients, body["message"])
+        return Response(status_code=202)
+
+    @app.post("/analyses/{analysis_id}/messages/broadcast", status_code=202)
+    async def broadcast(analysis_id: str, request: Request) -> Response:
+        node, stack_ = current_node(request), current_stack(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "message" not in body:
+            raise _ClientError(400, "the body needs 'message'")
+        partners = [n for n in stack_.nodes.values() if n is not node]
+        stack_.broker.accept(node, partners, body["message"], broadcast=True)
+        return Response(status_code=202)
+
+    @app.get("/analyses/{analysis_id}/participants")
+    async def participants(analysis_id: str, request: Request) -> list[dict[str, str]]:
+        return [n.participant() for n in current_stack(request).nodes.values()]
+
+    @app.get("/analyses/{analysis_id}/participants/self")
+    async def participant_self(analysis_id: str, request: Request) -> dict[str, str]:
+        return current_node(request).participant()
+
+    routes = list(app.router.routes)
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    async def unrouted(path: str, request: Request) -> Response:
+        # Reached only with a valid token (the app-wide dependency ran first), as in Spring Security.
+        allowed = sorted(
+            {
+                m
+                for r in routes
+                if r.matches(request.scope)[0] is Match.PARTIAL
+                for m in getattr(r, "methods", ())
+            }
+        )
+        if allowed:
+            raise StarletteHTTPException(405, headers={"Allow": ", ".join(allowed)})
+        raise StarletteHTTPException(404)
+
+    return app
+
+
+async def _json_body(request: Request) -> Any:
+    """The parsed JSON body, as Jackson would read it: 415 for a non-JSON media type, 400 if unreadable."""
+    media_type = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise _ClientError(415, f"Content type '{media_type}' not supported")
+    raw = await request.body()
+    if not raw.strip():
+        raise _ClientError(400, "No request body")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise _ClientError(400, "Failed to read HTTP message") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _absolute_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+
+
+def _subscription_id(text: str) -> str:
+    if not _UUID.match(text):
+        raise _ClientError(400, f"'{text}' is not a valid UUID")
+    return str(uuid.UUID(text))
+
+
+def _error_body(request: Request, status: int) -> dict[str, Any]:
+    """Spring Boot's default error attributes (WebFlux)."""
+    return {
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "path": request.url.path,
+        "status": status,
+        "error": HTTPStatus(status).phrase,
+        "requestId": uuid.uuid4().hex[:8],
+    }
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 401 or (exc.status_code == 404 and exc.detail == ""):
+        # Spring Security's bearer entry point and ResponseEntity.notFound(): no body.
+        return Response(status_code=exc.status_code, headers=headers)
+    return JSONResponse(_error_body(request, exc.status_code), status_code=exc.status_code, headers=headers)
+
+
+async def _client_error(request: Request, exc: _ClientError) -> Response:
+    return JSONResponse(_error_body(request, exc.status), status_code=exc.status)

@@ -21,9 +21,10 @@ import math
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 DeliveryFaultKind = Literal["drop", "duplicate", "delay", "reorder"]
+_SERVICES = ("message-broker", "storage", "hub-adapter", "kong", "po")
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,10 @@ def _parse_rule(raw: str) -> Rule:
         )
     if name == "outage":
         start, end = _window(parts[1])
-        return ServiceOutage(
-            service=parts[0], start=start, end=end, node=parts[2] if len(parts) > 2 else None
-        )  # type: ignore[arg-type]
+        if parts[0] not in _SERVICES:
+            raise ValueError(f"unknown service {parts[0]!r} ({', '.join(_SERVICES)})")
+        service: Any = parts[0]
+        return ServiceOutage(service=service, start=start, end=end, node=parts[2] if len(parts) > 2 else None)
     if name == "expire":
         return TokenExpiry(node=parts[0], at=float(parts[1]))
     if name == "restart":

@@ -60,6 +60,8 @@ class SimNode:
             self.sources.extend(_sources_from_folder(spec.name, Path(spec.data_dir)))
         #: The storage service's static ECDH P-256 key pair (intermediate data encryption).
         self.storage_key = ec.generate_private_key(ec.SECP256R1())
+        #: whether the hub has this node's public key (False: uploads for it answer 400)
+        self.storage_public_key_published = True
         self.restart_counter = 0
         self.token = ""
         #: Where the analysis API of this node is: an ASGI app (in-process) or a base URL (served).

@@ -132,7 +132,8 @@ class PodOrchestrator:
         }
         with contextlib.suppress(httpx.HTTPError, asyncio.TimeoutError):
             await asyncio.wait_for(
-                client.post(f"{base}/partner_status", json={"partner_status": partners}, timeout=timeout), timeout
+                client.post(f"{base}/partner_status", json={"partner_status": partners}, timeout=timeout),
+                timeout,
             )
         remaining = health.get("token_remaining_time")
         threshold = settings.scaled(settings.po_token_threshold)

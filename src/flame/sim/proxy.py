@@ -38,11 +38,14 @@ class SidecarTransport(httpx.AsyncBaseTransport):
     def __init__(self, app: Any, resolve: Callable[[str], str | None]) -> None:
         self._app = app
         self._resolve = resolve
-        self._network = httpx.AsyncHTTPTransport()
+        # made on first use: building one loads the CA bundle (~40 ms), and most never leave the stack
+        self._network: httpx.AsyncHTTPTransport | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
         if not host.startswith("nginx-"):
+            if self._network is None:
+                self._network = httpx.AsyncHTTPTransport()
             return await self._network.handle_async_request(request)
         node = self._resolve(host)
         if node is None:
@@ -54,7 +57,8 @@ class SidecarTransport(httpx.AsyncBaseTransport):
         return await httpx.ASGITransport(app=app).handle_async_request(request)
 
     async def aclose(self) -> None:
-        await self._network.aclose()
+        if self._network is not None:
+            await self._network.aclose()
 
 
 async def forward(

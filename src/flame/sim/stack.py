@@ -19,11 +19,9 @@ transport), webhooks are delivered in-process. Served: :meth:`FlameStack.serve` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -32,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from flame.node.serving import HTTPServer
 from flame.sim import backends, broker, data, po, storage
 from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
@@ -95,6 +93,8 @@ class FlameStack:
         self.faults = faults or FaultPlan(seed=seed)
         self.events = EventLog()
         self._tmpdir: str | None = None
+        #: a backend passed in is the caller's to close (several stacks may share it)
+        self._owns_backend = storage_backend is None
         if storage_backend is None:
             self._tmpdir = tempfile.mkdtemp(prefix="flame-stack-")
             storage_backend = backends.LocalFolderBackend(Path(self._tmpdir))
@@ -113,8 +113,8 @@ class FlameStack:
         self._port_to_node: dict[int, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started_at: float | None = None
-        self._server: uvicorn.Server | None = None
-        self._server_task: asyncio.Task[Any] | None = None
+        self._server: HTTPServer | None = None
+        self._node_servers: dict[str, HTTPServer] = {}
         self.base_url: str | None = None
         self.http: httpx.AsyncClient | None = None
         self.app = StackApp(self)
@@ -224,7 +224,7 @@ class FlameStack:
         if isinstance(target, str):
             self._analysis_clients[name] = httpx.AsyncClient(base_url=target.rstrip("/"), timeout=None)
         else:
-            transport = httpx.ASGITransport(app=target)
+            transport = httpx.ASGITransport(app=target, raise_app_exceptions=False)
             self._analysis_clients[name] = httpx.AsyncClient(
                 transport=transport, base_url="http://analysis", timeout=None
             )
@@ -247,6 +247,11 @@ class FlameStack:
             node.restart_counter += 1
             node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
         self.attach_analysis(name, None)
+        old_server = self._node_servers.pop(name, None)
+        if old_server is not None:
+            self._port_to_node.pop(old_server.port, None)
+            self._serve_node(name)
+            await old_server.aclose()
         self.events.record("node.restart", name, deployment=node.deployment_name, reason=reason)
         env = self.env(name)
         for listener in list(self._restart_listeners):
@@ -291,37 +296,36 @@ class FlameStack:
         return self
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve the stack over HTTP on loopback (served mode); returns the base URL."""
+        """Serve the stack over HTTP on loopback (served mode); returns the main base URL.
+
+        The main address serves ``/node/{name}/...`` and ``/_sim``; every node's sidecar gets a port of
+        its own (:meth:`node_base_url`), as each FLAME node has its own ``nginx-...`` host. A restart
+        moves the node to a new port and closes the old one, as the old pod's sidecar goes away.
+        """
         await self.start()
         if self._server is not None:
             assert self.base_url is not None
             return self.base_url
-        # One listening socket for the stack (``/node/{name}/...``, ``/_sim``) and one per node, as each
-        # node has its own sidecar; bound here so ports are known, and connections queue, before uvicorn runs.
-        sockets = [_listen(host, port)]
+        self._server = HTTPServer(self.app, host, port)
+        self.base_url = self._server.url
         for name in self.nodes:
-            sockets.append(_listen(host, 0))
-            node_port = sockets[-1].getsockname()[1]
-            self._node_ports[name] = node_port
-            self._port_to_node[node_port] = name
-        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", timeout_graceful_shutdown=1)
-        server = uvicorn.Server(config)
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        self._server = server
-        self._server_task = asyncio.create_task(server.serve(sockets=sockets))
-        bound = sockets[0].getsockname()
-        self.base_url = f"http://{bound[0]}:{bound[1]}"
+            self._serve_node(name)
         self.events.record("stack.serve", url=self.base_url)
         return self.base_url
 
+    def _serve_node(self, name: str) -> None:
+        server = HTTPServer(self.app, "127.0.0.1", 0)
+        self._node_servers[name] = server
+        self._node_ports[name] = server.port
+        self._port_to_node[server.port] = name
+
     async def aclose(self) -> None:
         """Stop everything the stack started, and remove its temporary storage folder."""
-        if self._server is not None and self._server_task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server_task, 5.0)
-            self._server = None
-            self.base_url = None
+        servers = [*self._node_servers.values(), *([self._server] if self._server is not None else [])]
+        await asyncio.gather(*(server.aclose() for server in servers))
+        self._node_servers.clear()
+        self._server = None
+        self.base_url = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -336,7 +340,8 @@ class FlameStack:
         if self.http is not None:
             await self.http.aclose()
             self.http = None
-        await self.storage_backend.aclose()
+        if self._owns_backend:
+            await self.storage_backend.aclose()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -371,15 +376,6 @@ class FlameStack:
     async def final_results(self, analysis_id: str | None = None) -> dict[str, bytes]:
         """The final results submitted for an analysis (this one by default): filename -> bytes."""
         return await storage.read_final_results(self, analysis_id or self.analysis_id)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 class StackApp:

@@ -1,7 +1,669 @@
-"""PLACEHOLDER being replaced by the storage service implementation."""
-from typing import Any
-from fastapi import FastAPI
-def create_app(stack: Any) -> FastAPI:
-    return FastAPI()
-async def read_final_results(stack: Any, analysis_id: str) -> dict[str, bytes]:
-    return {}
+"""The emulated node storage service of each node (WIRE.md section 3), wire-exact.
+
+:func:`create_app` is the service's REST API as one node's sidecar reaches it: the router has already
+stripped ``/storage`` and put the node in the request scope. Every route checks the Bearer token like
+the real service (FastAPI ``HTTPBearer``: no header 401 ``{"detail": "Not authenticated"}``, a bad,
+expired or claimless token 403); the token's ``client_id`` is the analysis id.
+
+Object layout in the stack's :class:`~flame.sim.backends.StorageBackend` (one store stands for the
+hub's buckets and every node's local S3, so several stacks may share it):
+
+===============================================================  ===========================================
+key                                                              what
+===============================================================  ===========================================
+``hub/final/{analysis_id}/{filename}``                           final results (the hub's result bucket)
+``hub/intermediate/{analysis_id}/{object_id}``                   intermediate objects, encrypted for the
+                                                                 receiver (:mod:`flame.sim.intermediate_crypto`)
+``nodes/{node_id}/projects/{project_id}/local/{object_id}``      local results of a node, per project
+``nodes/{node_id}/projects/{project_id}/tags/{tag}/{object_id}`` one marker per tagged local result: JSON
+                                                                 ``{"filename", "object_id", "created"}``
+===============================================================  ===========================================
+
+Node ids are stable across analyses (uuid5 of the node name), so a later stack with the same project
+id, node names and backend sees the local results and tags of earlier ones, as on FLAME. A tag is a
+set of marker objects, so tagging never reads, modifies and rewrites a shared index (no lost update).
+
+Behaviour copied from PrivateAIM/node-storage-service where WIRE.md leaves it open:
+
+- Absolute URLs in answers are ``http://{Host header}/...`` without the ``/storage`` prefix (and
+  without the emulator's ``/node/{name}`` path prefix), as the real service builds them behind nginx.
+- An analysis has a result/temp bucket and a project only if it is *known*: the analysis of a stack
+  that created this app, or one added with :func:`register_analysis`. Otherwise ``PUT /final``,
+  ``/final/localdp`` answer 404 "Result bucket ... was not found", ``PUT /intermediate`` 404 "Temp
+  bucket ... was not found", and the ``/local`` routes 404 "Analysis with ID ... not found".
+- ``GET /intermediate/{id}``: 404 for an unknown object and for an unknown ``remote_node_id`` (the hub
+  knows no such node), 400 when the object does not decrypt with that sender's key (wrong sender,
+  or an object meant for another receiver). The object is deleted once it was streamed completely;
+  while one request reads it, a concurrent read gets 404 (read once, also under races).
+- ``PUT /local``: the file's name (``data.bin`` if it has none) is recorded on its tags. ``POST
+  /local/tags`` without ``filename`` keeps the name the (tag, object) marker already has, else uses
+  ``data.bin``; an unknown object is 404 before a bad tag is 400.
+- ``GET /local/tags`` lists tag names in alphabetical order; ``GET /local/tags/{tag}`` lists results in
+  tagging order, and an unknown (or invalid) tag gives 200 ``{"results": []}`` (a database query on
+  the real service).
+- Path ids are UUIDs (422 otherwise); a final result with the same file name replaces the earlier one.
+- ``PUT /final/``, ``/intermediate/`` and ``/local/`` (trailing slash, as PrivateAIM's own SDK sends
+  them) are served like the forms without the slash; no route redirects.
+- ``PUT /final/localdp``: the file must be one finite number (Python ``float`` syntax, UTF-8, at most
+  4 KiB), ``epsilon`` and ``sensitivity`` finite and > 0 (400 otherwise; a non-number is 422). The noise is
+  exact Laplace on a fine grid (see :func:`sample_laplace`); the result file holds ``repr`` of the float.
+
+Uploads are streamed: Starlette spools a multipart file to disk above 1 MiB and the backend copies from
+that file. Events: ``storage.upload`` (node, area, size, object_id), ``storage.final`` (filename, size,
+localdp), ``storage.read`` (area, object_id), ``storage.delete`` / ``storage.delete_failed`` (area,
+object_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import random
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
+from fractions import Fraction
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, cast
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from flame.sim import intermediate_crypto
+from flame.sim.auth import current_node, service_claims
+from flame.sim.backends import check_key
+
+if TYPE_CHECKING:
+    from flame.sim.backends import StorageBackend
+    from flame.sim.node import SimNode
+    from flame.sim.stack import FlameStack
+
+#: A valid tag: the whole string matches (WIRE.md section 3).
+TAG_PATTERN = re.compile(r"[a-z0-9]{1,2}|[a-z0-9][a-z0-9-]{0,30}[a-z0-9]")
+#: Largest file ``/final/localdp`` accepts (bytes).
+LOCALDP_MAX_BYTES = 4096
+#: Filename recorded for a local result uploaded without one (as the real service).
+DEFAULT_FILENAME = "data.bin"
+
+Claims = Annotated[dict[str, Any], Depends(service_claims)]
+
+# analysis id -> project id of every analysis that has buckets (see the module docstring).
+_ANALYSES: dict[str, str] = {}
+_ANALYSES_LOCK = threading.Lock()
+# Keys of intermediate objects being read right now (read once, also under concurrent requests).
+_READING: set[str] = set()
+_READING_LOCK = threading.Lock()
+_CSPRNG = secrets.SystemRandom()
+
+
+# -- keys and the analysis registry ---------------------------------------------------------------
+
+
+def final_prefix(analysis_id: str) -> str:
+    """Backend prefix of an analysis' final results (the hub's result bucket)."""
+    return f"hub/final/{analysis_id}/"
+
+
+def intermediate_key(analysis_id: str, object_id: str) -> str:
+    """Backend key of an (encrypted) intermediate object."""
+    return f"hub/intermediate/{analysis_id}/{object_id}"
+
+
+def node_project_prefix(node_id: str, project_id: str) -> str:
+    """Backend prefix of one node's local results and tags in one project."""
+    return f"nodes/{node_id}/projects/{project_id}/"
+
+
+def local_key(node_id: str, project_id: str, object_id: str) -> str:
+    """Backend key of a local result."""
+    return node_project_prefix(node_id, project_id) + f"local/{object_id}"
+
+
+def tag_marker_key(node_id: str, project_id: str, tag: str, object_id: str) -> str:
+    """Backend key of the marker that puts a local result under a tag."""
+    return node_project_prefix(node_id, project_id) + f"tags/{tag}/{object_id}"
+
+
+def register_analysis(analysis_id: str, project_id: str) -> None:
+    """Give an analysis buckets (and its project), so every stack's storage service accepts it."""
+    check_key(analysis_id)
+    check_key(project_id)
+    with _ANALYSES_LOCK:
+        _ANALYSES[analysis_id] = project_id
+
+
+def unregister_analysis(analysis_id: str) -> None:
+    """Forget an analysis registered with :func:`register_analysis` (its stored objects stay)."""
+    with _ANALYSES_LOCK:
+        _ANALYSES.pop(analysis_id, None)
+
+
+def project_of(stack: FlameStack, analysis_id: str) -> str | None:
+    """The project of a known analysis (this stack's, or a registered one); None if unknown."""
+    if analysis_id == stack.analysis_id:
+        return stack.project_id
+    with _ANALYSES_LOCK:
+        return _ANALYSES.get(analysis_id)
+
+
+def is_valid_tag(tag: str) -> bool:
+    """Whether ``tag`` is a valid tag name (the whole string matches :data:`TAG_PATTERN`)."""
+    return TAG_PATTERN.fullmatch(tag) is not None
+
+
+# -- Laplace noise -----------------------------------------------------------------------------------
+
+
+def sample_laplace(
+    value: float, scale: float | Fraction, *, k: int = -1074, rng: random.Random | None = None
+) -> float:
+    """``value`` plus Laplace noise of scale ``scale``, without floating-point leaks.
+
+    Textbook Laplace sampling in floating point (``-b * sign * log(U)``) leaks the input through the
+    low bits of the result (Mironov 2012). This follows OpenDP's floating-point Laplace mechanism
+    instead: the input is rounded to the grid ``2**k`` (exact for the default ``k = -1074``, the
+    smallest subnormal spacing, of which every double is a multiple), an integer ``z`` is drawn from the
+    *discrete* Laplace distribution ``P(z) ∝ exp(-|z| * 2**k / scale)`` with exact rational arithmetic
+    (Canonne, Kamath and Steinke 2020: Bernoulli(exp(-x)) and geometric samplers that only compare
+    uniform integers), and ``(x + z) * 2**k`` is rounded once to the nearest double (post-processing).
+    Randomness comes from the OS CSPRNG (:class:`secrets.SystemRandom`) unless ``rng`` is given (tests).
+    On the grid the distribution is Laplace up to the grid spacing, so this is at least as good as
+    Mironov's snapping mechanism, without its clamping bound. ``scale`` 0 returns ``value`` rounded to
+    the grid.
+    """
+    if not math.isfinite(value):
+        raise ValueError("value must be finite")
+    exact_scale = Fraction(scale)
+    if exact_scale < 0:
+        raise ValueError("scale must be >= 0")
+    rng = rng or _CSPRNG
+    grid = Fraction(2) ** k
+    position = round(Fraction(value) / grid)
+    if exact_scale > 0:
+        position += _discrete_laplace(exact_scale / grid, rng)
+    try:
+        return float(position * grid)
+    except OverflowError:
+        return math.copysign(float("inf"), position)
+
+
+def _bernoulli(numerator: int, denominator: int, rng: random.Random) -> bool:
+    """True with probability numerator/denominator (in [0, 1])."""
+    return rng.randrange(denominator) < numerator
+
+
+def _bernoulli_exp_at_most_one(numerator: int, denominator: int, rng: random.Random) -> bool:
+    """True with probability exp(-g) for g = numerator/denominator in [0, 1] (CKS Algorithm 1)."""
+    k = 1
+    while _bernoulli(numerator, denominator * k, rng):
+        k += 1
+    return k % 2 == 1
+
+
+def _bernoulli_exp(numerator: int, denominator: int, rng: random.Random) -> bool:
+    """True with probability exp(-g) for any g = numerator/denominator >= 0."""
+    while numerator > denominator:
+        numerator -= denominator
+        if not _bernoulli_exp_at_most_one(1, 1, rng):
+            return False
+    return _bernoulli_exp_at_most_one(numerator, denominator, rng)
+
+
+def _geometric(s: int, t: int, rng: random.Random) -> int:
+    """A draw from P(n) ∝ exp(-n * s / t), n >= 0 (CKS Algorithm 2, ``sample_geometric_exp_fast``)."""
+    while True:
+        u = rng.randrange(t)
+        if _bernoulli_exp(u, t, rng):
+            break
+    v = 0
+    while _bernoulli_exp_at_most_one(1, 1, rng):
+        v += 1
+    return (v * t + u) // s
+
+
+def _discrete_laplace(scale: Fraction, rng: random.Random) -> int:
+    """A draw from P(z) ∝ exp(-|z| / scale) over the integers (CKS Algorithm 2)."""
+    while True:
+        negative = rng.randrange(2) == 1
+        magnitude = _geometric(scale.denominator, scale.numerator, rng)
+        if negative and magnitude == 0:
+            continue
+        return -magnitude if negative else magnitude
+
+
+def parse_single_number(data: bytes) -> float:
+    """The one finite number a ``/final/localdp`` file holds; :class:`ValueError` otherwise."""
+    if len(data) > LOCALDP_MAX_BYTES:
+        raise ValueError("file too large for a single number")
+    value = float(data.decode("utf-8").strip())
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _base_url(request: Request) -> str:
+    host = request.headers.get("host")
+    if not host:
+        server = request.scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"http://{host}"
+
+
+def _file_size(upload: UploadFile) -> int:
+    handle = upload.file
+    handle.seek(0, 2)
+    size = handle.tell()
+    handle.seek(0)
+    return size
+
+
+def _final_filename(upload: UploadFile) -> str:
+    name = PurePosixPath((upload.filename or "").replace("\\", "/")).name
+    return name if name not in ("", ".", "..") else DEFAULT_FILENAME
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _claim(key: str) -> bool:
+    with _READING_LOCK:
+        if key in _READING:
+            return False
+        _READING.add(key)
+        return True
+
+
+def _release(key: str) -> None:
+    with _READING_LOCK:
+        _READING.discard(key)
+
+
+async def _close(iterator: AsyncIterator[bytes]) -> None:
+    closer = getattr(iterator, "aclose", None)
+    if closer is not None:
+        await closer()
+
+
+class _CleanupStreamingResponse(StreamingResponse):
+    """A streamed answer that runs ``cleanup`` when it ends, however it ends.
+
+    A body generator that never started (the client went away before the headers were sent) runs
+    no ``finally``; this does, so claims are released and backend streams closed in every case.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(body, media_type="application/octet-stream")
+        self._body = body
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await _close(self._body)
+            await self._cleanup()
+
+
+class _Service:
+    """The storage service's state and logic shared by the routes of one stack."""
+
+    def __init__(self, stack: FlameStack) -> None:
+        self.stack = stack
+
+    @property
+    def backend(self) -> StorageBackend:
+        return self.stack.storage_backend
+
+    def project(self, analysis_id: str) -> str:
+        project = project_of(self.stack, analysis_id)
+        if project is None:
+            raise HTTPException(404, f"Analysis with ID {analysis_id} not found")
+        return project
+
+    def require_bucket(self, analysis_id: str, kind: str) -> None:
+        if project_of(self.stack, analysis_id) is None:
+            raise HTTPException(404, f"{kind} bucket for analysis with ID {analysis_id} was not found")
+
+    def record(self, kind: str, node: SimNode, **detail: Any) -> None:
+        self.stack.events.record(kind, node.name, **detail)
+
+    async def put_upload(self, key: str, upload: UploadFile) -> int:
+        size = await asyncio.to_thread(_file_size, upload)
+        await self.backend.put(key, upload.file, size)
+        return size
+
+    async def write_marker(
+        self, node: SimNode, project: str, tag: str, object_id: str, filename: str | None
+    ) -> str:
+        """Put ``object_id`` under ``tag``; returns the filename the marker records."""
+        key = tag_marker_key(node.node_id, project, tag, object_id)
+        created = _now()
+        try:
+            existing = json.loads(await self.backend.get(key))
+        except (KeyError, ValueError):
+            existing = None
+        if isinstance(existing, dict):
+            created = str(existing.get("created", created))
+            if filename is None:
+                return str(existing.get("filename", DEFAULT_FILENAME))
+        marker = {"filename": filename or DEFAULT_FILENAME, "object_id": object_id, "created": created}
+        await self.put_bytes(key, json.dumps(marker).encode())
+        return str(marker["filename"])
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await self.backend.put(key, io.BytesIO(data), len(data))
+
+
+def create_app(stack: FlameStack) -> FastAPI:
+    """The storage service of every node of ``stack`` (the node comes from the request scope)."""
+    register_analysis(stack.analysis_id, stack.project_id)
+    service = _Service(stack)
+    app = FastAPI(
+        title="FLAME node storage service (emulated)",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
+
+    # -- final results ------------------------------------------------------------------------------
+
+    @app.put("/final", status_code=204)
+    @app.put("/final/", status_code=204, include_in_schema=False)
+    async def put_final(request: Request, claims: Claims, file: Annotated[UploadFile, File()]) -> Response:
+        node = current_node(request)
+        analysis_id = str(claims["client_id"])
+        service.require_bucket(analysis_id, "Result")
+        filename = _final_filename(file)
+        size = await service.put_upload(final_prefix(analysis_id) + filename, file)
+        service.record("storage.upload", node, area="final", size=size, filename=filename)
+        service.record(
+            "storage.final", node, analysis_id=analysis_id, filename=filename, size=size, localdp=False
+        )
+        return Response(status_code=204)
+
+    @app.put("/final/localdp", status_code=204)
+    async def put_final_localdp(
+        request: Request,
+        claims: Claims,
+        file: Annotated[UploadFile, File()],
+        epsilon: Annotated[float, Form()],
+        sensitivity: Annotated[float, Form()],
+    ) -> Response:
+        node = current_node(request)
+        analysis_id = str(claims["client_id"])
+        try:
+            value = parse_single_number(await file.read(LOCALDP_MAX_BYTES + 1))
+        except ValueError:
+            raise HTTPException(400, "Uploaded file must contain a single numerical value.") from None
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise HTTPException(400, "epsilon must be a finite number greater than 0.")
+        if not (math.isfinite(sensitivity) and sensitivity > 0):
+            raise HTTPException(400, "sensitivity must be a finite number greater than 0.")
+        service.require_bucket(analysis_id, "Result")
+        noisy = await asyncio.to_thread(sample_laplace, value, Fraction(sensitivity) / Fraction(epsilon))
+        content = repr(noisy).encode()
+        filename = _final_filename(file)
+        await service.put_bytes(final_prefix(analysis_id) + filename, content)
+        service.record("storage.upload", node, area="final", size=len(content), filename=filename)
+        service.record(
+            "storage.final",
+            node,
+            analysis_id=analysis_id,
+            filename=filename,
+            size=len(content),
+            localdp=True,
+            epsilon=epsilon,
+            sensitivity=sensitivity,
+        )
+        return Response(status_code=204)
+
+    # -- intermediate results -----------------------------------------------------------------------
+
+    @app.put("/intermediate")
+    @app.put("/intermediate/", include_in_schema=False)
+    async def put_intermediate(
+        request: Request,
+        claims: Claims,
+        file: Annotated[UploadFile, File()],
+        remote_node_id: Annotated[str, Form()],
+    ) -> JSONResponse:
+        node = current_node(request)
+        analysis_id = str(claims["client_id"])
+        service.require_bucket(analysis_id, "Temp")
+        receiver = stack.node_by_id(remote_node_id)
+        if receiver is None:
+            raise HTTPException(404, f"Remote node with ID {remote_node_id} does not exist.")
+        if not getattr(receiver, "storage_public_key_published", True):
+            raise HTTPException(400, f"Remote node with ID {remote_node_id} does not provide a public key")
+        object_id = str(uuid.uuid4())
+        size = await asyncio.to_thread(_file_size, file)
+        reader = intermediate_crypto.EncryptingReader(
+            file.file,
+            node.storage_key,
+            receiver.storage_key.public_key(),
+            context=object_id.encode(),
+        )
+        stored = intermediate_crypto.encrypted_size(size)
+        await service.backend.put(intermediate_key(analysis_id, object_id), cast(BinaryIO, reader), stored)
+        service.record(
+            "storage.upload",
+            node,
+            area="intermediate",
+            size=size,
+            stored=stored,
+            object_id=object_id,
+            receiver=receiver.name,
+        )
+        url = f"{_base_url(request)}/intermediate/{object_id}?remote_node_id={node.node_id}"
+        return JSONResponse({"url": url, "object_id": object_id})
+
+    @app.get("/intermediate/{object_id}")
+    async def get_intermediate(
+        request: Request, claims: Claims, object_id: uuid.UUID, remote_node_id: str
+    ) -> Response:
+        node = current_node(request)
+        analysis_id = str(claims["client_id"])
+        oid = str(object_id)
+        key = intermediate_key(analysis_id, oid)
+        missing = HTTPException(404, f"Object with ID {oid} does not exist")
+        if not await service.backend.exists(key):
+            raise missing
+        sender = stack.node_by_id(remote_node_id)
+        if sender is None:
+            raise HTTPException(404, f"Remote node with ID {remote_node_id} does not exist.")
+        if not getattr(sender, "storage_public_key_published", True):
+            raise HTTPException(400, f"Remote node with ID {remote_node_id} does not provide a public key")
+        if not _claim(key):
+            raise missing
+        raw = service.backend.open(key)
+        plain = intermediate_crypto.decrypt_stream(
+            raw, node.storage_key, sender.storage_key.public_key(), context=oid.encode()
+        )
+        try:
+            first = await plain.__anext__()
+        except BaseException as exc:
+            await _close(plain)
+            await _close(raw)
+            _release(key)
+            if isinstance(exc, KeyError):
+                raise missing from None
+            if isinstance(exc, intermediate_crypto.DecryptionError):
+                raise HTTPException(
+                    400,
+                    f"Failed to decrypt file with ID {oid} which was encrypted by node {remote_node_id}.",
+                ) from None
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in plain:
+                yield chunk
+            # Read completely: the object is gone (before the claim is released).
+            service.record("storage.read", node, area="intermediate", object_id=oid, sender=sender.name)
+            try:
+                await service.backend.delete(key)
+            except Exception as exc:  # the real service logs a failed delete and answers anyway
+                service.record(
+                    "storage.delete_failed", node, area="intermediate", object_id=oid, error=repr(exc)
+                )
+            else:
+                service.record("storage.delete", node, area="intermediate", object_id=oid)
+
+        async def cleanup() -> None:
+            try:
+                await _close(plain)
+                await _close(raw)
+            finally:
+                _release(key)
+
+        return _CleanupStreamingResponse(body(), cleanup)
+
+    # -- local results ------------------------------------------------------------------------------
+
+    @app.put("/local")
+    @app.put("/local/", include_in_schema=False)
+    async def put_local(
+        request: Request,
+        claims: Claims,
+        file: Annotated[UploadFile, File()],
+        tag: Annotated[str | None, Form()] = None,
+    ) -> JSONResponse:
+        node = current_node(request)
+        analysis_id = str(claims["client_id"])
+        project = service.project(analysis_id)
+        if tag is not None and not is_valid_tag(tag):
+            raise HTTPException(400, f"Invalid tag `{tag}`")
+        object_id = str(uuid.uuid4())
+        size = await service.put_upload(local_key(node.node_id, project, object_id), file)
+        if tag is not None:
+            await service.write_marker(node, project, tag, object_id, file.filename or DEFAULT_FILENAME)
+        service.record("storage.upload", node, area="local", size=size, object_id=object_id, tag=tag)
+        return JSONResponse({"url": f"{_base_url(request)}/local/{object_id}", "object_id": object_id})
+
+    @app.get("/local/tags")
+    async def get_tags(request: Request, claims: Claims) -> JSONResponse:
+        node = current_node(request)
+        project = service.project(str(claims["client_id"]))
+        prefix = node_project_prefix(node.node_id, project) + "tags/"
+        names = sorted({key[len(prefix) :].split("/", 1)[0] for key in await service.backend.list(prefix)})
+        base = _base_url(request)
+        return JSONResponse({"tags": [{"name": name, "url": f"{base}/local/tags/{name}"} for name in names]})
+
+    @app.post("/local/tags")
+    async def post_tag(
+        request: Request,
+        claims: Claims,
+        tag_name: str,
+        object_id: uuid.UUID,
+        filename: str | None = None,
+    ) -> JSONResponse:
+        node = current_node(request)
+        project = service.project(str(claims["client_id"]))
+        oid = str(object_id)
+        if not await service.backend.exists(local_key(node.node_id, project, oid)):
+            raise HTTPException(404, f"Object with ID {oid} does not exist")
+        if not is_valid_tag(tag_name):
+            raise HTTPException(400, f"Invalid tag `{tag_name}`")
+        recorded = await service.write_marker(node, project, tag_name, oid, filename or None)
+        return JSONResponse({"filename": recorded, "url": f"{_base_url(request)}/local/{oid}"})
+
+    @app.get("/local/tags/{tag_name}")
+    async def get_tagged(request: Request, claims: Claims, tag_name: str) -> JSONResponse:
+        node = current_node(request)
+        project = service.project(str(claims["client_id"]))
+        if not is_valid_tag(tag_name):
+            return JSONResponse({"results": []})
+        prefix = node_project_prefix(node.node_id, project) + f"tags/{tag_name}/"
+        keys = await service.backend.list(prefix)
+
+        async def marker(key: str) -> dict[str, Any] | None:
+            try:
+                data = json.loads(await service.backend.get(key))
+            except (KeyError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+
+        markers = [m for m in await asyncio.gather(*(marker(k) for k in keys)) if m is not None]
+        markers.sort(key=lambda m: (str(m.get("created", "")), str(m.get("object_id", ""))))
+        base = _base_url(request)
+        results = [
+            {
+                "filename": str(m.get("filename", DEFAULT_FILENAME)),
+                "url": f"{base}/local/{m.get('object_id')}",
+            }
+            for m in markers
+        ]
+        return JSONResponse({"results": results})
+
+    @app.get("/local/{object_id}")
+    async def get_local(request: Request, claims: Claims, object_id: uuid.UUID) -> Response:
+        node = current_node(request)
+        project = service.project(str(claims["client_id"]))
+        oid = str(object_id)
+        raw = service.backend.open(local_key(node.node_id, project, oid))
+        try:
+            first = await raw.__anext__()
+        except StopAsyncIteration:
+            first = b""
+        except BaseException as exc:
+            await _close(raw)
+            if isinstance(exc, KeyError):
+                raise HTTPException(404, f"Object with ID {oid} does not exist") from None
+            raise
+        service.record("storage.read", node, area="local", object_id=oid)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in raw:
+                yield chunk
+
+        async def cleanup() -> None:
+            await _close(raw)
+
+        return _CleanupStreamingResponse(body(), cleanup)
+
+    return app
+
+
+async def read_final_results(stack: FlameStack, analysis_id: str) -> dict[str, bytes]:
+    """The final results of an analysis in the stack's backend: filename -> bytes ({} if none)."""
+    try:
+        prefix = final_prefix(check_key(analysis_id))
+    except ValueError:
+        return {}
+    backend = stack.storage_backend
+    results: dict[str, bytes] = {}
+    for key in await backend.list(prefix):
+        name = key[len(prefix) :]
+        if "/" in name:
+            continue
+        try:
+            results[name] = await backend.get(key)
+        except KeyError:
+            continue
+    return results
+
+
+__all__ = [
+    "DEFAULT_FILENAME",
+    "TAG_PATTERN",
+    "create_app",
+    "is_valid_tag",
+    "parse_single_number",
+    "project_of",
+    "read_final_results",
+    "register_analysis",
+    "sample_laplace",
+    "unregister_analysis",
+]
