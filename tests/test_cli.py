@@ -59,3 +59,19 @@ def test_node_up_serves_the_stack_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_demo_selfcheck_passes_end_to_end() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from flame.demo import run_selfcheck
+
+    out = StringIO()
+    assert run_selfcheck(analysis_nodes=2, console=Console(file=out, width=120)) == 0
+    text = out.getvalue()
+    assert "RS256 verified" in text and "Self-check passed." in text
+    for error in ("TokenExpiredError", "TokenAudienceError", "TokenSignatureError"):
+        assert "rejected" in text and error in text
+    assert "eyJ" not in text
