@@ -20,9 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint typecheck pytest
 
+LINTED := $(wildcard src tests benchmarks examples)
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,0 +1,109 @@
+"""Final and local results through a node runtime, against the emulated stack."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flame import codec
+from flame.errors import PayloadError, StorageArgumentError
+from flame.node.results import Results, serialise
+from flame.sim import FlameStack, StackSettings
+from flame.sim.backends import LocalFolderBackend
+from flame.sim.launch import start_node
+
+
+@pytest.fixture
+async def stack(mode: str) -> AsyncIterator[FlameStack]:
+    stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False))
+    async with stack:
+        if mode == "served":
+            await stack.serve()
+        yield stack
+
+
+async def test_final_results_in_every_output_type(stack: FlameStack, mode: str) -> None:
+    node = await start_node(stack, "aggregator", mode)  # type: ignore[arg-type]
+    try:
+        results = Results(node.storage)
+        assert await results.submit_final({"mean": 4.5}, filename="a.txt") == ["a.txt"]
+        await results.submit_final(b"\x00raw", output_type="bytes", filename="b.bin")
+        await results.submit_final(np.arange(4), output_type="codec", filename="c.flame")
+        await results.submit_final([1, 2], output_type="pickle", filename="d.pkl")
+        names = await results.submit_final(["x", "y", "z"], multiple_results=True, filename="part.txt")
+        assert names == ["part_1.txt", "part_2.txt", "part_3.txt"]
+        [default] = await results.submit_final(7)
+        assert default.startswith("result_") and default.endswith(".txt")
+        final = await stack.final_results()
+        assert final["a.txt"] == b"{'mean': 4.5}"
+        assert final["b.bin"] == b"\x00raw"
+        assert np.array_equal(codec.decode(final["c.flame"]), np.arange(4))
+        assert pickle.loads(final["d.pkl"]) == [1, 2]
+        assert [final[n] for n in names] == [b"x", b"y", b"z"]
+        assert final[default] == b"7"
+    finally:
+        await node.stop("executed")
+
+
+async def test_local_dp_final_result_is_noised_and_checked(stack: FlameStack, mode: str) -> None:
+    node = await start_node(stack, "aggregator", mode)  # type: ignore[arg-type]
+    try:
+        results = Results(node.storage)
+        [name] = await results.submit_final(100.0, local_dp={"epsilon": 1.0, "sensitivity": 1.0})
+        value = float((await stack.final_results())[name])
+        assert value != 100.0 and abs(value - 100.0) < 60
+        with pytest.raises(PayloadError, match="one finite number"):
+            await results.submit_final([1, 2], local_dp={"epsilon": 1.0, "sensitivity": 1.0})
+        with pytest.raises(PayloadError, match="epsilon"):
+            await results.submit_final(1.0, local_dp={"eps": 1.0})
+    finally:
+        await node.stop("executed")
+
+
+def test_serialise_refuses_non_bytes_for_bytes_output() -> None:
+    with pytest.raises(PayloadError, match="needs bytes"):
+        serialise("text", "bytes")
+    with pytest.raises(PayloadError, match="unknown output_type"):
+        serialise("text", "xml")  # type: ignore[arg-type]
+
+
+async def test_tagged_local_results_are_old_information_for_the_next_analysis_of_the_project(
+    tmp_path: Path, mode: str
+) -> None:
+    backend = LocalFolderBackend(tmp_path)
+    settings = StackSettings.fast(po_enabled=False)
+    first = FlameStack.create(1, settings=settings, storage_backend=backend, seed=1)
+    async with first:
+        if mode == "served":
+            await first.serve()
+        node = await start_node(first, "node-1", mode)  # type: ignore[arg-type]
+        results = Results(node.storage)
+        await results.save_local({"round": 1, "weights": np.ones(3)}, tag="model-v1")
+        await results.save_local({"round": 2, "weights": np.full(3, 2.0)}, tag="model-v1")
+        with pytest.raises(StorageArgumentError):
+            await results.save_local({}, tag="Bad Tag!")
+        await node.stop("executed")
+    second = FlameStack.create(
+        1, settings=settings, storage_backend=backend, seed=2, project_id=first.project_id
+    )
+    other = FlameStack.create(1, settings=settings, storage_backend=backend, seed=3)
+    async with second, other:
+        assert second.analysis_id != first.analysis_id
+        if mode == "served":
+            await second.serve()
+            await other.serve()
+        node = await start_node(second, "node-1", mode)  # type: ignore[arg-type]
+        results = Results(node.storage)
+        assert "model-v1" in await results.tags()
+        [last] = await results.load_tagged("model-v1", "last")
+        assert last["round"] == 2 and np.array_equal(last["weights"], np.full(3, 2.0))
+        assert [r["round"] for r in await results.load_tagged("model-v1")] == [1, 2]
+        await node.stop("executed")
+        stranger = await start_node(other, "node-1", mode)  # type: ignore[arg-type]
+        assert await Results(stranger.storage).tags() == []
+        await stranger.stop("executed")
+    await backend.aclose()
