@@ -1,0 +1,91 @@
+"""Client of the node's message broker (WIRE.md section 2)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+from flame.clients.base import ServiceClient
+from flame.errors import ProtocolError
+
+
+class Participant(TypedDict):
+    """A participant of the analysis as the broker lists it."""
+
+    nodeId: str
+    nodeType: Literal["default", "aggregator", "unknown"]
+
+
+class Subscription(TypedDict):
+    subscriptionId: str
+    analysisId: str
+    webhookUrl: str
+
+
+class MessageBrokerClient(ServiceClient):
+    """Participants, webhook subscriptions and sending messages, for one analysis."""
+
+    service = "message-broker"
+
+    def __init__(self, *args: Any, analysis_id: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.analysis_id = analysis_id
+
+    def _path(self, tail: str) -> str:
+        return f"/analyses/{self.analysis_id}{tail}"
+
+    async def participants(self) -> list[Participant]:
+        """All participants of the analysis, this node included."""
+        body = (await self.request("GET", self._path("/participants"))).json()
+        if not isinstance(body, list) or not all(isinstance(p, dict) and "nodeId" in p for p in body):
+            raise ProtocolError(
+                f"message-broker: participants is not a list of {{nodeId, nodeType}}: {body!r:.200}"
+            )
+        return body
+
+    async def self_participant(self) -> Participant:
+        """This node: its id and type. A 404 means it does not take part in the analysis."""
+        body = (
+            await self.request(
+                "GET",
+                self._path("/participants/self"),
+                hint="is ANALYSIS_ID right, and does this node take part in the analysis?",
+            )
+        ).json()
+        if not isinstance(body, dict) or "nodeId" not in body or "nodeType" not in body:
+            raise ProtocolError(
+                f"message-broker: participants/self is not {{nodeId, nodeType}}: {body!r:.200}"
+            )
+        return body  # type: ignore[return-value]
+
+    async def subscribe(self, webhook_url: str) -> Subscription:
+        """Subscribe ``webhook_url`` for the analysis' messages (not de-duplicated by the broker)."""
+        response = await self.request(
+            "POST", self._path("/messages/subscriptions"), json={"webhookUrl": webhook_url}, expected=(201,)
+        )
+        body: Subscription = response.json()
+        return body
+
+    async def unsubscribe(self, subscription_id: str) -> None:
+        await self.request(
+            "DELETE", self._path(f"/messages/subscriptions/{subscription_id}"), expected=(204, 404)
+        )
+
+    async def subscriptions(self) -> list[Subscription]:
+        body: list[Subscription] = (await self.request("GET", self._path("/messages/subscriptions"))).json()
+        return body
+
+    async def send(self, recipients: list[str], message: Any) -> None:
+        """Hand a message to the broker for ``recipients`` (202). Delivery is not confirmed by this."""
+        # A retried POST may deliver twice; receivers de-duplicate by meta.id (WIRE.md section 2.1).
+        await self.request(
+            "POST",
+            self._path("/messages"),
+            json={"recipients": recipients, "message": message},
+            expected=(202,),
+            retry=True,
+        )
+
+    async def broadcast(self, message: Any) -> None:
+        await self.request(
+            "POST", self._path("/messages/broadcast"), json={"message": message}, expected=(202,), retry=True
+        )

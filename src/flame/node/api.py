@@ -1,0 +1,83 @@
+"""The analysis' own REST API (WIRE.md section 5): webhook, health, token refresh, partner status.
+
+Served by uvicorn on port 8000 on a FLAME node and mounted in-process in local runs. It runs on the
+runtime's event loop, not in the user's thread, so ``/healthz`` answers at once even while the
+analysis computes. Malformed bodies get a 4xx and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from flame.errors import ProtocolError, TokenError
+
+if TYPE_CHECKING:
+    from flame.node.runtime import AsyncNode
+
+log = logging.getLogger(__name__)
+
+
+def create_api(node: AsyncNode) -> FastAPI:
+    """The FastAPI app of one node's analysis API."""
+    app = FastAPI(title="FLAME analysis", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        body = await _json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            await node.messenger.receive(body)
+        except ProtocolError as exc:
+            log.warning("rejected a webhook delivery: %s", exc)
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"status": "received"})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": node.status, "token_remaining_time": node.token_remaining_time()}
+
+    @app.post("/token_refresh")
+    async def token_refresh(request: Request) -> JSONResponse:
+        body = await _json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token.strip():
+            return JSONResponse({"detail": 'no token in the body; send {"token": "<JWT>"}'}, status_code=400)
+        try:
+            node.tokens.swap(token.strip())
+        except TokenError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        log.info("token refreshed by the pod orchestrator")
+        return JSONResponse({"message": "Token refreshed successfully"})
+
+    @app.post("/partner_status")
+    async def partner_status(request: Request) -> JSONResponse:
+        body = await _json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        statuses = body.get("partner_status") if isinstance(body, dict) else None
+        if not isinstance(statuses, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in statuses.items()
+        ):
+            return JSONResponse(
+                {"detail": 'expected {"partner_status": {"<node id>": "<status>"}}'}, status_code=422
+            )
+        node.adopt_partner_status(statuses)
+        return JSONResponse({"status": node.status})
+
+    return app
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return JSONResponse({"detail": "the body is not JSON"}, status_code=400)

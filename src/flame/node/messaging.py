@@ -1,0 +1,222 @@
+"""Reliable messaging over the broker (WIRE.md section 2.1), interoperable with PrivateAIM's SDK.
+
+The broker delivers at most once per attempt, drops on errors and persists nothing. On top of it:
+every message carries the ``meta`` envelope; a receiver stores a message once (de-duplicated by
+``meta.id``) and acknowledges every delivery by echoing the body with ``akn_id`` set to its own id; a
+sender resends the same body (same id) to the recipients that have not acknowledged, attempt after
+attempt, until all did or its timeout ran out, and returns ``(acknowledged, not_acknowledged)``.
+Waiting for messages or acknowledgements wakes on arrival.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from flame.clients.message_broker import MessageBrokerClient
+from flame.errors import FlameTimeoutError, PayloadError, ProtocolError, ServiceError
+from flame.node import envelope
+from flame.node.inbox import Inbox, Message
+
+log = logging.getLogger(__name__)
+
+#: Default bound of one send (all attempts) and of one attempt's wait for acknowledgements (seconds).
+DEFAULT_SEND_TIMEOUT = 60.0
+DEFAULT_ATTEMPT_TIMEOUT = 10.0
+#: Default bound of waiting for messages (seconds).
+DEFAULT_AWAIT_TIMEOUT = 600.0
+
+
+class Messenger:
+    """Sends, receives and acknowledges the messages of one node."""
+
+    def __init__(self, broker: MessageBrokerClient, node_id: str, inbox: Inbox | None = None) -> None:
+        self.broker = broker
+        self.node_id = node_id
+        self.inbox = inbox if inbox is not None else Inbox()
+        self._numbers = itertools.count(1)
+        self._background: set[asyncio.Task[Any]] = set()
+        self.finished = asyncio.Event()
+        self.sent = 0
+        self.resent = 0
+
+    # -- sending ------------------------------------------------------------------------------------
+
+    def envelope(self, body: dict[str, Any], category: str) -> dict[str, Any]:
+        """A new outgoing message: a copy of ``body`` with a fresh ``meta``; checked for size."""
+        message = envelope.outgoing(body, sender=self.node_id, category=category, number=next(self._numbers))
+        size = envelope.encoded_size(message)
+        if size > envelope.MAX_MESSAGE_BYTES:
+            raise PayloadError(
+                f"the message is {size} bytes; the broker carries at most about {envelope.MAX_MESSAGE_BYTES} "
+                "(the hub relay's 1 MB limit after encryption and Base64). Send bulk data as intermediate data "
+                "through storage (send_intermediate_data) and message only its id."
+            )
+        return message
+
+    async def send(
+        self,
+        recipients: Sequence[str],
+        category: str,
+        body: dict[str, Any],
+        *,
+        timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        max_attempts: int | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """Send ``body`` to ``recipients`` until each acknowledged, the attempts or the timeout ran out.
+
+        Returns ``(acknowledged, not_acknowledged)`` node ids. Each attempt posts the same message
+        (same ``meta.id``) to the recipients still missing and waits up to ``attempt_timeout`` for their
+        acknowledgements. ``max_attempts=None`` resends until ``timeout``.
+        """
+        message = self.envelope(body, category)
+        return await self.send_prepared(
+            message, recipients, timeout=timeout, attempt_timeout=attempt_timeout, max_attempts=max_attempts
+        )
+
+    async def send_prepared(
+        self,
+        message: dict[str, Any],
+        recipients: Sequence[str],
+        *,
+        timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        max_attempts: int | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """Send an enveloped message (see :meth:`send`)."""
+        targets = list(dict.fromkeys(recipients))
+        if not targets:
+            return [], []
+        if self.node_id in targets:
+            raise ProtocolError("a node cannot send a message to itself; the broker accepts only partners")
+        message_id = message["meta"]["id"]
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        attempts = 0
+        while True:
+            missing = [t for t in targets if t not in self.inbox.acks(message_id)]
+            if not missing:
+                break
+            if max_attempts is not None and attempts >= max_attempts:
+                break
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            attempts += 1
+            if attempts > 1:
+                self.resent += 1
+                log.info(
+                    "resending %s (%s) to %d node(s) without acknowledgement",
+                    message_id,
+                    message["meta"]["category"],
+                    len(missing),
+                )
+            try:
+                await self.broker.send(missing, message)
+                self.sent += 1
+            except ServiceError as exc:
+                log.warning("sending %s failed: %s", message_id, exc)
+            wait = attempt_timeout if remaining is None else min(attempt_timeout, max(remaining, 0.0))
+            await self.inbox.wait_until(self._all_acked(message_id, missing), wait)
+        acked = self.inbox.acks(message_id)
+        return [t for t in targets if t in acked], [t for t in targets if t not in acked]
+
+    def _all_acked(self, message_id: str, nodes: list[str]) -> Callable[[], bool]:
+        return lambda: all(node in self.inbox.acks(message_id) for node in nodes)
+
+    # -- receiving ----------------------------------------------------------------------------------
+
+    async def receive(self, body: Any) -> bool:
+        """Handle one webhook delivery. Returns True when it was a new message for the analysis.
+
+        Raises :class:`ProtocolError` for a body without a valid envelope (nothing changes then).
+        """
+        meta = envelope.parse_meta(body)
+        if meta.is_acknowledgement:
+            assert meta.akn_id is not None
+            await self.inbox.acknowledged(meta.id, meta.akn_id)
+            return False
+        is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id]))
+        if meta.category == envelope.ANALYSIS_FINISHED:
+            self.finished.set()
+        self._spawn(self._acknowledge(body))
+        return is_new
+
+    async def _acknowledge(self, body: dict[str, Any]) -> None:
+        ack = envelope.acknowledgement(body, self.node_id)
+        try:
+            await self.broker.send([body["meta"]["sender"]], ack)
+        except ServiceError as exc:
+            # the sender resends until acknowledged, and the duplicate is acknowledged again
+            log.warning("acknowledging %s failed: %s", body["meta"]["id"], exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- awaiting -----------------------------------------------------------------------------------
+
+    async def await_messages(
+        self,
+        senders: Iterable[str],
+        category: str,
+        *,
+        message_id: str | None = None,
+        timeout: float | None = DEFAULT_AWAIT_TIMEOUT,
+        raise_on_timeout: bool = True,
+    ) -> dict[str, list[Message] | None]:
+        """Wait until every sender has an unread message of ``category``; take and mark them read.
+
+        On timeout raises :class:`FlameTimeoutError` naming the senders still missing, or, with
+        ``raise_on_timeout=False``, returns None for them.
+        """
+        wanted = list(dict.fromkeys(senders))
+
+        def complete() -> bool:
+            return set(self.inbox.unread(wanted, category, message_id)) >= set(wanted)
+
+        done = await self.inbox.wait_until(complete, timeout)
+        found = self.inbox.unread(wanted, category, message_id)
+        if not done and raise_on_timeout:
+            missing = [s for s in wanted if s not in found]
+            raise FlameTimeoutError(f"{category!r} messages", timeout or 0.0, missing)
+        for messages in found.values():
+            self.inbox.mark_read(messages)
+        return {sender: found.get(sender) for sender in wanted}
+
+    async def ready_check(
+        self,
+        nodes: Sequence[str],
+        *,
+        timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        attempt_timeout: float = 30.0,
+    ) -> dict[str, bool]:
+        """Which nodes answer: a ``ready_check`` (body ``{}``) is answered by its acknowledgement."""
+        acked, _ = await self.send(
+            list(nodes), envelope.READY_CHECK, {}, timeout=timeout, attempt_timeout=attempt_timeout
+        )
+        return {node: node in acked for node in nodes}
+
+    async def analysis_finished(
+        self, partners: Sequence[str], *, attempts: int = 5, attempt_timeout: float = 30.0
+    ) -> tuple[list[str], list[str]]:
+        """Tell the partners that the analysis is over (``analysis_finished``, body ``{}``)."""
+        return await self.send(
+            list(partners),
+            envelope.ANALYSIS_FINISHED,
+            {},
+            timeout=None,
+            attempt_timeout=attempt_timeout,
+            max_attempts=attempts,
+        )
