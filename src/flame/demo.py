@@ -48,7 +48,9 @@ async def _selfcheck(analysis_nodes: int, console: Console) -> int:
     try:
         base = await stack.serve()
         console.print(f"[bold]Emulated FLAME node stack[/] on {base}")
-        console.print(f"analysis {stack.analysis_id}, DEPLOYMENT_NAME {stack.node('aggregator').deployment_name}")
+        console.print(
+            f"analysis {stack.analysis_id}, DEPLOYMENT_NAME {stack.node('aggregator').deployment_name}"
+        )
         table = Table(title="Configuration and token of each node's analysis container")
         for column in ("node", "role", "data access", "token expires in", "signature"):
             table.add_column(column)

@@ -31,7 +31,9 @@ def serialise(result: Any, output_type: OutputType) -> bytes:
         return str(result).encode()
     if output_type == "bytes":
         if not isinstance(result, bytes | bytearray | memoryview):
-            raise PayloadError(f"output_type 'bytes' needs bytes, got {type(result).__name__}; use 'str' or 'codec'")
+            raise PayloadError(
+                f"output_type 'bytes' needs bytes, got {type(result).__name__}; use 'str' or 'codec'"
+            )
         return bytes(result)
     if output_type == "codec":
         return codec.encode(result)
@@ -75,7 +77,9 @@ class Results:
         except (KeyError, TypeError, ValueError):
             raise PayloadError('local_dp must be {"epsilon": <number>, "sensitivity": <number>}') from None
         if isinstance(result, bool) or not isinstance(result, int | float) or not math.isfinite(result):
-            raise PayloadError(f"local DP applies to one finite number, got {type(result).__name__} {result!r:.40}")
+            raise PayloadError(
+                f"local DP applies to one finite number, got {type(result).__name__} {result!r:.40}"
+            )
         name = filename or default_filename(".txt")
         await self.storage.submit_final_localdp(float(result), epsilon, sensitivity, filename=name)
         return name
@@ -84,9 +88,13 @@ class Results:
         """Keep ``data`` (encoded with :mod:`flame.codec`) in node storage, optionally under ``tag``."""
         return await self.storage.save_local(codec.encode(data), tag=tag, filename=filename)
 
-    async def load_tagged(self, tag: str, which: TagOption = "all", *, allow_pickle: bool = False) -> list[Any]:
+    async def load_tagged(
+        self, tag: str, which: TagOption = "all", *, allow_pickle: bool = False
+    ) -> list[Any]:
         """Decode the local results under ``tag`` of this project (this and earlier analyses)."""
-        return [codec.decode(raw, allow_pickle=allow_pickle) for raw in await self.storage.read_tagged(tag, which)]
+        return [
+            codec.decode(raw, allow_pickle=allow_pickle) for raw in await self.storage.read_tagged(tag, which)
+        ]
 
     async def tags(self) -> list[str]:
         """The tags of local results of this project."""
