@@ -1,7 +1,39 @@
-"""flame: the SDK for federated analyses on FLAME nodes."""
+"""flame: the SDK for federated analyses on FLAME nodes.
+
+Write an :class:`Analyzer` (runs next to the data on every analysis node) and an :class:`Aggregator`
+(combines what the nodes send), and call :func:`run`::
+
+    import flame
+
+    class Mean(flame.Analyzer):
+        def analyze(self, data, aggregate, round):
+            ages = data.dataframe("patients.csv")["age"]
+            return {"n": len(ages), "sum": float(ages.sum())}
+
+    class Pool(flame.Aggregator):
+        def aggregate(self, updates, round, previous):
+            n = sum(u["n"] for u in updates.values())
+            return {"n": n, "mean": sum(u["sum"] for u in updates.values()) / n}
+
+    if __name__ == "__main__":
+        flame.run(Mean(), Pool())
+
+The same file runs on FLAME nodes (``python analysis.py``) and locally (``flame sim analysis.py``).
+"""
 
 from flame.errors import FlameError
+from flame.federated import Aggregator, AnalysisClient, Analyzer, Data, FederationOptions
+from flame.runner import run
 
 __version__ = "0.1.0"
 
-__all__ = ["FlameError", "__version__"]
+__all__ = [
+    "Aggregator",
+    "AnalysisClient",
+    "Analyzer",
+    "Data",
+    "FederationOptions",
+    "FlameError",
+    "__version__",
+    "run",
+]

@@ -13,6 +13,7 @@ catch a subclass to handle one kind::
     ├── ServiceError            a node service answered with an error or not at all
     │   └── ServiceUnavailableError  unreachable, or 5xx/429 after all retries
     ├── ProtocolError           a peer or service broke the wire contract or the round protocol
+    ├── FederationError         the federated analysis cannot go on (quorum not reached, aborted)
     ├── FlameTimeoutError       a bounded wait ran out (also a :class:`TimeoutError`)
     ├── PayloadError            a payload or argument that cannot be encoded, decoded or sent
     │   ├── PickleRefusedError      pickled data met without the ``allow_pickle`` opt-in
@@ -113,6 +114,17 @@ class ProtocolError(FlameError):
     """A peer or a service broke the wire contract or the federated round protocol."""
 
 
+class FederationError(FlameError):
+    """The federated analysis cannot go on: too few nodes answered in time, or the aggregator aborted.
+
+    ``missing`` lists the node ids that did not answer, if that is the cause.
+    """
+
+    def __init__(self, message: str, missing: Iterable[str] = ()) -> None:
+        self.missing = list(missing)
+        super().__init__(message)
+
+
 class FlameTimeoutError(FlameError, TimeoutError):
     """A bounded wait ran out.
 
@@ -161,6 +173,7 @@ __all__ = [
     "ConfigurationError",
     "DataNotFoundError",
     "DisclosureRefusedError",
+    "FederationError",
     "FlameError",
     "FlameTimeoutError",
     "PayloadError",

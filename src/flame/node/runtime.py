@@ -38,6 +38,7 @@ from flame.node.messaging import (
     DEFAULT_SEND_TIMEOUT,
     Messenger,
 )
+from flame.node.results import Results
 from flame.node.status import FINAL_STATUSES, STATUSES, Status, StatusReporter
 from flame.redact import install_redaction
 from flame.tokens import TokenStore
@@ -99,6 +100,7 @@ class AsyncNode:
             self.http, urls.message_broker, analysis_id=self.config.analysis_id, **common
         )
         self.storage = StorageClient(self.http, urls.storage, **common)
+        self.results = Results(self.storage)
         self.po = PodOrchestratorClient(self.http, urls.po, analysis_id=self.config.analysis_id, **common)
         self.data: DataAPI | None = None
         if self.config.has_data_access:

@@ -1,0 +1,248 @@
+"""The analysis node's side of the star protocol.
+
+Each round an analysis node analyses its local data (given the previous aggregate, None in round 1),
+sends the parameters to the aggregator, and awaits the aggregate; it ends when an aggregate is final,
+when the aggregator announces ``analysis_finished`` or reports ``executed``, or fails when the
+aggregator aborts. After a restart it resumes from its checkpoint: it resends its last update and asks
+the aggregator for its newest aggregate, so it rejoins whatever round the federation is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flame.errors import FederationError, FlameError, FlameTimeoutError, ProtocolError
+from flame.federated import messages
+from flame.federated.checkpoint import load_checkpoint, save_checkpoint
+from flame.federated.data import Data
+from flame.federated.options import FederationOptions
+
+if TYPE_CHECKING:
+    from flame.node.runtime import AsyncNode
+
+log = logging.getLogger(__name__)
+
+
+class Analyzer:
+    """Base class of what runs next to the data on every analysis node.
+
+    Implement :meth:`analyze`. Keep state that must survive a pod restart in :meth:`state` /
+    :meth:`restore` (codec-encodable values); everything else is lost with the pod.
+    """
+
+    def analyze(self, data: Data, aggregate: Any | None, round: int) -> Any:
+        """Return this node's parameters for ``round`` (codec-encodable: numbers, arrays, frames, dicts).
+
+        ``aggregate`` is the aggregator's result of the previous round (None in the first round).
+        """
+        raise NotImplementedError("implement analyze(data, aggregate, round) in your Analyzer")
+
+    def state(self) -> Any:
+        """What to keep in the checkpoint besides round and aggregate (default: nothing)."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Take back what :meth:`state` returned, after a restart."""
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """An aggregate as an analysis node receives it."""
+
+    round: int
+    value: Any
+    final: bool
+
+
+class AnalysisClient:
+    """Runs an :class:`Analyzer` on one analysis node through the rounds of the star protocol."""
+
+    def __init__(
+        self, node: AsyncNode, analyzer: Analyzer, options: FederationOptions, data: Data | None = None
+    ) -> None:
+        self.node = node
+        self.analyzer = analyzer
+        self.options = options
+        self.data = data or Data(node.data, asyncio.get_running_loop())
+        self.round = 1
+        self.aggregate: Any | None = None
+        self._last_update: tuple[int, Any] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def aggregator_id(self) -> str:
+        aggregator = self.node.aggregator_id
+        if aggregator is None:
+            raise ProtocolError("no aggregator among the participants of this analysis")
+        return aggregator
+
+    async def execute(self) -> Any:
+        """Analyse, send, await; round after round until the aggregate is final. Returns the final aggregate."""
+        await self._resume()
+        try:
+            while True:
+                if self._last_update is None or self._last_update[0] != self.round:
+                    self.node.log(f"round {self.round}: analysing local data")
+                    parameters = await asyncio.to_thread(
+                        self.analyzer.analyze, self.data, self.aggregate, self.round
+                    )
+                    self._last_update = (self.round, parameters)
+                    await self._checkpoint()
+                await self.send_results(self.round, self._last_update[1])
+                received = await self.await_aggregation(self.round)
+                if received is None:  # the aggregator ended the analysis without a final aggregate for us
+                    self.node.log("the aggregator finished the analysis")
+                    break
+                self.aggregate = received.value
+                self.node.set_progress(100 * received.round / self.options.max_rounds)
+                if received.final:
+                    self.node.log(f"round {received.round}: final aggregate received")
+                    await self._await_finish()
+                    break
+                self.round = received.round + 1
+                await self._checkpoint()
+        finally:
+            await self._drain()
+        if self.node.status not in ("executed", "failed", "stopped"):
+            self.node.set_status("executed")
+        return self.aggregate
+
+    async def send_results(self, round: int, parameters: Any) -> None:
+        """Send this node's parameters of ``round`` to the aggregator, reliably."""
+        payload = await messages.pack(self.node, [self.aggregator_id], parameters, self.options.inline_limit)
+        body = {"analysis_id": self.node.config.analysis_id, "round": round, **payload}
+        self.node.log(f"round {round}: sending parameters to the aggregator")
+        acked, _ = await self.node.send_message(
+            [self.aggregator_id], messages.UPDATE, body, timeout=self.options.send_timeout
+        )
+        if not acked:
+            self.node.log(f"round {round}: the aggregator did not acknowledge the parameters yet", "warn")
+
+    async def await_aggregation(self, round: int) -> Aggregate | None:
+        """Wait for the aggregate of ``round`` or later; None when the aggregator ended the analysis.
+
+        Meanwhile answers the aggregator's requests to resend an update (after it resumed).
+        Raises :class:`FederationError` when the aggregator aborts, :class:`FlameTimeoutError` after the
+        node deadline.
+        """
+        node = self.node
+        aggregator = [self.aggregator_id]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.analysis_deadline
+        watched = (messages.AGGREGATE, messages.RESYNC, messages.ABORT)
+        self.node.log(f"round {round}: waiting for the aggregate")
+        while True:
+            for message in messages.take(node, messages.ABORT, aggregator):
+                reason = message.body.get("reason", "no reason given")
+                node.set_status("failed")
+                raise FederationError(f"the aggregator aborted the analysis: {reason}")
+            for message in messages.take(node, messages.RESYNC, aggregator):
+                self._answer_resync(message)
+            newest: Aggregate | None = None
+            for message in messages.take(node, messages.AGGREGATE, aggregator):
+                if not self._ours(message):
+                    continue
+                agg_round = messages.round_of(message)
+                if agg_round < round:
+                    log.info("ignoring the stale aggregate of round %d (now in round %d)", agg_round, round)
+                    continue
+                if newest is None or agg_round > newest.round:
+                    value = await messages.unpack(node, message)
+                    newest = Aggregate(agg_round, value, bool(message.body.get("final")))
+            if newest is not None:
+                if newest.round > round:
+                    node.log(f"rejoining at round {newest.round} with the newest aggregate")
+                return newest
+            if node.messenger.finished.is_set() or node.finished.is_set():
+                return None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise FlameTimeoutError(
+                    f"the aggregate of round {round}", self.options.analysis_deadline, aggregator
+                )
+            await node.inbox.wait_until(
+                lambda: (
+                    messages.has_unread(node, watched, aggregator)
+                    or node.messenger.finished.is_set()
+                    or node.finished.is_set()
+                ),
+                remaining,
+            )
+
+    async def _await_finish(self) -> None:
+        """Stay reachable until the aggregator announces the end (bounded by the send timeout)."""
+        node = self.node
+        ended = await node.inbox.wait_until(
+            lambda: node.messenger.finished.is_set() or node.finished.is_set(), self.options.send_timeout
+        )
+        if not ended:
+            node.log("the aggregator did not announce the end of the analysis; ending anyway", "warn")
+
+    def _ours(self, message: Any) -> bool:
+        if message.body.get("analysis_id") != self.node.config.analysis_id:
+            log.warning("ignoring a foreign message %s (another analysis)", message.id)
+            return False
+        return True
+
+    def _answer_resync(self, message: Any) -> None:
+        if not self._ours(message):
+            return
+        wanted = messages.round_of(message)
+        if self._last_update is not None and self._last_update[0] == wanted:
+            self.node.log(f"the aggregator resumed: resending the parameters of round {wanted}")
+            self._spawn(self.send_results(wanted, self._last_update[1]))
+
+    async def _resume(self) -> None:
+        if not self.options.checkpoints:
+            return
+        record = await load_checkpoint(self.node)
+        if record is None:
+            return
+        self.round = int(record["round"])
+        self.aggregate = record.get("aggregate")
+        if record.get("update_round") is not None:
+            self._last_update = (int(record["update_round"]), record.get("update"))
+        if record.get("state") is not None:
+            await asyncio.to_thread(self.analyzer.restore, record["state"])
+        self.node.log(f"resumed from the checkpoint at round {self.round}")
+        # ask for the newest aggregate, in case it went out while this pod was down
+        body = {"analysis_id": self.node.config.analysis_id, "round": self.round}
+        self._spawn(
+            self.node.send_message(
+                [self.aggregator_id], messages.REJOIN, body, timeout=self.options.send_timeout
+            )
+        )
+
+    async def _checkpoint(self) -> None:
+        if not self.options.checkpoints:
+            return
+        state = await asyncio.to_thread(self.analyzer.state)
+        update_round, update = self._last_update if self._last_update is not None else (None, None)
+        try:
+            await save_checkpoint(
+                self.node,
+                {
+                    "role": "analyzer",
+                    "round": self.round,
+                    "aggregate": self.aggregate,
+                    "update_round": update_round,
+                    "update": update,
+                    "state": state,
+                },
+            )
+        except FlameError as exc:
+            self.node.log(f"could not save the checkpoint: {exc}", "warn")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,89 @@
+"""``flame.run``: the entry point of an analysis file, on a FLAME node and under ``flame sim``.
+
+On a node (``python analysis.py``, or ``flame run analysis.py``) it reads the container's environment,
+starts the node runtime (its REST API on port 8000), learns from ``participants/self`` whether this
+node aggregates, runs the matching side, and returns once the node has finished. Under ``flame sim``
+the same call hands the analyzer and the aggregator to the local federation instead.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from flame.errors import FlameError
+from flame.federated import Aggregator, Analyzer, FederationOptions, run_node
+from flame.node.loop import LoopThread
+from flame.node.runtime import AsyncNode
+
+log = logging.getLogger(__name__)
+
+#: Set by ``flame sim``: receives what ``flame.run`` was given instead of running on a node.
+RunHook = Callable[[Any, Any, FederationOptions], Any]
+_hook: contextvars.ContextVar[RunHook | None] = contextvars.ContextVar("flame_run_hook", default=None)
+
+
+def run(
+    analyzer: Analyzer | type[Analyzer],
+    aggregator: Aggregator | type[Aggregator],
+    options: FederationOptions | None = None,
+    *,
+    role: str | None = None,
+    **option_values: Any,
+) -> Any:
+    """Run this analysis on the node it was started on; returns the final result (or aggregate).
+
+    ``options`` or keyword options (``max_rounds=``, ``quorum=``, ``round_deadline=``,
+    ``output_type=``, ``filename=``, ``aggregator_analyses=``, ...; see :class:`FederationOptions`).
+    ``role`` overrides the role from ``participants/self`` (tests only). Raises a
+    :class:`~flame.errors.FlameError` when the analysis fails (the node's status is then ``failed``).
+    """
+    opts = (options or FederationOptions()).with_changes(**option_values) if option_values else options
+    opts = opts or FederationOptions()
+    hook = _hook.get()
+    if hook is not None:
+        return hook(analyzer, aggregator, opts)
+    _configure_logging()
+    loop = LoopThread("flame-node")
+    try:
+        return loop.run(
+            _run_on_node(_instance(analyzer), _instance(aggregator), opts, role), None, "the analysis"
+        )
+    finally:
+        loop.stop()
+
+
+async def _run_on_node(
+    analyzer: Analyzer, aggregator: Aggregator, options: FederationOptions, role: str | None
+) -> Any:
+    node = AsyncNode()
+    if role is not None:
+        node.config = node.config.with_overrides(node_role=role)
+    await node.start()
+    try:
+        return await run_node(node, analyzer, aggregator, options)
+    finally:
+        await node.stop()
+
+
+def _instance(obj: Any) -> Any:
+    return obj() if isinstance(obj, type) else obj
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+
+def set_run_hook(hook: RunHook | None) -> contextvars.Token[RunHook | None]:
+    """Make ``flame.run`` hand its arguments to ``hook`` (used by ``flame sim``); returns a reset token."""
+    return _hook.set(hook)
+
+
+__all__ = ["FlameError", "run", "set_run_hook"]
