@@ -17,6 +17,7 @@ exists on a real node:
 ``FLAME_HEALTHZ_URL``       the sidecar's health URL (``{base}/healthz``)
 ``FLAME_WEBHOOK_URL``       the URL the broker delivers to (``{base}/analysis/webhook``)
 ``FLAME_ANALYSIS_PORT``     port of the analysis REST API (default 8000)
+``FLAME_ANALYSIS_HOST``     address it binds (default 0.0.0.0; 127.0.0.1 for local runs)
 ``FLAME_NODE_ID``           node id, for tests only (normally from ``participants/self``)
 ``FLAME_NODE_ROLE``         ``default`` or ``aggregator``, for tests only
 ``FLAME_JWKS_URL``          a JWKS URL to verify the token's signature against (optional)
@@ -100,6 +101,7 @@ class NodeConfig:
     data_source_token: str | None = field(repr=False)
     urls: ServiceURLs
     analysis_port: int = 8000
+    analysis_host: str = "0.0.0.0"
     node_id: str | None = None
     node_role: NodeRole | None = None
     jwks_url: str | None = None
@@ -152,6 +154,7 @@ class NodeConfig:
             data_source_token=None if data_token == NO_DATA_ACCESS else data_token,
             urls=_service_urls(env, deployment),
             analysis_port=_port(env, "FLAME_ANALYSIS_PORT", 8000),
+            analysis_host=env.get("FLAME_ANALYSIS_HOST") or "0.0.0.0",
             node_id=env.get("FLAME_NODE_ID") or None,
             node_role=_role(env),
             jwks_url=_url(env, "FLAME_JWKS_URL") if env.get("FLAME_JWKS_URL") else None,

@@ -86,4 +86,9 @@ def set_run_hook(hook: RunHook | None) -> contextvars.Token[RunHook | None]:
     return _hook.set(hook)
 
 
-__all__ = ["FlameError", "run", "set_run_hook"]
+def reset_run_hook(token: contextvars.Token[RunHook | None]) -> None:
+    """Undo :func:`set_run_hook`."""
+    _hook.reset(token)
+
+
+__all__ = ["FlameError", "reset_run_hook", "run", "set_run_hook"]

@@ -82,7 +82,7 @@ class AsyncNode:
         status_sync: Sequence[str] = ("executed", "stopped", "failed"),
         requires_data: bool | None = None,
         serve_api: bool = True,
-        api_host: str = "0.0.0.0",
+        api_host: str | None = None,
     ) -> None:
         install_redaction()
         self.config = config or NodeConfig.from_env()
@@ -90,7 +90,8 @@ class AsyncNode:
         self.tokens = TokenStore(self.config.keycloak_token)
         self.status_sync = tuple(status_sync)
         self.requires_data = requires_data
-        self.serve_api_on = (api_host, self.config.analysis_port) if serve_api else None
+        host = api_host if api_host is not None else self.config.analysis_host
+        self.serve_api_on = (host, self.config.analysis_port) if serve_api else None
         self._rng = random.Random()
         timeout = httpx.Timeout(self.timeouts.request, connect=min(10.0, self.timeouts.request))
         self.http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)

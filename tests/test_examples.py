@@ -1,0 +1,76 @@
+"""The examples: each federated result equals the result on the pooled data."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flame.runner import reset_run_hook, set_run_hook
+from flame.sim import FlameStack, StackSettings
+from flame.sim.federation import FederationRun, run_federation
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DATA = EXAMPLES / "data"
+
+
+def load(name: str) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Run an example file as __main__ with flame.run captured; returns analyzer, aggregator, options, module."""
+    captured: dict[str, Any] = {}
+    token = set_run_hook(
+        lambda analyzer, aggregator, options: captured.update(a=analyzer, g=aggregator, o=options)
+    )
+    try:
+        module = runpy.run_path(str(EXAMPLES / name / "analysis.py"), run_name="__main__")
+    finally:
+        reset_run_hook(token)
+    return captured["a"], captured["g"], captured["o"], module
+
+
+def pooled() -> pd.DataFrame:
+    return pd.concat(
+        [pd.read_csv(DATA / f"node-{i}" / "s3" / "patients.csv") for i in (1, 2, 3)], ignore_index=True
+    )
+
+
+async def federate(name: str, mode: str = "inprocess") -> tuple[FederationRun, dict[str, Any]]:
+    analyzer, aggregator, options, module = load(name)
+    stack = FlameStack.create(3, data_root=DATA, settings=StackSettings.fast())
+    async with stack:
+        run = await run_federation(stack, analyzer, aggregator, options, mode=mode, timeout=120)  # type: ignore[arg-type]
+    assert run.ok, run.report()
+    return run, module
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "served"])
+async def test_patient_count_equals_the_pooled_count(mode: str) -> None:
+    run, _ = await federate("patient_count", mode)
+    assert run.result == {"patients": len(pooled()), "hospitals": 3}
+
+
+async def test_mean_and_std_equal_the_pooled_ones() -> None:
+    run, module = await federate("mean_std")
+    frame = pooled()
+    for column in module["COLUMNS"]:
+        assert run.result[column]["n"] == len(frame)
+        assert run.result[column]["mean"] == pytest.approx(frame[column].mean(), rel=1e-12)
+        assert run.result[column]["std"] == pytest.approx(frame[column].std(ddof=1), rel=1e-12)
+
+
+async def test_logistic_regression_matches_a_pooled_fit_to_1e_6() -> None:
+    run, module = await federate("logistic_regression")
+    x, y = module["design"](pooled())
+    beta = np.zeros(x.shape[1])
+    for _ in range(50):
+        gradient, hessian = module["gradient_hessian"](x, y, beta)
+        step = np.linalg.solve(hessian, gradient)
+        beta = beta - step
+        if np.abs(step).max() < 1e-12:
+            break
+    federated = np.array(list(run.result["coefficients"].values()))
+    np.testing.assert_allclose(federated, beta, rtol=0, atol=1e-6)
+    assert 2 <= len(run.rounds) < 25  # converged before the round limit
