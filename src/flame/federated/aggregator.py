@@ -20,6 +20,7 @@ from flame.federated import messages
 from flame.federated.checkpoint import load_checkpoint, save_checkpoint
 from flame.federated.data import Data
 from flame.federated.options import FederationOptions
+from flame.node.tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from flame.federated.analyzer import Analyzer
@@ -74,7 +75,7 @@ class Aggregator:
             self._contributors.append(node.node_id)
         self._required = options.required(len(self._contributors))
         self._latest: tuple[int, Any, bool] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks()
         self._pending: dict[int, dict[str, Any]] = {}
         self.rounds: list[dict[str, Any]] = []
         round, previous, finished = await self._resume()
@@ -112,7 +113,7 @@ class Aggregator:
             await node.analysis_finished()
             return result
         finally:
-            await self._drain()
+            await self._background.aclose(grace=min(5.0, self._options.send_timeout))
 
     async def _await_parameters(self, round: int) -> dict[str, Any]:
         """The updates of ``round``: all contributors', or as many as arrived by the deadline (>= quorum)."""
@@ -199,7 +200,7 @@ class Aggregator:
             return
         round, aggregate, final = self._latest
         self._node.log(f"{message.sender} rejoined; sending it the aggregate of round {round}")
-        self._spawn(self._send_parameters(aggregate, round, final, to=[message.sender]))
+        self._background.spawn(self._send_parameters(aggregate, round, final, to=[message.sender]))
 
     async def _abort(self, reason: str, missing: Sequence[str]) -> None:
         node = self._node
@@ -235,7 +236,7 @@ class Aggregator:
             return done_round, aggregate, True
         body = {"analysis_id": self._node.config.analysis_id, "round": done_round + 1}
         receivers = [n for n in self._contributors if n != self._node.node_id]
-        self._spawn(
+        self._background.spawn(
             self._node.send_message(receivers, messages.RESYNC, body, timeout=self._options.send_timeout)
         )
         return done_round + 1, aggregate, False
@@ -258,16 +259,3 @@ class Aggregator:
             )
         except FlameError as exc:
             self._node.log(f"could not save the checkpoint: {exc}", "warn")
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _drain(self) -> None:
-        if self._background:
-            await asyncio.wait(self._background, timeout=min(5.0, self._options.send_timeout))
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)

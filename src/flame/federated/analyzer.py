@@ -19,6 +19,7 @@ from flame.federated import messages
 from flame.federated.checkpoint import load_checkpoint, save_checkpoint
 from flame.federated.data import Data
 from flame.federated.options import FederationOptions
+from flame.node.tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from flame.node.runtime import AsyncNode
@@ -70,7 +71,7 @@ class AnalysisClient:
         self.round = 1
         self.aggregate: Any | None = None
         self._last_update: tuple[int, Any] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks()
 
     @property
     def aggregator_id(self) -> str:
@@ -105,7 +106,7 @@ class AnalysisClient:
                 self.round = received.round + 1
                 await self._checkpoint()
         finally:
-            await self._drain()
+            await self._background.aclose()
         if self.node.status not in ("executed", "failed", "stopped"):
             self.node.set_status("executed")
         return self.aggregate
@@ -193,7 +194,7 @@ class AnalysisClient:
         wanted = messages.round_of(message)
         if self._last_update is not None and self._last_update[0] == wanted:
             self.node.log(f"the aggregator resumed: resending the parameters of round {wanted}")
-            self._spawn(self.send_results(wanted, self._last_update[1]))
+            self._background.spawn(self.send_results(wanted, self._last_update[1]))
 
     async def _resume(self) -> None:
         if not self.options.checkpoints:
@@ -210,7 +211,7 @@ class AnalysisClient:
         self.node.log(f"resumed from the checkpoint at round {self.round}")
         # ask for the newest aggregate, in case it went out while this pod was down
         body = {"analysis_id": self.node.config.analysis_id, "round": self.round}
-        self._spawn(
+        self._background.spawn(
             self.node.send_message(
                 [self.aggregator_id], messages.REJOIN, body, timeout=self.options.send_timeout
             )
@@ -235,14 +236,3 @@ class AnalysisClient:
             )
         except FlameError as exc:
             self.node.log(f"could not save the checkpoint: {exc}", "warn")
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _drain(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
