@@ -21,11 +21,37 @@ Write an :class:`Analyzer` (runs next to the data on every analysis node) and an
 The same file runs on FLAME nodes (``python analysis.py``) and locally (``flame sim analysis.py``).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from flame.errors import FlameError
-from flame.federated import Aggregator, AnalysisClient, Analyzer, Data, FederationOptions
-from flame.runner import run
+
+if TYPE_CHECKING:
+    from flame.federated import Aggregator, AnalysisClient, Analyzer, Data, FederationOptions
+    from flame.runner import run
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that ``import flame.codec`` or ``flame.protocols`` stays light.
+_LAZY = {
+    "AnalysisClient": "flame.federated",
+    "Aggregator": "flame.federated",
+    "Analyzer": "flame.federated",
+    "Data": "flame.federated",
+    "FederationOptions": "flame.federated",
+    "run": "flame.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flame' has no attribute {name!r}")
+
 
 __all__ = [
     "Aggregator",

@@ -17,7 +17,8 @@ catch a subclass to handle one kind::
     ├── FlameTimeoutError       a bounded wait ran out (also a :class:`TimeoutError`)
     ├── PayloadError            a payload or argument that cannot be encoded, decoded or sent
     │   ├── PickleRefusedError      pickled data met without the ``allow_pickle`` opt-in
-    │   └── StorageArgumentError    an argument storage would refuse (bad tag, non-finite number)
+    │   ├── StorageArgumentError    an argument storage would refuse (bad tag, non-finite number)
+    │   └── AggregationError        updates that cannot be aggregated (wrong form, shape or domain)
     ├── DataNotFoundError       requested data is in none of the node's data sources
     └── DisclosureRefusedError  a result that would disclose too much (minimum counts, DP budget)
 
@@ -161,6 +162,15 @@ class StorageArgumentError(PayloadError, ValueError):
     any request is sent."""
 
 
+class AggregationError(PayloadError, ValueError):
+    """Updates that cannot be aggregated.
+
+    Raised for no updates at all, an update of the wrong form (missing or unknown keys), values of
+    the wrong kind or shape, and values outside their domain (a negative weight or count, a
+    non-finite summary statistic). The message names the function and the node.
+    """
+
+
 class DataNotFoundError(FlameError, LookupError):
     """Requested data is in none of the node's data sources (for example an S3 key no source has)."""
 
@@ -170,6 +180,7 @@ class DisclosureRefusedError(FlameError):
 
 
 __all__ = [
+    "AggregationError",
     "ConfigurationError",
     "DataNotFoundError",
     "DisclosureRefusedError",
