@@ -20,6 +20,7 @@ from flame.clients.message_broker import MessageBrokerClient
 from flame.errors import FlameTimeoutError, PayloadError, ProtocolError, ServiceError
 from flame.node import envelope
 from flame.node.inbox import Inbox, Message
+from flame.node.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Messenger:
         self.node_id = node_id
         self.inbox = inbox if inbox is not None else Inbox()
         self._numbers = itertools.count(1)
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks()
         self.finished = asyncio.Event()
         self.sent = 0
         self.resent = 0
@@ -143,7 +144,7 @@ class Messenger:
         is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id]))
         if meta.category == envelope.ANALYSIS_FINISHED:
             self.finished.set()
-        self._spawn(self._acknowledge(body))
+        self._background.spawn(self._acknowledge(body))
         return is_new
 
     async def _acknowledge(self, body: dict[str, Any]) -> None:
@@ -154,16 +155,8 @@ class Messenger:
             # the sender resends until acknowledged, and the duplicate is acknowledged again
             log.warning("acknowledging %s failed: %s", body["meta"]["id"], exc)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.aclose()
 
     # -- awaiting -----------------------------------------------------------------------------------
 

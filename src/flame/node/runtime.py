@@ -12,13 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-import uvicorn
 
 from flame import codec
 from flame.clients.base import RetryPolicy
@@ -39,6 +37,7 @@ from flame.node.messaging import (
     Messenger,
 )
 from flame.node.results import Results
+from flame.node.serving import HTTPServer
 from flame.node.status import FINAL_STATUSES, STATUSES, Status, StatusReporter
 from flame.redact import install_redaction
 from flame.tokens import TokenStore
@@ -126,8 +125,7 @@ class AsyncNode:
         self.reporter: StatusReporter | None = None
         self.api_url: str | None = None
         self._subscription: str | None = None
-        self._server: uvicorn.Server | None = None
-        self._server_task: asyncio.Task[Any] | None = None
+        self._server: HTTPServer | None = None
         self._started = False
 
     def __repr__(self) -> str:
@@ -169,21 +167,8 @@ class AsyncNode:
             return self.api_url
         bind_host = host or (self.serve_api_on[0] if self.serve_api_on else "127.0.0.1")
         bind_port = self.config.analysis_port if port is None else port
-        # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on accepted sockets of that proto (not 0);
-        # without it Nagle holds each response body back for the peer's delayed ACK (~40 ms per request)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bind_host, bind_port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        config = uvicorn.Config(
-            self.api_app, lifespan="off", log_level="warning", timeout_graceful_shutdown=1
-        )
-        self._server = uvicorn.Server(config)
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        bound_port = sock.getsockname()[1]
-        self.api_url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '') else bind_host}:{bound_port}"
+        self._server = HTTPServer(self.api_app, bind_host, bind_port)
+        self.api_url = self._server.url
         return self.api_url
 
     async def start(self) -> AsyncNode:
@@ -267,10 +252,8 @@ class AsyncNode:
         await self.messenger.aclose()
         if self.reporter is not None:
             await self.reporter.aclose(self.timeouts.shutdown)
-        if self._server is not None and self._server_task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server_task, self.timeouts.shutdown)
+        if self._server is not None:
+            await self._server.aclose(self.timeouts.shutdown)
             self._server = None
             self.api_url = None
         await self.http.aclose()
