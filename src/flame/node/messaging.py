@@ -141,9 +141,9 @@ class Messenger:
             assert meta.akn_id is not None
             await self.inbox.acknowledged(meta.id, meta.akn_id)
             return False
-        is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id]))
         if meta.category == envelope.ANALYSIS_FINISHED:
-            self.finished.set()
+            self.finished.set()  # before the inbox wakes its waiters, so they see it
+        is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id]))
         self._background.spawn(self._acknowledge(body))
         return is_new
 
@@ -155,8 +155,13 @@ class Messenger:
             # the sender resends until acknowledged, and the duplicate is acknowledged again
             log.warning("acknowledging %s failed: %s", body["meta"]["id"], exc)
 
-    async def aclose(self) -> None:
-        await self._background.aclose()
+    async def drain(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until acknowledgements still being sent are out; True if all are."""
+        return await self._background.wait(timeout)
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Let acknowledgements still being sent finish (up to ``grace`` seconds), then stop."""
+        await self._background.aclose(grace=grace)
 
     # -- awaiting -----------------------------------------------------------------------------------
 

@@ -23,6 +23,12 @@ class BackgroundTasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the running tasks to finish; True if none is left."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        return not self._tasks
+
     async def aclose(self, grace: float = 0.0) -> None:
         """Let running tasks finish for up to ``grace`` seconds, then cancel the rest and wait for them."""
         if self._tasks and grace > 0:
