@@ -1,4 +1,5 @@
-"""The ``flame`` command line: ``flame demo``, ``flame check``, ``flame node up``."""
+"""The ``flame`` command line: ``flame new``, ``flame sim``, ``flame run``, ``flame demo``, ``flame check``,
+``flame node up``."""
 
 from __future__ import annotations
 
@@ -54,7 +55,92 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--faults", default="", help="fault plan, e.g. 'drop=0.1;outage=storage@5-8'")
     up.add_argument("--env-file", type=Path, help="also write each node's environment as JSON here")
     up.set_defaults(handler=_node_up)
+
+    new = commands.add_parser("new", help="create an analysis project from the template")
+    new.add_argument("name", help="the project's folder name (letters, digits, '-', '_', '.')")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where to create it (default: here)")
+    new.add_argument("--seed", type=int, default=0, help="seed of the sample data")
+    new.set_defaults(handler=_new)
+
+    sim = commands.add_parser("sim", help="run an analysis file on a local federation")
+    sim.add_argument("analysis", type=Path, help="the analysis file (calls flame.run(...))")
+    sim.add_argument(
+        "--nodes",
+        type=int,
+        help="analysis nodes, plus one aggregator (default: node folders in --data, or 3)",
+    )
+    data = sim.add_mutually_exclusive_group()
+    data.add_argument("--data", type=Path, help="data folder: DIR/node-1, DIR/node-2, ... with fhir/ and s3/")
+    data.add_argument("--split", type=Path, help="split one CSV or FHIR Bundle/NDJSON file across the nodes")
+    sim.add_argument("--seed", type=int, default=0, help="seed of ids, the split and injected faults")
+    sim.add_argument(
+        "--faults", default="", help="fault plan, e.g. 'drop=0.1;duplicate=0.1;restart=node-1@5'"
+    )
+    how = sim.add_mutually_exclusive_group()
+    how.add_argument("--served", action="store_true", help="serve the stack on loopback (real HTTP)")
+    how.add_argument(
+        "--processes", action="store_true", help="run every node as 'python ANALYSIS.py' in its own process"
+    )
+    sim.add_argument("--max-rounds", type=int, help="override the file's max_rounds")
+    sim.add_argument("--timeout", type=float, default=600.0, help="bound of the whole run, seconds (600)")
+    sim.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the platform's delays and periods (and the resend interval), e.g. 0.1 (default 1)",
+    )
+    sim.add_argument("--report", type=Path, help="run report (default: flame-runs/<timestamp>/report.json)")
+    sim.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
+    sim.set_defaults(handler=_sim)
+
+    run = commands.add_parser("run", help="run an analysis file on this node (a container's entrypoint)")
+    run.add_argument("analysis", type=Path, help="the analysis file")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed on to the file (sys.argv)")
+    run.set_defaults(handler=_run)
     return parser
+
+
+def _new(args: argparse.Namespace) -> int:
+    from flame.newproject import new_command
+
+    return new_command(args)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from flame.sim.cli_sim import sim_command
+
+    return sim_command(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_file(args.analysis, args.args)
+
+
+def run_file(path: Path, argv: Sequence[str] = ()) -> int:
+    """``flame run``: run an analysis file as ``python PATH ARGV...`` does (its folder first on ``sys.path``).
+
+    Returns 0 when the file ran to its end, 1 (with the message on stderr) on a :class:`FlameError`; other
+    exceptions propagate with their traceback, as under ``python``. Production code: no ``flame.sim`` here.
+    """
+    import runpy
+
+    if not path.is_file():
+        print(f"flame run: {path}: no such file", file=sys.stderr)
+        return 1
+    folder = str(path.resolve().parent)
+    saved_argv = sys.argv
+    sys.argv = [str(path), *argv]
+    sys.path.insert(0, folder)
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except FlameError as exc:
+        print(f"flame run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = saved_argv
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
