@@ -75,3 +75,16 @@ def test_demo_selfcheck_passes_end_to_end() -> None:
     for error in ("TokenExpiredError", "TokenAudienceError", "TokenSignatureError"):
         assert "rejected" in text and error in text
     assert "eyJ" not in text
+
+
+def test_demo_runs_the_mean_example_and_matches_the_pooled_result() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from flame.demo import run_demo
+
+    out = StringIO()
+    assert run_demo(console=Console(file=out, width=140)) == 0
+    text = out.getvalue()
+    assert "every node executed" in text and "equals the pooled one" in text

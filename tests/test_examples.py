@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame.runner import reset_run_hook, set_run_hook
 from flame.sim import FlameStack, StackSettings
+from flame.sim.cli_sim import load_analysis
 from flame.sim.federation import FederationRun, run_federation
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -19,16 +19,10 @@ DATA = EXAMPLES / "data"
 
 
 def load(name: str) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Run an example file as __main__ with flame.run captured; returns analyzer, aggregator, options, module."""
-    captured: dict[str, Any] = {}
-    token = set_run_hook(
-        lambda analyzer, aggregator, options: captured.update(a=analyzer, g=aggregator, o=options)
-    )
-    try:
-        module = runpy.run_path(str(EXAMPLES / name / "analysis.py"), run_name="__main__")
-    finally:
-        reset_run_hook(token)
-    return captured["a"], captured["g"], captured["o"], module
+    """The example's analyzer, aggregator and options as ``flame sim`` loads them, and its module globals."""
+    path = EXAMPLES / name / "analysis.py"
+    loaded = load_analysis(path)
+    return loaded.analyzer, loaded.aggregator, loaded.options, runpy.run_path(str(path))
 
 
 def pooled() -> pd.DataFrame:
