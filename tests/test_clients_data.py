@@ -548,3 +548,15 @@ async def test_s3_listing_through_kong_to_a_real_s3(request: pytest.FixtureReque
     finally:
         await h.aclose()
         await stack.aclose()
+
+
+def test_source_kind_falls_back_to_the_real_hub_adapters_naming() -> None:
+    from flame.clients.data_api import DataSourceInfo
+
+    project = "0b9a3a1c-6d3e-4e37-9d52-3c1f0d8f5e21"
+    fhir = DataSourceInfo.from_service(
+        {"id": "1", "name": f"{project}-fhir", "tags": [project, f"{project}-fhir"]}
+    )
+    s3 = DataSourceInfo.from_service({"id": "2", "name": "minio", "tags": [project, f"{project}-s3"]})
+    other = DataSourceInfo.from_service({"id": "3", "name": "x", "tags": [project]})
+    assert (fhir.kind, s3.kind, other.kind) == ("fhir", "s3", "unknown")

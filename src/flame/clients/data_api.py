@@ -59,7 +59,8 @@ _ROUTE_HINT = "is the data source name right, and is it of this kind (type:fhir 
 class DataSourceInfo:
     """One data source of the project, as the hub adapter lists it (a Kong service).
 
-    ``kind`` comes from the ``type:fhir``/``type:s3`` tag; ``raw`` is the whole service object.
+    ``kind`` comes from the ``type:fhir``/``type:s3`` tag, or, as the real hub adapter tags services,
+    from a ``-fhir``/``-s3`` suffix of the name or a tag; ``raw`` is the whole service object.
     """
 
     id: str
@@ -71,6 +72,10 @@ class DataSourceInfo:
     def from_service(cls, service: Mapping[str, Any]) -> DataSourceInfo:
         tags = service.get("tags") or []
         kinds = {str(t)[len("type:") :] for t in tags if isinstance(t, str) and t.startswith("type:")}
+        if not kinds:
+            # the real hub adapter names and tags services "{project}-{kind}", without a type: tag
+            names = [str(service.get("name", "")), *(str(t) for t in tags)]
+            kinds = {kind for kind in ("fhir", "s3") for name in names if name.endswith("-" + kind)}
         kind: SourceKind = "fhir" if kinds == {"fhir"} else "s3" if kinds == {"s3"} else "unknown"
         return cls(id=str(service.get("id", "")), name=str(service["name"]), kind=kind, raw=dict(service))
 
