@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from flame.errors import FederationError, FlameError
-from flame.federated import messages
+from flame.errors import FederationError, FlameError, PayloadError, ProtocolError
+from flame.federated import messages, secure
 from flame.federated.checkpoint import load_checkpoint, save_checkpoint
 from flame.federated.data import Data
 from flame.federated.options import FederationOptions
 from flame.node.tasks import BackgroundTasks
+from flame.protocols import paillier
 
 if TYPE_CHECKING:
     from flame.federated.analyzer import Analyzer
@@ -76,19 +77,29 @@ class Aggregator:
         self._required = options.required(len(self._contributors))
         self._latest: tuple[int, Any, bool] | None = None
         self._background = BackgroundTasks()
+        #: the background send of the newest aggregate to the nodes silent in its round
+        self._straggler_send: asyncio.Task[Any] | None = None
+        self._aborted = False
         self._pending: dict[int, dict[str, Any]] = {}
+        self._secure = secure.SecureAggregation.of(options.secure)
+        self._public_key: paillier.PublicKey | None = None
+        self._holder = ""
         self.rounds: list[dict[str, Any]] = []
-        round, previous, finished = await self._resume()
         try:
+            round, previous, finished = await self._resume()
+            if not finished:
+                await self._setup_secure()
             while not finished:
                 started = asyncio.get_running_loop().time()
                 updates = await self._await_parameters(round)
+                if self._secure is not None:
+                    updates = await self._secure_sums(updates, round)
                 aggregate = await self._aggregate_parameters(updates, round, previous)
                 last = round >= options.max_rounds
                 done = last or await asyncio.to_thread(self.converged, aggregate, previous, round)
                 self._latest = (round, aggregate, done)
                 await self._checkpoint(round, aggregate, done)
-                await self._send_parameters(aggregate, round, done)
+                # recorded once checkpointed: a restart from here on does not redo the round
                 self.rounds.append(
                     {
                         "round": round,
@@ -96,7 +107,9 @@ class Aggregator:
                         "seconds": asyncio.get_running_loop().time() - started,
                     }
                 )
-                node.set_progress(100 * round / options.max_rounds)
+                await self._send_parameters(aggregate, round, done, wait_for=updates)
+                # a converged analysis is complete: 100, not round / max_rounds
+                node.set_progress(100 if done else 100 * round / options.max_rounds)
                 if done:
                     break
                 previous, round = aggregate, round + 1
@@ -112,7 +125,14 @@ class Aggregator:
             await self._checkpoint(self._latest[0], self._latest[1], True, submitted=True)
             await node.analysis_finished()
             return result
+        except Exception as exc:
+            if not self._aborted:
+                # whatever ended the aggregator, the analysis nodes must not wait for an aggregate
+                await self._tell_abort(f"the aggregator failed: {type(exc).__name__}: {exc}")
+            raise
         finally:
+            if self._straggler_send is not None:  # the analysis is over: no more aggregates to resend
+                self._straggler_send.cancel()
             await self._background.aclose(grace=min(5.0, self._options.send_timeout))
 
     async def _await_parameters(self, round: int) -> dict[str, Any]:
@@ -122,9 +142,13 @@ class Aggregator:
         deadline = loop.time() + self._options.round_deadline
         received: dict[str, Any] = dict(self._pending.pop(round, {}))
         if self._analyzer is not None and node.node_id not in received:
-            received[node.node_id] = await asyncio.to_thread(
+            own = await asyncio.to_thread(
                 self._analyzer.analyze, self._data, self._latest[1] if self._latest else None, round
             )
+            if self._secure is not None:
+                assert self._public_key is not None
+                own = await asyncio.to_thread(secure.encrypt_update, own, self._public_key, self._secure)
+            received[node.node_id] = own
         expected = set(self._contributors)
         watched = (messages.UPDATE, messages.REJOIN)
         node.log(f"round {round}: waiting for parameters from {len(expected - set(received))} node(s)")
@@ -149,7 +173,8 @@ class Aggregator:
         if len(received) < self._required:
             await self._abort(
                 f"quorum not reached in round {round}: {len(received)} of {len(expected)} nodes answered "
-                f"within {self._options.round_deadline:g} s, {self._required} needed",
+                f"within {self._options.round_deadline:g} s, {self._required} needed; "
+                f"no parameters from {', '.join(missing)}",
                 missing,
             )
         return received
@@ -159,34 +184,68 @@ class Aggregator:
         if message.body.get("analysis_id") != self._node.config.analysis_id or sender not in expected:
             log.warning("ignoring a foreign update %s from %s", message.id, sender)
             return
-        update_round = messages.round_of(message)
+        try:
+            update_round = messages.round_of(message)
+        except ProtocolError as exc:
+            log.warning("ignoring an update without a valid round: %s", exc)
+            return
         if update_round < round:
             self._node.log(f"ignoring a late update of round {update_round} from {sender}", "debug")
             return
+        if sender in (self._pending.get(update_round, {}) if update_round > round else received):
+            log.info("ignoring a duplicate update of round %d from %s", update_round, sender)
+            return
+        try:
+            value = await messages.unpack(self._node, message)
+        except (PayloadError, ProtocolError) as exc:
+            log.warning("ignoring an unreadable update of round %d from %s: %s", update_round, sender, exc)
+            return
         if update_round > round:
-            self._pending.setdefault(update_round, {}).setdefault(
-                sender, await messages.unpack(self._node, message)
-            )
-            return
-        if sender in received:
-            log.info("ignoring a duplicate update of round %d from %s", round, sender)
-            return
-        received[sender] = await messages.unpack(self._node, message)
+            self._pending.setdefault(update_round, {})[sender] = value
+        else:
+            received[sender] = value
 
     async def _aggregate_parameters(self, updates: dict[str, Any], round: int, previous: Any | None) -> Any:
         """Combine the updates with the author's :meth:`aggregate` (in a worker thread)."""
         self._node.log(f"round {round}: aggregating {len(updates)} update(s)")
-        return await asyncio.to_thread(self.aggregate, dict(sorted(updates.items())), round, previous)
+        ordered: dict[str, Any] = dict(sorted(updates.items()))
+        if isinstance(updates, secure.SecureUpdates):
+            ordered = secure.SecureUpdates(ordered, updates.totals, updates.contributors)
+        return await asyncio.to_thread(self.aggregate, ordered, round, previous)
 
     async def _send_parameters(
-        self, aggregate: Any, round: int, final: bool, to: Sequence[str] | None = None
+        self,
+        aggregate: Any,
+        round: int,
+        final: bool,
+        to: Sequence[str] | None = None,
+        wait_for: Collection[str] | None = None,
     ) -> None:
-        """Send the aggregate of ``round`` to the analysis nodes (all of them, or ``to``)."""
+        """Send the aggregate of ``round`` to the analysis nodes (all of them, or ``to``).
+
+        Waits (bounded by the send timeout) for the acknowledgements of ``wait_for`` (default: every
+        receiver). The other receivers, silent in this round (down, restarting, straggling), get it
+        resent in the background, so one node that never answers does not hold every round back by
+        the send timeout; a newer aggregate for all supersedes that background send.
+        """
         receivers = [n for n in (to if to is not None else self._contributors) if n != self._node.node_id]
         if not receivers:
             return
         payload = await messages.pack(self._node, receivers, aggregate, self._options.inline_limit)
         body = {"analysis_id": self._node.config.analysis_id, "round": round, "final": final, **payload}
+        waited = receivers if wait_for is None else [n for n in receivers if n in wait_for]
+        others = [n for n in receivers if n not in waited]
+        if to is None and self._straggler_send is not None:
+            self._straggler_send.cancel()
+            self._straggler_send = None
+        if others:
+            task = self._background.spawn(self._send_aggregate(others, round, body))
+            if to is None:
+                self._straggler_send = task
+        if waited:
+            await self._send_aggregate(waited, round, body)
+
+    async def _send_aggregate(self, receivers: Sequence[str], round: int, body: dict[str, Any]) -> None:
         _acked, missing = await self._node.send_message(
             receivers, messages.AGGREGATE, body, timeout=self._options.send_timeout
         )
@@ -203,22 +262,52 @@ class Aggregator:
         self._background.spawn(self._send_parameters(aggregate, round, final, to=[message.sender]))
 
     async def _abort(self, reason: str, missing: Sequence[str]) -> None:
+        self._node.log(reason, "error")
+        await self._tell_abort(reason)
+        self._node.set_status("failed")
+        raise FederationError(reason, missing)
+
+    async def _tell_abort(self, reason: str) -> None:
+        """Tell the analysis nodes that the analysis failed (ABORT), bounded, never raising."""
+        self._aborted = True
         node = self._node
-        node.log(reason, "error")
         body = {"analysis_id": node.config.analysis_id, "reason": reason}
         receivers = [n for n in self._contributors if n != node.node_id]
-        if receivers:
+        if not receivers:
+            return
+        try:
             await node.send_message(
                 receivers, messages.ABORT, body, timeout=min(30.0, self._options.send_timeout)
             )
-        node.set_status("failed")
-        raise FederationError(reason, missing)
+        except FlameError as exc:
+            node.log(f"could not tell the analysis nodes that the analysis failed: {exc}", "warn")
+
+    async def _setup_secure(self) -> None:
+        """Secure mode: fetch the key holder's public key (the aggregator never gets the private one)."""
+        if self._secure is None:
+            return
+        self._holder = secure.key_holder(self._node)
+        self._node.log("secure aggregation: fetching the key holder's public key")
+        timeout = self._options.round_deadline + self._options.send_timeout
+        self._public_key = await secure.obtain_public_key(self._node, self._holder, timeout)
+
+    async def _secure_sums(self, updates: dict[str, Any], round: int) -> dict[str, Any]:
+        """Add the encrypted fields and have the key holder decrypt only the sums."""
+        assert self._secure is not None and self._public_key is not None
+        timeout = self._options.round_deadline + self._options.send_timeout
+        return await secure.secure_round(
+            self._node, updates, round, self._secure, self._public_key, self._holder, timeout
+        )
 
     async def _resume(self) -> tuple[int, Any | None, bool]:
         if not self._options.checkpoints:
             return 1, None, False
         record = await load_checkpoint(self._node)
         if record is None:
+            if (self._node.config.restart_counter or 0) > 0:
+                # a restarted pod without a checkpoint: the round-1 updates went to the old pod
+                self._node.log("restarted before the first checkpoint; asking for the updates of round 1")
+                self._resync(1)
             return 1, None, False
         done_round = int(record["round"])
         aggregate = record.get("aggregate")
@@ -230,16 +319,22 @@ class Aggregator:
         if record.get("submitted"):
             await self._node.analysis_finished()
             return done_round, aggregate, True
-        # the aggregate may not have reached everyone, and updates sent to the old pod are lost
-        await self._send_parameters(aggregate, done_round, final)
+        # the aggregate may not have reached everyone, and updates sent to the old pod are lost;
+        # who is up is unknown: wait for acknowledgements only before a final end
+        await self._send_parameters(aggregate, done_round, final, wait_for=None if final else ())
         if final:
             return done_round, aggregate, True
-        body = {"analysis_id": self._node.config.analysis_id, "round": done_round + 1}
-        receivers = [n for n in self._contributors if n != self._node.node_id]
-        self._background.spawn(
-            self._node.send_message(receivers, messages.RESYNC, body, timeout=self._options.send_timeout)
-        )
+        self._resync(done_round + 1)
         return done_round + 1, aggregate, False
+
+    def _resync(self, round: int) -> None:
+        """Ask the analysis nodes (in the background) to resend their updates of ``round``."""
+        body = {"analysis_id": self._node.config.analysis_id, "round": round}
+        receivers = [n for n in self._contributors if n != self._node.node_id]
+        if receivers:
+            self._background.spawn(
+                self._node.send_message(receivers, messages.RESYNC, body, timeout=self._options.send_timeout)
+            )
 
     async def _checkpoint(self, round: int, aggregate: Any, final: bool, *, submitted: bool = False) -> None:
         if not self._options.checkpoints:

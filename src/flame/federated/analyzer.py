@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flame.errors import FederationError, FlameError, FlameTimeoutError, ProtocolError
-from flame.federated import messages
+from flame.federated import messages, secure
 from flame.federated.checkpoint import load_checkpoint, save_checkpoint
 from flame.federated.data import Data
 from flame.federated.options import FederationOptions
 from flame.node.tasks import BackgroundTasks
+from flame.protocols import paillier
 
 if TYPE_CHECKING:
     from flame.node.runtime import AsyncNode
@@ -72,6 +73,9 @@ class AnalysisClient:
         self.aggregate: Any | None = None
         self._last_update: tuple[int, Any] | None = None
         self._background = BackgroundTasks()
+        self._secure = secure.SecureAggregation.of(options.secure)
+        self._public_key: paillier.PublicKey | None = None
+        self._key_holder: secure.KeyHolder | None = None
 
     @property
     def aggregator_id(self) -> str:
@@ -84,6 +88,7 @@ class AnalysisClient:
         """Analyse, send, await; round after round until the aggregate is final. Returns the final aggregate."""
         await self._resume()
         try:
+            await self._setup_secure()
             while True:
                 if self._last_update is None or self._last_update[0] != self.round:
                     self.node.log(f"round {self.round}: analysing local data")
@@ -92,13 +97,14 @@ class AnalysisClient:
                     )
                     self._last_update = (self.round, parameters)
                     await self._checkpoint()
-                await self.send_results(self.round, self._last_update[1])
-                received = await self.await_aggregation(self.round)
+                received = await self._send_and_await(self.round, self._last_update[1])
                 if received is None:  # the aggregator ended the analysis without a final aggregate for us
                     self.node.log("the aggregator finished the analysis")
                     break
                 self.aggregate = received.value
-                self.node.set_progress(100 * received.round / self.options.max_rounds)
+                self.node.set_progress(
+                    100 if received.final else 100 * received.round / self.options.max_rounds
+                )
                 if received.final:
                     self.node.log(f"round {received.round}: final aggregate received")
                     await self._await_finish()
@@ -111,8 +117,34 @@ class AnalysisClient:
             self.node.set_status("executed")
         return self.aggregate
 
+    async def _send_and_await(self, round: int, parameters: Any) -> Aggregate | None:
+        """Send the update of ``round`` and await the aggregate at the same time.
+
+        The update is resent until acknowledged, but the aggregate of the round (or the end of the
+        analysis) makes it moot: a lost acknowledgement must not hold the node back (for up to the
+        send timeout, and past the aggregator's end). A failure to send does end the wait.
+        """
+        sending = asyncio.ensure_future(self.send_results(round, parameters))
+        awaiting = asyncio.ensure_future(self.await_aggregation(round))
+        try:
+            await asyncio.wait({sending, awaiting}, return_when=asyncio.FIRST_COMPLETED)
+            if not awaiting.done() and sending.done():
+                error = sending.exception()
+                if error is not None:
+                    raise error
+            return await awaiting
+        finally:
+            sending.cancel()
+            awaiting.cancel()
+            await asyncio.gather(sending, awaiting, return_exceptions=True)
+
     async def send_results(self, round: int, parameters: Any) -> None:
         """Send this node's parameters of ``round`` to the aggregator, reliably."""
+        if self._secure is not None:
+            assert self._public_key is not None
+            parameters = await asyncio.to_thread(
+                secure.encrypt_update, parameters, self._public_key, self._secure
+            )
         payload = await messages.pack(self.node, [self.aggregator_id], parameters, self.options.inline_limit)
         body = {"analysis_id": self.node.config.analysis_id, "round": round, **payload}
         self.node.log(f"round {round}: sending parameters to the aggregator")
@@ -136,6 +168,8 @@ class AnalysisClient:
         watched = (messages.AGGREGATE, messages.RESYNC, messages.ABORT)
         self.node.log(f"round {round}: waiting for the aggregate")
         while True:
+            if self._key_holder is not None:
+                await self._key_holder.serve(self.aggregator_id)
             for message in messages.take(node, messages.ABORT, aggregator):
                 reason = message.body.get("reason", "no reason given")
                 node.set_status("failed")
@@ -167,6 +201,7 @@ class AnalysisClient:
             await node.inbox.wait_until(
                 lambda: (
                     messages.has_unread(node, watched, aggregator)
+                    or (self._key_holder is not None and self._key_holder.pending(aggregator[0]))
                     or node.messenger.finished.is_set()
                     or node.finished.is_set()
                 ),
@@ -195,6 +230,21 @@ class AnalysisClient:
         if self._last_update is not None and self._last_update[0] == wanted:
             self.node.log(f"the aggregator resumed: resending the parameters of round {wanted}")
             self._background.spawn(self.send_results(wanted, self._last_update[1]))
+
+    async def _setup_secure(self) -> None:
+        """Secure mode: the key holder loads or makes the key pair and publishes it; others fetch it."""
+        if self._secure is None:
+            return
+        holder = secure.key_holder(self.node)
+        if holder == self.node.node_id:
+            private = await secure.key_holder_keys(self.node, self._secure)
+            self._key_holder = secure.KeyHolder(self.node, private, self.options)
+            self._public_key = private.public_key
+        else:
+            self.node.log("secure aggregation: fetching the key holder's public key")
+            self._public_key = await secure.obtain_public_key(
+                self.node, holder, self.options.analysis_deadline
+            )
 
     async def _resume(self) -> None:
         if not self.options.checkpoints:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,6 +94,10 @@ class Federation:
         self.runtimes: dict[str, AsyncNode] = {}
         self.aggregators: list[Aggregator] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: incarnations replaced by a restart (until they ended), and the tasks that end them
+        self._replaced: set[asyncio.Task[None]] = set()
+        self._cleaning: set[asyncio.Task[None]] = set()
+        self._reapers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         stack.on_restart(self._restarted)
 
@@ -109,32 +114,52 @@ class Federation:
             await asyncio.wait_for(self._wait_all(), timeout)
         except asyncio.TimeoutError:
             waiting = [n for n, t in self._tasks.items() if not t.done()]
-            for task in self._tasks.values():
+            tasks = [*self._tasks.values(), *self._replaced, *self._reapers]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             raise FlameTimeoutError("the federation to finish", timeout or 0.0, waiting) from None
-        rounds = self.aggregators[-1].rounds if self.aggregators else []
+        # replaced incarnations end within their (shortened) shutdown timeout
+        await asyncio.gather(*self._reapers, return_exceptions=True)
         return FederationRun(
             outcomes=self.outcomes,
             final_results=await self.stack.final_results(),
             seconds=time.monotonic() - started,
-            rounds=rounds,
+            rounds=self._rounds(),
             events=dict(sorted(Counter(e.kind for e in self.stack.events).items())),
         )
 
+    def _rounds(self) -> list[dict[str, Any]]:
+        """The rounds of every aggregator incarnation (a restarted one reports only its own), in order.
+
+        A round an incarnation redid after a restart replaces the earlier entry; an incarnation that
+        never started its protocol has no rounds.
+        """
+        by_round: dict[int, dict[str, Any]] = {}
+        for aggregator in self.aggregators:
+            for entry in getattr(aggregator, "rounds", []):
+                by_round[entry["round"]] = entry
+        return [by_round[r] for r in sorted(by_round)]
+
     async def _wait_all(self) -> None:
+        """Until the current incarnation of every node ended (a restart replaces what to wait for)."""
         while True:
             self._changed.clear()
-            tasks = list(self._tasks.values())
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if not self._changed.is_set() and all(t.done() for t in self._tasks.values()):
+            current = [t for t in self._tasks.values() if not t.done()]
+            if not current:
                 return
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait([*current, changed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
 
     def _launch(self, name: str) -> None:
         self._tasks[name] = asyncio.ensure_future(self._run_node(name))
         self._changed.set()
 
     async def _run_node(self, name: str) -> None:
+        me = asyncio.current_task()
         outcome = self.outcomes[name]
         outcome.incarnations += 1
         outcome.status, outcome.error = "starting", None
@@ -143,26 +168,57 @@ class Federation:
             self.aggregators.append(aggregator)
         try:
             node = await start_node(self.stack, name, self.mode, **self.node_kwargs)
-        except FlameError as exc:
-            outcome.status, outcome.error = "failed", f"start-up: {exc}"
+        except Exception as exc:  # FlameError, or anything else: not lost, the outcome says it
+            if me not in self._replaced:
+                text = str(exc) if isinstance(exc, FlameError) else f"{type(exc).__name__}: {exc}"
+                outcome.status, outcome.error = "failed", f"start-up: {text}"
             return
-        self.runtimes[name] = node
+        if me not in self._replaced:
+            self.runtimes[name] = node
+        result: Any = None
+        error: str | None = None
         try:
-            outcome.result = await run_node(node, analyzer, aggregator, self.options)
+            result = await run_node(node, analyzer, aggregator, self.options)
         except FlameError as exc:
-            outcome.error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
-            outcome.error = f"the analysis code raised {type(exc).__name__}: {exc}"
+            error = f"the analysis code raised {type(exc).__name__}: {exc}"
         finally:
-            outcome.status = node.status
+            if me is not None:
+                self._cleaning.add(me)
+            if me not in self._replaced:
+                outcome.result, outcome.error, outcome.status = result, error, node.status
+            else:
+                # a replaced incarnation no longer speaks for the node; its pod was killed, so it does
+                # not spend the shutdown timeout flushing logs through its dead sidecar
+                node.timeouts = dataclasses.replace(node.timeouts, shutdown=min(node.timeouts.shutdown, 0.1))
             await node.stop()
+            if me is not None:
+                self._cleaning.discard(me)
 
     async def _restarted(self, node: SimNode, env: dict[str, str]) -> None:
+        # The pod is gone: the new one starts now, as on FLAME, not after the old runtime's clean-up
+        # (which waits up to its shutdown timeout to flush logs through the old, dead sidecar).
         task = self._tasks.get(node.name)
         if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            self._replaced.add(task)
+            task.add_done_callback(self._replaced.discard)
+            reaper = asyncio.ensure_future(self._reap(task))
+            self._reapers.add(reaper)
+            reaper.add_done_callback(self._reapers.discard)
         self._launch(node.name)
+
+    async def _reap(self, task: asyncio.Task[None]) -> None:
+        """End a replaced incarnation: cancel it, again each second until it is cleaning up.
+
+        Cancelling once is not enough: a cancellation that arrives just as an ``asyncio.wait_for``
+        inside the runtime completes is lost (Python < 3.12), and the old incarnation would go on
+        as a zombie, with the node's identity, until its own deadlines ran out.
+        """
+        while not task.done():
+            if task not in self._cleaning:
+                task.cancel()
+            await asyncio.wait([task], timeout=1.0)
 
 
 async def run_federation(
