@@ -68,3 +68,38 @@ async def test_logistic_regression_matches_a_pooled_fit_to_1e_6() -> None:
     federated = np.array(list(run.result["coefficients"].values()))
     np.testing.assert_allclose(federated, beta, rtol=0, atol=1e-6)
     assert 2 <= len(run.rounds) < 25  # converged before the round limit
+
+
+@pytest.mark.process
+def test_mean_example_runs_unchanged_with_one_process_per_node(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flame",
+            "sim",
+            str(EXAMPLES / "mean_std" / "analysis.py"),
+            "--data",
+            str(DATA),
+            "--nodes",
+            "3",
+            "--processes",
+            "--no-live",
+            "--report",
+            str(report),
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads(report.read_text())["ok"] is True
+    frame = pooled()
+    assert f"{frame['age'].mean():.6f}"[:8] in done.stdout

@@ -22,6 +22,7 @@ from flame.federated.secure import (
     total,
 )
 from flame.node.inbox import Inbox, Message
+from flame.node.runtime import Timeouts
 from flame.protocols import paillier
 from flame.sim import FlameStack, StackSettings
 from flame.sim.cli_sim import load_analysis
@@ -226,3 +227,35 @@ async def test_the_key_holder_refuses_sums_below_the_quorum_and_a_second_differe
     await _request(node, other, 1, 4)  # a different request for a decrypted round: an oracle, refused
     await holder.serve("aggregator")
     assert "decrypted already" in node.sent[-1]["error"]
+
+
+async def test_secure_round_goes_on_with_the_quorum_when_a_node_never_answers(tmp_path: Path) -> None:
+    from flame.sim.faults import NodeOffline
+
+    for name, value in SECRETS.items():
+        (tmp_path / name / "s3").mkdir(parents=True)
+        pd.DataFrame({"value": [value]}).to_csv(tmp_path / name / "s3" / "secret.csv", index=False)
+    options = flame.FederationOptions(
+        max_rounds=1,
+        quorum=2,
+        round_deadline=2.0,
+        secure=SecureAggregation(
+            ("secret",), key_bits=2048, layout=paillier.Layout(frac_bits=20, bound=2**13)
+        ),
+    )
+    faults = FaultPlan([NodeOffline("node-3", start=0.0, end=float("inf"))])
+    stack = FlameStack.create(3, data_root=tmp_path, settings=StackSettings.fast(), faults=faults)
+    async with stack:
+        # node-3's pod never comes up: its start-up gives up after a second
+        federation = Federation(
+            stack,
+            SecretValue(),
+            SumOfSecrets(),
+            options,
+            node_kwargs={"timeouts": Timeouts(startup=1.0, attempt=0.5)},
+        )
+        run = await federation.run(timeout=60)
+    assert run.outcomes["node-3"].status == "failed"
+    assert run.outcomes["aggregator"].status == "executed"
+    assert run.result["plain"] == 2
+    assert run.result["secret"][0] == pytest.approx(SECRETS["node-1"] + SECRETS["node-2"], abs=1e-4)
