@@ -33,6 +33,7 @@ from flame.errors import (
     TokenExpiredError,
     TokenSignatureError,
 )
+from flame.node.loop import LoopThread
 from flame.tokens import check_token, seconds_remaining
 
 #: Where the mean example and its data live in a checkout of the project.
@@ -94,7 +95,11 @@ def run_demo(console: Console | None = None, examples: Path = EXAMPLES) -> int:
 def run_selfcheck(analysis_nodes: int = 3, console: Console | None = None) -> int:
     """Run the self-check on a served emulated stack; 0 when every check passed."""
     console = console or Console()
-    return asyncio.run(_selfcheck(analysis_nodes, console))
+    loop = LoopThread("flame-selfcheck")
+    try:
+        return loop.run(_selfcheck(analysis_nodes, console), 300.0, "the self-check")
+    finally:
+        loop.stop()
 
 
 async def _selfcheck(analysis_nodes: int, console: Console) -> int:

@@ -103,6 +103,7 @@ class PodOrchestrator:
         settings = self.stack.settings
         period = settings.scaled(settings.po_period)
         while True:
+            # the real PO checks on a fixed schedule (every 10 s); this is that timer, not a poll
             await asyncio.sleep(period)
             await asyncio.gather(*(self.check(node) for node in list(self.stack.nodes.values())))
 
