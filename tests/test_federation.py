@@ -34,12 +34,13 @@ from flame.sim.node import NodeSpec
 from flame.sim.settings import StackSettings
 from flame.sim.stack import FlameStack
 
-#: what each node's ``values.csv`` sums to (distinct powers of ten: any mix-up shows)
+#: what each node's ``values.csv`` sums to (each of another order of magnitude: any mix-up shows)
 SUMS = {"node-1": 6, "node-2": 30, "node-3": 400, "aggregator": 5000}
 _ROWS = {"node-1": [1, 2, 3], "node-2": [10, 20], "node-3": [100, 300], "aggregator": [5000]}
 
-#: runtime bounds for tests: resend unacknowledged messages after 0.15 s, start-up fails after 3 s
-FAST_TIMEOUTS = Timeouts(startup=3.0, attempt=0.15, shutdown=2.0)
+#: runtime bounds for tests: resend unacknowledged messages after 0.15 s, start-up fails after 3 s,
+#: clean-up (log flush, unsubscribe) through a dead sidecar gives up after 1 s
+FAST_TIMEOUTS = Timeouts(startup=3.0, attempt=0.15, shutdown=1.0)
 
 
 # -- the analysis ----------------------------------------------------------------------------------

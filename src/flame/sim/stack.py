@@ -187,7 +187,7 @@ class FlameStack:
             "PROJECT_ID": self.project_id,
             "DEPLOYMENT_NAME": node.deployment_name,
             "KEYCLOAK_TOKEN": node.token,
-            "DATA_SOURCE_TOKEN": node.data_key if node.role == "default" else "none_needed",
+            "DATA_SOURCE_TOKEN": node.data_key if node.has_data else "none_needed",
         }
         if per_node_url is None:
             per_node_url = self.base_url is not None
