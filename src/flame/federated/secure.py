@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,13 +132,26 @@ async def publish_public_key(node: AsyncNode, public_key: paillier.PublicKey, ti
 
 
 async def obtain_public_key(node: AsyncNode, holder: str, timeout: float) -> paillier.PublicKey:
-    """On every other node: ask the key holder for its public key and wait for it (bounded)."""
-    body = {"analysis_id": node.config.analysis_id}
-    await node.send_message([holder], KEY_REQUEST, body, timeout=timeout)
-    found = await node.await_messages([holder], PUBLIC_KEY, timeout=timeout)
-    body = (found[holder] or [])[-1].body
-    payload = codec.decode(bytes.fromhex(body["public_key"]))
-    return paillier.PublicKey.from_payload(payload)
+    """On every other node: ask the key holder for its public key and wait for it (bounded).
+
+    Asks again every attempt timeout without an answer: a key holder restarted after it acknowledged
+    the request has lost it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        await node.send_message(
+            [holder], KEY_REQUEST, {"analysis_id": node.config.analysis_id}, timeout=timeout
+        )
+        wait = min(node.timeouts.attempt, max(0.0, deadline - loop.time()))
+        found = await node.await_messages([holder], PUBLIC_KEY, timeout=wait, raise_on_timeout=False)
+        answers = found[holder]
+        if answers:
+            body = answers[-1].body
+            return paillier.PublicKey.from_payload(codec.decode(bytes.fromhex(body["public_key"])))
+        if loop.time() >= deadline:
+            raise FlameTimeoutError("the key holder's public key", timeout, [holder])
+        node.log("secure aggregation: no public key from the key holder yet; asking again")
 
 
 def public_key_body(node: AsyncNode, public_key: paillier.PublicKey) -> dict[str, Any]:
@@ -198,17 +211,29 @@ async def secure_round(
         "contributors": len(updates),
     }
     node.log(f"round {round}: asking the key holder to decrypt the sums of {len(updates)} node(s)")
-    await node.send_message([holder], DECRYPT, body, timeout=timeout)
-    decrypted = await _await_sums(node, holder, round, timeout)
+
+    async def request() -> None:
+        await node.send_message([holder], DECRYPT, body, timeout=timeout)
+
+    decrypted = await _await_sums(node, holder, round, timeout, request)
     totals = {
         name: _shaped(np.asarray(decrypted[name], dtype=np.float64), shapes[name]) for name in secure.fields
     }
     return SecureUpdates(plain, totals, len(updates))
 
 
-async def _await_sums(node: AsyncNode, holder: str, round: int, timeout: float) -> dict[str, Any]:
+async def _await_sums(
+    node: AsyncNode, holder: str, round: int, timeout: float, request: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
+    """Wait for the key holder's answer, asking again every attempt timeout without one.
+
+    A key holder restarted after it acknowledged the request has lost it; asking again is safe, since
+    it answers the very same sums with the same result.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    await request()
+    next_request = loop.time() + node.timeouts.attempt
     while True:
         for message in messages.take(node, DECRYPTED, [holder]):
             if message.body.get("round") != round:
@@ -220,7 +245,12 @@ async def _await_sums(node: AsyncNode, holder: str, round: int, timeout: float) 
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise FlameTimeoutError(f"the key holder's sums of round {round}", timeout, [holder])
-        await node.inbox.wait_until(lambda: messages.has_unread(node, (DECRYPTED,), [holder]), remaining)
+        if loop.time() >= next_request:
+            node.log(f"round {round}: no answer from the key holder yet; asking again")
+            await request()
+            next_request = loop.time() + node.timeouts.attempt
+        wait = min(remaining, max(0.0, next_request - loop.time()))
+        await node.inbox.wait_until(lambda: messages.has_unread(node, (DECRYPTED,), [holder]), wait)
 
 
 def _shaped(values: np.ndarray, shape: list[int]) -> Any:
