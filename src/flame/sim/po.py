@@ -60,6 +60,7 @@ class PodOrchestrator:
         self.max_restarts = max_restarts
         self.records: dict[str, NodeRecord] = {name: NodeRecord() for name in stack.nodes}
         self._changed = asyncio.Condition()
+        self._stopped = asyncio.Event()
 
     def record(self, name: str) -> NodeRecord:
         return self.records[name]
@@ -102,10 +103,17 @@ class PodOrchestrator:
         """The periodic loop: health, partner status and token refresh for every running node."""
         settings = self.stack.settings
         period = settings.scaled(settings.po_period)
-        while True:
-            # the real PO checks on a fixed schedule (every 10 s); this is that timer, not a poll
-            await asyncio.sleep(period)
+        while not self._stopped.is_set():
+            # the real PO checks on a fixed schedule (every 10 s): wait out the period, or the stop
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), period)
+            if self._stopped.is_set():
+                return
             await asyncio.gather(*(self.check(node) for node in list(self.stack.nodes.values())))
+
+    def stop(self) -> None:
+        """End :meth:`run` at once (its next wake-up)."""
+        self._stopped.set()
 
     async def check(self, node: SimNode) -> None:
         """One round of the PO's checks for one node."""

@@ -326,6 +326,7 @@ class FlameStack:
         self._node_servers.clear()
         self._server = None
         self.base_url = None
+        self.po.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
