@@ -33,7 +33,7 @@ from flame.sim.stack import FlameStack
 #: Short bounds for every node of these tests.
 FAST = Timeouts(startup=5.0, request=5.0, send=5.0, attempt=0.5, await_messages=5.0, shutdown=2.0)
 #: Quick retries, so that failing requests fail within a test's time.
-QUICK_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
+QUICK_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, token_wait=0.3)
 
 
 class Federation:
@@ -203,12 +203,16 @@ async def test_token_pushed_mid_run_is_used_for_the_next_requests(federation: Ma
     assert 590 <= health["token_remaining_time"] <= 600
 
     stack.node("node-1").issuer.expire_all()
+    # no PO runs here: nobody pushes a new token, so the requests fail after waiting for one
     with pytest.raises(ServiceError) as broker_error:
         await node_1.broker.participants()
     assert broker_error.value.status == 401
     with pytest.raises(ServiceError) as storage_error:
         await node_1.storage.tags()
     assert storage_error.value.status == 403
+    # and the node reports its refused token as expired, so that a PO would push a new one
+    async with fed.client("node-1") as client:
+        assert (await client.get("/analysis/healthz")).json()["token_remaining_time"] == 0
 
     # the PO pushes a token of another lifetime, so /healthz shows which one is in use
     stack.settings = dataclasses.replace(stack.settings, token_lifetime=300)

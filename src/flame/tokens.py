@@ -10,6 +10,7 @@ No token, nor any part of one, ever appears in a repr, a log line or an exceptio
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -311,14 +312,24 @@ class JWKSCache:
         """
         with self._lock:
             now = self._clock()
-            if self._fetched_at is None:
+            if not self._keys and not self._unnamed:
+                if not self._may_refetch_locked():
+                    # the last fetch failed moments ago: the token may well be fine, so not a TokenError
+                    raise ServiceUnavailableError(
+                        "keycloak",
+                        _service_request(self._url),
+                        None,
+                        "no key set yet (the last fetch failed); try again shortly",
+                    )
                 self._fetch_locked()
-            elif self._max_age is not None and now - self._fetched_at > self._max_age:
+            elif (
+                self._max_age is not None
+                and self._fetched_at is not None
+                and now - self._fetched_at > self._max_age
+            ):
                 try:
                     self._fetch_locked()
                 except ServiceError as exc:
-                    if not self._keys and not self._unnamed:
-                        raise
                     log.warning("cannot refresh the key set (%s); keeping the cached keys", exc)
             key = self._lookup_locked(kid)
             if key is None and self._may_refetch_locked():
@@ -560,9 +571,14 @@ TokenListener = Callable[[TokenClaims], None]
 class TokenStore:
     """A thread-safe holder of the current Keycloak token, replaced when the pod orchestrator pushes one.
 
-    :meth:`swap` replaces it atomically (after checking that it decodes); listeners added with
-    :meth:`add_listener` are then called with the new claims, outside the lock, in the order added. A
-    listener that raises is logged and skipped. The repr shows the client id and remaining lifetime only.
+    :meth:`swap` replaces it atomically (after checking that it decodes; checking that the node may use
+    it is the caller's job, see :func:`check_token`); listeners added with :meth:`add_listener` are then
+    called with the new claims, outside the lock, in the order added. A listener that raises is logged
+    and skipped. The repr shows the client id and remaining lifetime only.
+
+    A service that refuses the current token (401) makes the client call :meth:`mark_rejected`: from
+    then on :meth:`seconds_remaining` reports 0, so ``/healthz`` tells the pod orchestrator to push a
+    new token, and :meth:`wait_for_change` wakes the requests waiting for it.
     """
 
     def __init__(self, token: str | None = None, *, token_name: str = KEYCLOAK_TOKEN) -> None:
@@ -571,6 +587,8 @@ class TokenStore:
         self._listeners: list[TokenListener] = []
         self._token: str | None = None
         self._claims: TokenClaims | None = None
+        self._rejected = False
+        self._version = 0
         if token is not None and token.strip():
             self._claims = TokenClaims.from_token(token.strip(), token_name=token_name)
             self._token = token.strip()
@@ -603,6 +621,8 @@ class TokenStore:
         with self._lock:
             self._token = token
             self._claims = claims
+            self._rejected = False
+            self._version += 1
             listeners = list(self._listeners)
         remaining = claims.seconds_remaining() if claims.exp is not None else None
         log.info("token replaced; it expires in %s s", remaining)
@@ -615,6 +635,52 @@ class TokenStore:
                 name = getattr(listener, "__qualname__", type(listener).__name__)
                 log.error("token listener %s failed:\n%s", name, details)
 
+    @property
+    def version(self) -> int:
+        """How many times the token was replaced; pass it to :meth:`wait_for_change`."""
+        with self._lock:
+            return self._version
+
+    @property
+    def rejected(self) -> bool:
+        """Whether a service refused the current token (see :meth:`mark_rejected`)."""
+        with self._lock:
+            return self._rejected
+
+    def mark_rejected(self, token: str) -> bool:
+        """Record that a service refused ``token``; True if it is still the current one.
+
+        A token replaced in the meantime is left alone: the refusal concerned the old one.
+        """
+        with self._lock:
+            if self._token is None or token.strip() != self._token:
+                return False
+            first = not self._rejected
+            self._rejected = True
+        if first:
+            log.warning("a node service refused the current token; reporting it as expired until a new one")
+        return True
+
+    async def wait_for_change(self, version: int, timeout: float) -> bool:
+        """Wait (up to ``timeout`` seconds) until the token is replaced after ``version``; True if it was."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake(_claims: TokenClaims) -> None:
+            # swap() may run on another thread; the event belongs to this loop
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(changed.set)
+
+        self.add_listener(wake)
+        try:
+            if self.version != version:
+                return True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+            return self.version != version
+        finally:
+            self.remove_listener(wake)
+
     def add_listener(self, listener: TokenListener) -> None:
         """Call ``listener(new_claims)`` after every :meth:`swap`."""
         with self._lock:
@@ -626,11 +692,16 @@ class TokenStore:
             self._listeners.remove(listener)
 
     def seconds_remaining(self, now: float | None = None) -> int | None:
-        """Whole seconds until the current token's ``exp`` (negative once expired); ``None`` without one."""
-        claims = self.claims
+        """Whole seconds until the current token's ``exp`` (negative once expired); ``None`` without one.
+
+        At most 0 once a service refused the token (:meth:`mark_rejected`): it is as good as expired.
+        """
+        with self._lock:
+            claims, rejected = self._claims, self._rejected
         if claims is None or claims.exp is None:
             return None
-        return claims.seconds_remaining(now)
+        remaining = claims.seconds_remaining(now)
+        return min(remaining, 0) if rejected else remaining
 
     def __repr__(self) -> str:
         claims = self.claims

@@ -9,6 +9,7 @@ attempts; everything else fails at once with a typed error naming service, reque
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import httpx
 from flame.errors import ServiceError, ServiceUnavailableError
 from flame.redact import redact
 from flame.tokens import TokenStore
+
+log = logging.getLogger(__name__)
 
 #: Methods that are safe to repeat (RFC 9110 section 9.2.2); POST only when the caller says so.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -37,6 +40,12 @@ class RetryPolicy:
     max_delay: float = 8.0
     #: Up to this fraction of each delay is added at random, so nodes do not retry in step.
     jitter: float = 0.5
+    #: How long a request whose token a service refused (401) waits for a new one (seconds). The
+    #: node then reports its token as expired on ``/healthz``; the pod orchestrator checks every 10 s
+    #: and pushes a new token when fewer than about 21 s are left.
+    token_wait: float = 30.0
+    #: How many new tokens one request waits for before it fails with the refusal.
+    token_refreshes: int = 2
 
     def delays(self, rng: random.Random | None = None) -> Generator[float, None, None]:
         """The waits between attempts."""
@@ -48,6 +57,20 @@ class RetryPolicy:
 
 #: Default timeouts of one request (seconds): connect, read, write, pool.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+class FixedBearer(httpx.Auth):
+    """``Authorization: Bearer`` with one given token (to try a token before it is taken into use)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "FixedBearer(<token>)"
 
 
 class BearerAuth(httpx.Auth):
@@ -84,6 +107,9 @@ class ServiceClient:
 
     #: The service's name in errors: ``message-broker``, ``storage``, ``hub-adapter``, ``kong``, ``po``.
     service = "service"
+    #: Statuses with which the service refuses a Bearer token (the broker: 401; the FastAPI services
+    #: answer 403 for a token that is bad or expired, 401 only without one).
+    token_refused: frozenset[int] = frozenset({401})
 
     def __init__(
         self,
@@ -97,6 +123,7 @@ class ServiceClient:
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
+        self.tokens = tokens
         self.auth: httpx.Auth | None = BearerAuth(tokens) if tokens is not None else None
         self.retry = retry or RetryPolicy()
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
@@ -117,6 +144,7 @@ class ServiceClient:
         retry: bool | None = None,
         timeout: httpx.Timeout | float | None = None,
         hint: str = "",
+        token: str | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """Send a request and return the response if its status is one of ``expected``.
@@ -124,6 +152,12 @@ class ServiceClient:
         ``retry`` defaults to whether the method is idempotent. The response body is read.
         Raises :class:`ServiceUnavailableError` when the service cannot be reached or keeps
         answering 429/5xx through every retry, :class:`ServiceError` for any other status.
+
+        When the service refuses the token store's current token (401), the store marks it rejected
+        (``/healthz`` then reports it expired, so the pod orchestrator pushes a new one) and the request
+        waits for the new token (``RetryPolicy.token_wait``) and is sent again with it: a refused
+        request was not processed, so this holds for every method. ``token`` sends that token instead
+        of the store's, once, without any of this (to try a token before taking it into use).
         """
         method = method.upper()
         repeatable = method in IDEMPOTENT_METHODS if retry is None else retry
@@ -131,10 +165,13 @@ class ServiceClient:
         what = f"{method} {_path_only(path)}"
         request_timeout = self.timeout if timeout is None else httpx.Timeout(timeout)
         wanted = set(expected)
+        auth = FixedBearer(token) if token is not None else self.auth
+        refreshes = 0
         while True:
             failure: ServiceError
+            version = self.tokens.version if self.tokens is not None else 0
             try:
-                response = await self._send(method, path, request_timeout, kwargs)
+                response = await self._send(method, path, request_timeout, kwargs, auth)
             except httpx.TimeoutException as exc:
                 failure = ServiceUnavailableError(
                     self.service, what, None, f"timed out ({type(exc).__name__})", hint=hint
@@ -147,6 +184,14 @@ class ServiceClient:
                 if response.status_code in wanted:
                     return response
                 detail = _detail(response)
+                if (
+                    token is None
+                    and response.status_code in self.token_refused
+                    and refreshes < self.retry.token_refreshes
+                    and await self._new_token(response, version, what)
+                ):
+                    refreshes += 1
+                    continue
                 if response.status_code not in RETRY_STATUSES:
                     raise ServiceError(self.service, what, response.status_code, detail, hint=hint)
                 failure = ServiceUnavailableError(self.service, what, response.status_code, detail, hint=hint)
@@ -155,13 +200,44 @@ class ServiceClient:
                 raise failure
             await asyncio.sleep(delay)
 
+    async def _new_token(self, response: httpx.Response, version: int, what: str) -> bool:
+        """After the service refused the store's token: mark it rejected and wait for a new one.
+
+        True when a new token is there to retry with (it may have come while the request was out).
+        """
+        if self.tokens is None:
+            return False
+        used = response.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not used or not self.tokens.mark_rejected(used):
+            # no token was sent, or it was replaced meanwhile: retry at once if there is a new one
+            return bool(self.tokens.get()) and self.tokens.version != version
+        wait = self.retry.token_wait
+        log.warning(
+            "%s: %s answered %d: the token was refused; waiting up to %g s for the pod orchestrator "
+            "to push a new one",
+            self.service,
+            what,
+            response.status_code,
+            wait,
+        )
+        if await self.tokens.wait_for_change(version, wait):
+            log.info("%s: retrying %s with the new token", self.service, what)
+            return True
+        return False
+
     async def _send(
-        self, method: str, path: str, timeout: httpx.Timeout, kwargs: dict[str, Any]
+        self,
+        method: str,
+        path: str,
+        timeout: httpx.Timeout,
+        kwargs: dict[str, Any],
+        auth: httpx.Auth | None = None,
     ) -> httpx.Response:
         request = self.http.build_request(method, self.url(path), timeout=timeout, **kwargs)
         seconds = timeout.read
         # httpx applies no timeout to in-process (ASGI) transports; bound the whole exchange too.
-        coro = self.http.send(request, auth=self.auth if self.auth is not None else httpx.USE_CLIENT_DEFAULT)
+        auth = auth if auth is not None else self.auth
+        coro = self.http.send(request, auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT)
         if seconds is None:
             return await coro
         try:

@@ -84,6 +84,8 @@ class HubAdapterClient(ServiceClient):
     """The hub adapter: which data sources the project has on this node."""
 
     service = "hub-adapter"
+    #: FastAPI's HTTPBearer: 401 only without a header, 403 for a bad or expired token
+    token_refused = frozenset({401, 403})
 
     async def data_sources(self, project_id: str) -> list[DataSourceInfo]:
         """The project's data sources on this node (none on an aggregator, as a rule)."""

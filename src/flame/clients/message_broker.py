@@ -42,13 +42,22 @@ class MessageBrokerClient(ServiceClient):
             )
         return body
 
-    async def self_participant(self) -> Participant:
-        """This node: its id and type. A 404 means it does not take part in the analysis."""
+    async def self_participant(
+        self, *, token: str | None = None, timeout: float | None = None
+    ) -> Participant:
+        """This node: its id and type. A 404 means it does not take part in the analysis.
+
+        With ``token``: asked once with that token instead of the current one (a refused token is a
+        :class:`ServiceError` with status 401, and the current token is left alone).
+        """
         body = (
             await self.request(
                 "GET",
                 self._path("/participants/self"),
                 hint="is ANALYSIS_ID right, and does this node take part in the analysis?",
+                token=token,
+                retry=False if token is not None else None,
+                timeout=timeout,
             )
         ).json()
         if not isinstance(body, dict) or "nodeId" not in body or "nodeType" not in body:

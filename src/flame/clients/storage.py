@@ -165,6 +165,8 @@ class StorageClient(ServiceClient):
     """Final, intermediate and local results through the node's storage service."""
 
     service = "storage"
+    #: FastAPI's HTTPBearer: 401 only without a header, 403 for a bad or expired token
+    token_refused = frozenset({401, 403})
 
     # -- final results ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from flame.errors import ProtocolError, TokenError
+from flame.errors import ProtocolError, ServiceError, TokenError
 
 if TYPE_CHECKING:
     from flame.node.runtime import AsyncNode
@@ -51,9 +51,16 @@ def create_api(node: AsyncNode) -> FastAPI:
         if not isinstance(token, str) or not token.strip():
             return JSONResponse({"detail": 'no token in the body; send {"token": "<JWT>"}'}, status_code=400)
         try:
-            node.tokens.swap(token.strip())
+            await node.refresh_token(token)
         except TokenError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=400)
+            log.warning("refused a token pushed to /token_refresh: %s", exc)
+            return JSONResponse({"detail": f"token refused, the current one stays: {exc}"}, status_code=400)
+        except ServiceError as exc:
+            log.warning("cannot verify a token pushed to /token_refresh now: %s", exc)
+            return JSONResponse(
+                {"detail": f"cannot verify the token now, the current one stays; push it again: {exc}"},
+                status_code=503,
+            )
         log.info("token refreshed by the pod orchestrator")
         return JSONResponse({"message": "Token refreshed successfully"})
 

@@ -25,7 +25,15 @@ from flame.clients.message_broker import MessageBrokerClient, Participant
 from flame.clients.po import LogType, PodOrchestratorClient
 from flame.clients.storage import StorageClient
 from flame.config import NodeConfig
-from flame.errors import FlameError, FlameTimeoutError, ProtocolError, ServiceError
+from flame.errors import (
+    FlameError,
+    FlameTimeoutError,
+    ProtocolError,
+    ServiceError,
+    ServiceUnavailableError,
+    TokenAudienceError,
+    TokenSignatureError,
+)
 from flame.node import envelope
 from flame.node.api import create_api
 from flame.node.inbox import Inbox, Message
@@ -40,7 +48,7 @@ from flame.node.results import Results
 from flame.node.serving import HTTPServer
 from flame.node.status import FINAL_STATUSES, STATUSES, Status, StatusReporter
 from flame.redact import install_redaction
-from flame.tokens import TokenStore
+from flame.tokens import DEFAULT_JWKS_TIMEOUT, TokenClaims, TokenStore, check_token
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,6 +161,46 @@ class AsyncNode:
     @property
     def status(self) -> str:
         return self.reporter.status if self.reporter is not None else "starting"
+
+    async def refresh_token(self, token: str) -> TokenClaims:
+        """Check a token the pod orchestrator pushed and make it the current one.
+
+        The checks of :func:`~flame.tokens.check_token`: an RS256 JWT, not expired, with an ``exp``,
+        issued for this analysis. Its signature is checked against the node Keycloak's key set when
+        ``FLAME_JWKS_URL`` is configured (the fetch runs off the event loop, bounded); otherwise, as on
+        a FLAME node whose Keycloak the analysis cannot reach, by presenting it once to the node's
+        message broker, which verifies it against that key set. Raises :class:`TokenError` for a
+        token this node cannot use and :class:`ServiceError` when it cannot be verified now; either
+        way the current token stays.
+        """
+        token = token.strip()
+        jwks_url = self.config.jwks_url
+        analysis_id = self.config.analysis_id
+        if jwks_url is None:
+            claims = check_token(token, analysis_id)
+            try:
+                me = await self.broker.self_participant(token=token, timeout=self.timeouts.request)
+            except ServiceError as exc:
+                if exc.status in (401, 403):
+                    raise TokenSignatureError(
+                        f"the node's message broker refuses it ({exc.status}): not a valid token of "
+                        "this node's Keycloak"
+                    ) from None
+                raise
+            if self.node_id and me["nodeId"] != self.node_id:
+                raise TokenAudienceError(f"it belongs to node {me['nodeId']!r}, not to {self.node_id!r}")
+        else:
+            bound = 2 * DEFAULT_JWKS_TIMEOUT + 1.0
+            try:
+                claims = await asyncio.wait_for(
+                    asyncio.to_thread(check_token, token, analysis_id, jwks_url=jwks_url), bound
+                )
+            except asyncio.TimeoutError:
+                raise ServiceUnavailableError(
+                    "keycloak", "GET (key set)", None, f"no key set within {bound:g} s"
+                ) from None
+        self.tokens.swap(token)
+        return claims
 
     def token_remaining_time(self) -> int:
         """Seconds the current Keycloak token is still valid (0 without a token); what /healthz reports."""

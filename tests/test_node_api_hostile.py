@@ -1,0 +1,200 @@
+"""The analysis REST API and the node runtime against hostile or broken input.
+
+Forged, expired, foreign and unverifiable tokens pushed to ``/token_refresh``; webhook deliveries from
+senders that are not participants and acknowledgements of messages never sent; oversized and deeply
+nested bodies; a token the services stop accepting mid-run; a broker outage at start-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from flame.config import NodeConfig
+from flame.federated import FederationOptions
+from flame.node import AsyncNode, Timeouts
+from flame.sim.faults import FaultPlan, parse_faults
+from flame.sim.federation import run_federation
+from flame.sim.launch import Mode
+from flame.sim.settings import StackSettings
+from flame.sim.stack import FlameStack
+from tests.helpers_tokens import (
+    claims_for,
+    mint,
+    new_rsa_key,
+    public_jwk,
+    running_jwks_server,
+    unsigned_token,
+)
+from tests.test_federation import (
+    _ROWS,
+    ALL3,
+    SLOW_ROUNDS,
+    SumAggregator,
+    SumAnalyzer,
+    expected_total,
+    subclass,
+)
+from tests.test_node_runtime import FAST, QUICK_RETRY, Federation
+
+MakeFederation = Callable[..., Awaitable[Federation]]
+
+
+@pytest.fixture
+async def federation() -> AsyncIterator[MakeFederation]:
+    """``await federation(analysis_nodes=1, faults=..., mode=..., **settings)``: a started stack."""
+    made: list[Federation] = []
+
+    async def make(
+        analysis_nodes: int = 1, faults: FaultPlan | None = None, mode: Mode = "inprocess", **settings: Any
+    ) -> Federation:
+        settings.setdefault("po_enabled", False)
+        stack = FlameStack.create(
+            analysis_nodes, settings=StackSettings.fast(**settings), faults=faults, seed=7
+        )
+        await stack.start()
+        if mode == "served":
+            await stack.serve()
+        fed = Federation(stack, mode)
+        made.append(fed)
+        return fed
+
+    yield make
+    for fed in made:
+        await fed.aclose()
+
+
+def sum_data(tmp_path: Path) -> Path:
+    """The data of ``tests/test_federation.py``'s sum analysis: a ``values.csv`` per node."""
+    root = tmp_path / "data"
+    for name, rows in _ROWS.items():
+        folder = root / name / "s3"
+        folder.mkdir(parents=True)
+        lines = ["node,value", *(f"{name},{value}" for value in rows)]
+        (folder / "values.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def signed_by(stack: FlameStack, name: str, claims: dict[str, Any]) -> str:
+    """A token with ``claims`` signed by node ``name``'s emulated Keycloak (as a genuine one is)."""
+    issuer = stack.node(name).issuer
+    return jwt.encode(claims, issuer._key, algorithm="RS256", headers={"kid": issuer.kid})
+
+
+# -- finding 3: /token_refresh checks the token before it swaps it in ---------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "served"])
+async def test_token_refresh_refuses_tokens_the_node_could_not_use(
+    federation: MakeFederation, mode: Mode
+) -> None:
+    fed = await federation(mode=mode)
+    stack = fed.stack
+    node_1 = await fed.start("node-1")
+    await fed.start("aggregator")
+    issuer = stack.node("node-1").issuer
+    old = node_1.tokens.get()
+    now = int(time.time())
+    genuine = claims_for(stack.analysis_id, lifetime=600, iss=issuer.issuer)
+    no_exp = {k: v for k, v in genuine.items() if k != "exp"}
+    forged = {
+        "unsigned (alg none)": unsigned_token({"alg": "none", "typ": "JWT"}, genuine),
+        "RS256 header, made-up signature": unsigned_token(
+            {"alg": "RS256", "kid": issuer.kid}, genuine, signature=b"\x00" * 256
+        ),
+        "signed by another key": mint(new_rsa_key(), issuer.kid, genuine),
+        "expired": signed_by(stack, "node-1", {**genuine, "exp": now - 3600, "iat": now - 7200}),
+        "another analysis": issuer.mint("another-analysis", 600),
+        "no exp": signed_by(stack, "node-1", no_exp),
+        "another node's Keycloak": stack.node("aggregator").issuer.mint(stack.analysis_id, 600),
+    }
+    async with fed.client("node-1") as client:
+        before = (await client.get("/analysis/healthz")).json()["token_remaining_time"]
+        for what, token in forged.items():
+            answer = await client.post("/analysis/token_refresh", json={"token": token})
+            assert 400 <= answer.status_code < 500, (what, answer.status_code, answer.text)
+            assert answer.json()["detail"], what
+            assert token not in answer.text and token.split(".")[1] not in answer.text, what
+            assert node_1.tokens.get() == old, what
+        after = (await client.get("/analysis/healthz")).json()["token_remaining_time"]
+    assert abs(after - before) <= 2
+    # the node still talks to its broker with the token it had
+    assert len(await node_1.broker.participants()) == 2
+    # a genuine new token is still taken
+    fresh = issuer.mint(stack.analysis_id, 300)
+    async with fed.client("node-1") as client:
+        answer = await client.post("/analysis/token_refresh", json={"token": fresh})
+    assert answer.status_code == 200, answer.text
+    assert node_1.tokens.get() == fresh
+
+
+def node_with_jwks(jwks_url: str, token: str, analysis_id: str) -> AsyncNode:
+    """A node runtime (not started) whose configuration names a JWKS URL."""
+    stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False), seed=3)
+    env = stack.env("node-1")
+    env.update(ANALYSIS_ID=analysis_id, KEYCLOAK_TOKEN=token, FLAME_JWKS_URL=jwks_url)
+    return AsyncNode(NodeConfig.from_env(env), serve_api=False, timeouts=FAST, retry=QUICK_RETRY)
+
+
+async def test_token_refresh_verifies_the_signature_against_a_configured_jwks() -> None:
+    key, other = new_rsa_key(), new_rsa_key()
+    analysis_id = "8a0ef1b6-6f5e-4b0e-9d8e-0d2c5b3f1a11"
+    first = mint(key, "k1", claims_for(analysis_id, lifetime=600))
+    good = mint(key, "k1", claims_for(analysis_id, lifetime=900))
+    with running_jwks_server() as keycloak, running_jwks_server() as broken:
+        keycloak.set_keys(public_jwk(key, "k1"))
+        broken.status = 503
+        for jwks, pushed, status in (
+            (broken, good, 503),  # cannot be verified now: the PO pushes again later
+            (keycloak, mint(other, "k1", claims_for(analysis_id, lifetime=600)), 400),
+            (keycloak, good, 200),
+        ):
+            node = node_with_jwks(jwks.url, first, analysis_id)
+            transport = httpx.ASGITransport(app=node.api_app)
+            try:
+                async with httpx.AsyncClient(transport=transport, base_url="http://analysis") as client:
+                    answer = await client.post("/token_refresh", json={"token": pushed})
+            finally:
+                await node.stop()
+            assert answer.status_code == status, answer.text
+            assert node.tokens.get() == (pushed if status == 200 else first)
+        assert broken.requests == 1
+
+
+# -- finding 7: a refused token is reported expired, and the run goes on with the pushed one ----------------
+
+
+@pytest.mark.integration
+async def test_tokens_expiring_mid_run_are_replaced_and_the_run_finishes(tmp_path: Path) -> None:
+    root = sum_data(tmp_path)
+    deadline = 20.0
+    faults = parse_faults("expire=node-1@0.3")
+    # the pod orchestrator runs (every 0.1 s here) and pushes new tokens as on FLAME
+    stack = FlameStack.create(
+        3, data_root=root, settings=StackSettings.fast(po_healthz_timeout=500.0), faults=faults
+    )
+    options = FederationOptions(max_rounds=3, round_deadline=deadline, send_timeout=10.0)
+    began = time.monotonic()
+    try:
+        run = await run_federation(
+            stack,
+            subclass(SumAnalyzer, delays=SLOW_ROUNDS),
+            SumAggregator,
+            options,
+            timeout=3 * deadline,
+            timeouts=Timeouts(startup=3.0, attempt=0.15, shutdown=1.0),
+        )
+    finally:
+        await stack.aclose()
+    took = time.monotonic() - began
+    assert stack.events.select("fault.token_expiry", node="node-1")
+    assert run.ok, run.report()
+    assert run.result == expected_total([ALL3] * 3)
+    assert stack.po.record("node-1").token_refreshes >= 1
+    assert took < deadline / 2, f"the run took {took:.1f} s"
