@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -80,8 +79,14 @@ class EventLog:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError(f"waited {timeout} s for {count} event(s) {kind!r}, saw {len(found)}")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(flag.wait(), remaining)
+                # a timer sets the flag at the deadline; not asyncio.wait_for, which (before Python
+                # 3.12) swallows a cancellation that arrives as the flag is set, and the waiter
+                # would then go on waiting after being cancelled
+                timer = loop.call_at(deadline, flag.set)
+                try:
+                    await flag.wait()
+                finally:
+                    timer.cancel()
         finally:
             with self._lock:
                 self._waiters.remove(entry)
