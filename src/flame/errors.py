@@ -176,7 +176,18 @@ class DataNotFoundError(FlameError, LookupError):
 
 
 class DisclosureRefusedError(FlameError):
-    """Releasing a result was refused because it would disclose too much about individuals."""
+    """Releasing a result was refused because it would disclose too much about individuals.
+
+    ``rule`` names the disclosure rule (``row-level``, ``identifier-column``, ``min-cell-count``, ...),
+    ``path`` the offending field of the payload (``payload.age.n``), ``destination`` where it was to go;
+    nothing of the payload left the node.
+    """
+
+    def __init__(self, message: str, *, rule: str = "", path: str = "", destination: str = "") -> None:
+        self.rule = rule
+        self.path = path
+        self.destination = destination
+        super().__init__(message)
 
 
 __all__ = [

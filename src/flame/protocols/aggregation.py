@@ -14,6 +14,10 @@ Conventions shared by every function
 * **Careful numerics.** Scalar sums use :func:`math.fsum` (correctly rounded); array sums over
   nodes use float64 compensated (Neumaier) summation, whose error does not grow with the number of
   nodes; integer sums are exact. Variances never use the naive ``sum(x**2) - n*mean**2``.
+* **Typed statistics.** What an analysis node sends carries the number of records behind it
+  (``summarise`` its ``n``; histograms and contingency tables their counts), so the node's
+  disclosure guard (:mod:`flame.disclosure`) can refuse a statistic over fewer records than the
+  node's policy allows (default 5) or a table with a cell of 1 to 4, before it leaves the node.
 * **Errors raise.** Bad input raises :class:`AggregationError` (a :class:`~flame.errors.PayloadError`
   and a :class:`ValueError`) whose message names the function, the node and the problem: no updates,
   a missing or unknown key, mismatched shapes, a non-numeric value, a negative weight or count.
@@ -26,6 +30,8 @@ Functions
 * :func:`summarise`: an analysis node's local ``{"n", "mean", "m2", "mean_residual"}`` of raw data.
 * :func:`pooled_mean_variance`: pooled ``{"n", "mean", "variance", "std"}`` from the local summaries.
 * :func:`merged_histogram`: summed counts of histograms that share their bin edges.
+* :func:`contingency_table`: an analysis node's cross-tabulation of two variables over agreed levels.
+* :func:`merged_contingency_table`: summed counts of contingency tables with the same levels.
 * :func:`concatenate`: lists, arrays or pandas objects joined in node-id (or a given) order.
 """
 
@@ -43,12 +49,15 @@ from flame.errors import AggregationError
 
 __all__ = [
     "AggregationError",
+    "ContingencyTable",
     "Histogram",
     "MeanVariance",
     "Summary",
     "concatenate",
+    "contingency_table",
     "count",
     "fed_avg",
+    "merged_contingency_table",
     "merged_histogram",
     "pooled_mean_variance",
     "summarise",
@@ -100,6 +109,14 @@ class Histogram(TypedDict):
 
     edges: FloatArray
     counts: npt.NDArray[Any]
+
+
+class ContingencyTable(TypedDict):
+    """A cross-tabulation: ``counts[i, j]`` records have ``rows[i]`` and ``columns[j]``."""
+
+    counts: IntArray
+    rows: list[Any]
+    columns: list[Any]
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,6 +758,106 @@ def merged_histogram(updates: Mapping[str, Mapping[str, Any]]) -> Histogram:
     else:
         summed = _compensated_sum([c for _, c in counts])
     return {"edges": first_edges, "counts": summed}
+
+
+# --------------------------------------------------------------------------------------------
+# contingency tables
+
+
+def _levels(values: npt.NDArray[Any], given: Sequence[Any] | None, what: str, name: str) -> list[Any]:
+    if given is None:
+        return sorted({v.item() if isinstance(v, np.generic) else v for v in values.tolist()}, key=repr)
+    if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+        raise AggregationError(f"{what}: {name} must be a sequence of levels, got {_describe(given)}")
+    levels = list(given)
+    if len(set(map(repr, levels))) != len(levels):
+        raise AggregationError(f"{what}: {name} lists a level twice")
+    return levels
+
+
+def contingency_table(
+    row_values: npt.ArrayLike,
+    column_values: npt.ArrayLike,
+    *,
+    rows: Sequence[Any] | None = None,
+    columns: Sequence[Any] | None = None,
+) -> ContingencyTable:
+    """An analysis node's cross-tabulation of two variables, for :func:`merged_contingency_table`.
+
+    Parameters
+    ----------
+    row_values, column_values : array_like
+        One entry per record (e.g. two pandas columns), of equal length.
+    rows, columns : Sequence | None
+        The levels to count, agreed in advance by every node (e.g. ``["female", "male"]``), so that
+        the tables can be added. Default: the sorted distinct values of this node's data; a record
+        whose value is not among given levels raises.
+
+    Returns
+    -------
+    ContingencyTable
+        ``{"counts": int64 array (len(rows), len(columns)), "rows": [...], "columns": [...]}``.
+        Leaving the node, the disclosure guard refuses (or suppresses, per policy) cells of 1 to
+        ``min_cell_count - 1``.
+    """
+    what = "contingency_table"
+    a = np.asarray(row_values, dtype=object).reshape(-1)
+    b = np.asarray(column_values, dtype=object).reshape(-1)
+    if a.shape != b.shape:
+        raise AggregationError(f"{what}: {a.size} row values but {b.size} column values; one each per record")
+    row_levels = _levels(a, rows, what, "rows")
+    column_levels = _levels(b, columns, what, "columns")
+    row_index = {repr(v): i for i, v in enumerate(row_levels)}
+    column_index = {repr(v): i for i, v in enumerate(column_levels)}
+    counts = np.zeros((len(row_levels), len(column_levels)), dtype=np.int64)
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
+        i, j = row_index.get(repr(x)), column_index.get(repr(y))
+        if i is None or j is None:
+            missing = x if i is None else y
+            raise AggregationError(f"{what}: the value {missing!r} is not among the given levels")
+        counts[i, j] += 1
+    return {"counts": counts, "rows": row_levels, "columns": column_levels}
+
+
+_TABLE_KEYS = frozenset({"counts", "rows", "columns"})
+
+
+def merged_contingency_table(updates: Mapping[str, Mapping[str, Any]]) -> ContingencyTable:
+    """The cell-wise sum of the nodes' contingency tables, which must share their levels.
+
+    Raises :class:`AggregationError` for tables with other levels, shapes or negative counts.
+    Cells a node suppressed (missing) make the merged cell missing too.
+    """
+    what = "merged_contingency_table"
+    items = _ordered(updates, what)
+    first: tuple[str, list[Any], list[Any]] | None = None
+    parts: list[tuple[str, npt.NDArray[Any]]] = []
+    for node, update in items:
+        fields = _fields(update, what, node, _TABLE_KEYS)
+        rows, columns = list(fields["rows"]), list(fields["columns"])
+        if first is None:
+            first = (node, rows, columns)
+        elif rows != first[1] or columns != first[2]:
+            raise AggregationError(
+                f"{what}: node {node!r} counted other levels than node {first[0]!r}; agree on the row "
+                "and column levels in advance (contingency_table(rows=..., columns=...))"
+            )
+        counts = _real_array(fields["counts"], what, node, "the counts")
+        if counts.shape != (len(rows), len(columns)):
+            raise AggregationError(
+                f"{what}: the counts from node {node!r} have shape {counts.shape}, expected "
+                f"{(len(rows), len(columns))}"
+            )
+        if np.any(counts[np.isfinite(counts)] < 0):
+            raise AggregationError(f"{what}: the counts from node {node!r} contain negative values")
+        parts.append((node, counts))
+    assert first is not None
+    summed: npt.NDArray[Any]
+    if all(c.dtype.kind in _INT_KINDS for _, c in parts):
+        summed = _int_array_sum(parts, what)
+    else:
+        summed = np.sum([c.astype(np.float64) for _, c in parts], axis=0)
+    return {"counts": summed, "rows": first[1], "columns": first[2]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""The release audit: one record per outgoing payload, in the node's log stream and in its ledger.
+
+Every payload that leaves the node (an update to the aggregator, a message or intermediate data to
+another node, the final result for the hub) gets a :class:`ReleaseRecord`: when, from which analysis,
+to whom, through which channel, what it held (field paths, kinds, shapes, record counts), each check
+and its outcome, the privacy spent, and the SHA-256 digest of what was released. The record goes
+
+* to the node's log stream (what the hospital's operators see on FLAME), as one ``disclosure audit``
+  line of JSON, plus a readable line for a refusal; and
+* to the project's **ledger**: local results of this node under the tag :data:`LEDGER_TAG`.
+
+Why the ledger persists. Local results in node storage are scoped to the project and outlive the
+analysis, unlike the checkpoints and keys the federation layer deletes when an analysis ends. The
+ledger must outlive it: the differencing guard compares a statistic with what earlier analyses of the
+project released, and the privacy budget adds up what every analysis of the project spent. Deleting it
+would reset both. What it holds: field paths and kinds chosen by the analysis code, record counts, the
+rules and outcomes, epsilon and delta, digests, times and analysis ids; never a released value and
+nothing at the level of a patient (record counts are the numbers the released statistics already
+carry).
+
+Order: the record is written before the payload is sent. A send that then fails leaves a record of a
+release that did not happen, so the budget and the differencing guard err on the side of caution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from flame.errors import FlameError
+
+if TYPE_CHECKING:
+    from flame.clients.storage import StorageClient
+
+log = logging.getLogger(__name__)
+
+#: The tag of the ledger's entries among the node's local results (project-scoped).
+LEDGER_TAG = "flame-disclosure-ledger"
+#: Format version of a ledger entry.
+LEDGER_VERSION = 1
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class ReleaseRecord:
+    """One outgoing payload: what, to whom, which checks, the outcome."""
+
+    node: str
+    analysis: str
+    channel: str
+    destination: list[str]
+    outcome: str
+    digest: str
+    fields: list[dict[str, Any]] = field(default_factory=list)
+    statistics: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, str]] = field(default_factory=list)
+    unjudged: int = 0
+    epsilon: float = 0.0
+    delta: float = 0.0
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    version: int = LEDGER_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def log_line(self, limit: int = 40) -> str:
+        """The record as one JSON line (long field and check lists cut to ``limit`` entries)."""
+        record = self.as_dict()
+        for key in ("fields", "checks"):
+            items = record[key]
+            if len(items) > limit:
+                record[key] = [*items[:limit], {"more": len(items) - limit}]
+        return "disclosure audit " + json.dumps(record, separators=(",", ":"), default=str)
+
+
+class Ledger:
+    """The project's release ledger on this node: local results under :data:`LEDGER_TAG`.
+
+    Without a storage client (tests, an analysis run outside a node) it is kept in memory.
+    Entries are read once per process and then kept up to date in memory.
+    """
+
+    def __init__(self, storage: StorageClient | None = None) -> None:
+        self.storage = storage
+        self._entries: list[dict[str, Any]] | None = None if storage is not None else []
+        self._lock = asyncio.Lock()
+
+    async def entries(self) -> list[dict[str, Any]]:
+        """Every entry of the project so far (earlier analyses included)."""
+        async with self._lock:
+            if self._entries is None:
+                self._entries = await self._load()
+            return list(self._entries)
+
+    async def _load(self) -> list[dict[str, Any]]:
+        assert self.storage is not None
+        from flame.errors import ServiceError
+
+        try:
+            tags = await self.storage.tags()
+        except ServiceError as exc:
+            raise FlameError(f"the disclosure ledger cannot be read from node storage: {exc}") from exc
+        if LEDGER_TAG not in tags:
+            return []
+        entries = []
+        for raw in await self.storage.read_tagged(LEDGER_TAG, "all"):
+            try:
+                entry = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                log.warning("skipping a ledger entry that is not JSON")
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    async def append(self, record: ReleaseRecord) -> None:
+        """Write ``record`` to the ledger (storage first, then memory)."""
+        entry = record.as_dict()
+        if self.storage is not None:
+            data = json.dumps(entry, separators=(",", ":"), default=str).encode()
+            await self.storage.save_local(data, tag=LEDGER_TAG, filename="release.json")
+        async with self._lock:
+            if self._entries is None:
+                self._entries = await self._load()
+            else:
+                self._entries.append(entry)
+
+
+def spent(entries: list[dict[str, Any]]) -> tuple[float, float]:
+    """Epsilon and delta spent by the released entries (sequential composition: they add up)."""
+    epsilon = sum(float(e.get("epsilon") or 0.0) for e in entries if e.get("outcome") != "refused")
+    delta = sum(float(e.get("delta") or 0.0) for e in entries if e.get("outcome") != "refused")
+    return epsilon, delta
+
+
+__all__ = ["LEDGER_TAG", "Ledger", "ReleaseRecord", "digest", "spent"]

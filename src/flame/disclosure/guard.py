@@ -1,0 +1,205 @@
+"""The node's disclosure guard: the one gate every outgoing payload passes.
+
+The node runtime owns one :class:`DisclosureGuard`. Messages to other nodes, intermediate data and
+the final result for the hub pass :meth:`DisclosureGuard.release` (or :meth:`release_message`) before
+a byte is sent: the payload is inspected (:mod:`flame.disclosure.checks`), compared with the project's
+earlier releases (:mod:`flame.disclosure.differencing`), differential-privacy requests are drawn and
+charged to the project's budget (:mod:`flame.disclosure.dp`), and the release is recorded
+(:mod:`flame.disclosure.audit`). A refusal raises :class:`~flame.errors.DisclosureRefusedError` naming
+the rule and the field; nothing of the payload leaves.
+
+In ``warn`` mode the refusal is logged as a warning and the payload released: for trying an analysis
+out on test data, never for production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from flame import codec
+from flame.disclosure import differencing, dp
+from flame.disclosure.audit import Ledger, ReleaseRecord, spent
+from flame.disclosure.checks import Finding, LocalData, inspect
+from flame.disclosure.policy import DisclosurePolicy, policy_from_env
+from flame.errors import DisclosureRefusedError, PayloadError
+
+if TYPE_CHECKING:
+    from flame.clients.storage import StorageClient
+
+LogFunction = Callable[[str, Any], None]
+
+
+class DisclosureGuard:
+    """Checks, audits and (with DP) transforms what leaves one node."""
+
+    def __init__(
+        self,
+        policy: DisclosurePolicy | None = None,
+        *,
+        storage: StorageClient | None = None,
+        log: LogFunction | None = None,
+        node_id: str = "",
+        analysis_id: str = "",
+    ) -> None:
+        self.policy = policy if policy is not None else policy_from_env()
+        self.local = LocalData()
+        self.ledger = Ledger(storage)
+        self.node_id = node_id
+        self.analysis_id = analysis_id
+        self._log = log
+        self._lock = asyncio.Lock()
+        #: the records of this process's releases, newest last (for reports and tests)
+        self.records: list[ReleaseRecord] = []
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def tighten(self, settings: Mapping[str, Any] | None = None, /, **more: Any) -> DisclosurePolicy:
+        """Make the node's policy stricter for this analysis (never looser); returns the new policy."""
+        self.policy = self.policy.tighten(settings, **more)
+        self.log(f"disclosure policy tightened by the analysis: {self.policy.summary()}", "info")
+        return self.policy
+
+    def log(self, text: str, level: str = "info") -> None:
+        if self._log is not None:
+            self._log(text, level)
+
+    # -- what the node reads -------------------------------------------------------------------------
+
+    def observe_s3(self, key: str, data: bytes) -> None:
+        self.local.observe_bytes(key, data, self.policy.identifier_columns)
+
+    def observe_fhir(self, resources: Sequence[Mapping[str, Any]]) -> None:
+        self.local.observe_fhir(resources)
+
+    def observe_frame(self, frame: Any) -> None:
+        self.local.observe_frame(frame, self.policy.identifier_columns)
+
+    # -- releases ------------------------------------------------------------------------------------
+
+    async def release(self, value: Any, *, channel: str, destination: Sequence[str], path: str = "") -> Any:
+        """Check ``value`` on its way out through ``channel`` to ``destination``; returns what may leave.
+
+        Raises :class:`DisclosureRefusedError` (the rule, the field path) when the policy refuses it.
+        """
+        async with self._lock:
+            return await self._release(value, channel, list(destination), path or channel)
+
+    async def release_message(
+        self, body: Mapping[str, Any], *, category: str, receivers: Sequence[str]
+    ) -> dict[str, Any]:
+        """Like :meth:`release` for a message body; a Base64 ``payload`` (the round protocol's
+        inline values) is decoded and judged as the value it carries, and re-encoded if it changed."""
+        view = dict(body)
+        encoded = view.get("payload")
+        decoded = False
+        if isinstance(encoded, str):
+            try:
+                view["payload"] = codec.decode(base64.b64decode(encoded, validate=True))
+                decoded = True
+            except (binascii.Error, ValueError, PayloadError):
+                decoded = False
+        released = await self.release(
+            view, channel=f"message:{category}", destination=receivers, path=category
+        )
+        if decoded:
+            if released["payload"] is view["payload"]:
+                released["payload"] = encoded
+            else:
+                released["payload"] = base64.b64encode(codec.encode(released["payload"])).decode("ascii")
+        return dict(released)
+
+    async def _release(self, value: Any, channel: str, destination: list[str], path: str) -> Any:
+        draws: list[tuple[str, dp.Release]] = []
+
+        def on_dp(where: str, request: Any) -> Any:
+            release = dp.apply(request)
+            draws.append((where, release))
+            return release.value
+
+        inspection = inspect(value, self.policy, self.local, path=path, on_dp=on_dp, dp_types=(dp.DPRequest,))
+        entries = await self.ledger.entries()
+        findings = list(inspection.findings)
+        findings += differencing.check(inspection.statistics, entries, self.policy)
+        epsilon = sum(r.epsilon for _, r in draws)
+        delta = sum(r.delta for _, r in draws)
+        if draws:
+            used_epsilon, used_delta = spent(entries)
+            budget = dp.Budget(
+                self.policy.dp_epsilon_budget, self.policy.dp_delta_budget, used_epsilon, used_delta
+            )
+            for where, release in draws:
+                findings.append(
+                    Finding(
+                        "dp",
+                        where,
+                        "dp",
+                        f"noise scale {release.scale:g}, epsilon {release.epsilon:g}, delta {release.delta:g}",
+                    )
+                )
+            if not budget.allows(epsilon, delta):
+                left_e, left_d = budget.remaining()
+                findings.append(
+                    Finding(
+                        "dp-budget",
+                        draws[0][0],
+                        "refused",  # the budget is never waived, not even in warn mode
+                        f"this release needs epsilon {epsilon:g}, delta {delta:g}; the project has "
+                        f"epsilon {left_e:g}, delta {left_d:g} left of {budget.epsilon:g}, {budget.delta:g}",
+                    )
+                )
+        refusals = [f for f in findings if f.outcome == "refused"]
+        warned = [f for f in findings if f.outcome == "warned"]
+        outcome = "refused" if refusals else ("warned" if warned else "released")
+        record = ReleaseRecord(
+            node=self.node_id,
+            analysis=self.analysis_id,
+            channel=channel,
+            destination=destination,
+            outcome=outcome,
+            digest=_digest(inspection.value),
+            fields=inspection.fields,
+            statistics=[{"path": s.path, "kind": s.kind, "n": s.n} for s in inspection.statistics]
+            if outcome != "refused"
+            else [],
+            checks=[f.as_dict() for f in findings],
+            unjudged=inspection.unjudged,
+            epsilon=epsilon if outcome != "refused" else 0.0,
+            delta=delta if outcome != "refused" else 0.0,
+        )
+        self.records.append(record)
+        self.log(record.log_line(), "info")
+        await self.ledger.append(record)
+        to = ", ".join(destination) or "-"
+        if refusals:
+            first = refusals[0]
+            message = (
+                f"disclosure refused on node {self.node_id or '?'}: rule {first.rule} at {first.path} "
+                f"({channel} to {to}): {first.detail}"
+            )
+            if len(refusals) > 1:
+                message += f"; and {len(refusals) - 1} more refusal(s)"
+            self.log(message, "error")
+            raise DisclosureRefusedError(message, rule=first.rule, path=first.path, destination=to)
+        for finding in warned:
+            self.log(
+                f"disclosure WARNING (mode warn, released anyway) on node {self.node_id or '?'}: rule "
+                f"{finding.rule} at {finding.path} ({channel} to {to}): {finding.detail}",
+                "warn",
+            )
+        return inspection.value
+
+
+def _digest(value: Any) -> str:
+    try:
+        data = codec.encode(value)
+    except Exception:
+        data = repr(value).encode("utf-8", "replace")
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+__all__ = ["DisclosureGuard"]
