@@ -474,8 +474,10 @@ def _error_body(request: Request, status: int) -> dict[str, Any]:
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     headers = dict(exc.headers or {})
-    if exc.status_code == 401 or (exc.status_code == 404 and exc.detail == ""):
-        # Spring Security's bearer entry point and ResponseEntity.notFound(): no body.
+    if (exc.status_code in (401, 403) and "WWW-Authenticate" in headers) or (
+        exc.status_code == 404 and exc.detail == ""
+    ):
+        # Spring Security's bearer entry point and access-denied handler, ResponseEntity.notFound(): no body.
         return Response(status_code=exc.status_code, headers=headers)
     return JSONResponse(_error_body(request, exc.status_code), status_code=exc.status_code, headers=headers)
 

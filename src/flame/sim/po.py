@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from flame.sim.auth import current_node, service_claims
+from flame.sim.auth import current_node, po_claims
 
 if TYPE_CHECKING:
     from flame.sim.node import SimNode
@@ -183,9 +183,13 @@ def create_app(stack: FlameStack) -> FastAPI:
 
     @app.post("/stream_logs")
     async def stream_logs(
-        entry: LogEntry, request: Request, claims: dict[str, Any] = Depends(service_claims)
+        entry: LogEntry, request: Request, claims: dict[str, Any] = Depends(po_claims)
     ) -> dict[str, str]:
-        await stack.po.receive_log(current_node(request), entry)
+        node = current_node(request)
+        if entry.analysis_id != node.analysis_id:
+            detail = f"Forbidden: this sidecar serves analysis {node.analysis_id}, not {entry.analysis_id}"
+            raise HTTPException(403, detail)
+        await stack.po.receive_log(node, entry)
         return {"status": "ok"}
 
     return app

@@ -42,6 +42,11 @@ Behaviour copied from PrivateAIM/node-storage-service where WIRE.md leaves it op
   tagging order, and an unknown (or invalid) tag gives 200 ``{"results": []}`` (a database query on
   the real service).
 - Path ids are UUIDs (422 otherwise); a final result with the same file name replaces the earlier one.
+- Result file names (final and local) are plain names of at most 255 bytes of UTF-8, without ``/``,
+  ``\\`` or control characters, not ``.`` or ``..``: anything else is 400 (:func:`check_filename`).
+  Stricter than the hub, which stores any name as metadata; here the name is part of an object key.
+- Every route needs a token bound to the analysis of the sidecar (:mod:`flame.sim.auth`): a valid
+  token of another analysis is 403.
 - ``PUT /final/``, ``/intermediate/`` and ``/local/`` (trailing slash, as PrivateAIM's own SDK sends
   them) are served like the forms without the slash; no route redirects.
 - ``PUT /final/localdp``: the file must be one finite number (Python ``float`` syntax, UTF-8, at most
@@ -68,7 +73,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from fractions import Fraction
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, cast
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -90,6 +94,8 @@ TAG_PATTERN = re.compile(r"[a-z0-9]{1,2}|[a-z0-9][a-z0-9-]{0,30}[a-z0-9]")
 LOCALDP_MAX_BYTES = 4096
 #: Filename recorded for a local result uploaded without one (as the real service).
 DEFAULT_FILENAME = "data.bin"
+#: Longest result file name (bytes of UTF-8): what common file systems and the hub's name column hold.
+MAX_FILENAME_BYTES = 255
 
 Claims = Annotated[dict[str, Any], Depends(service_claims)]
 
@@ -266,9 +272,29 @@ def _file_size(upload: UploadFile) -> int:
     return size
 
 
-def _final_filename(upload: UploadFile) -> str:
-    name = PurePosixPath((upload.filename or "").replace("\\", "/")).name
-    return name if name not in ("", ".", "..") else DEFAULT_FILENAME
+def check_filename(name: str | None) -> str:
+    """A result's file name as given (``data.bin`` when empty); 400 if the store could not hold it.
+
+    A file name is a plain name: at most :data:`MAX_FILENAME_BYTES` bytes of UTF-8, no path separator,
+    not ``.`` or ``..``, no control character. Anything else is refused rather than shortened or
+    stripped to a base name, so a result never lands under a name its author did not choose.
+    """
+    if not name:
+        return DEFAULT_FILENAME
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise HTTPException(
+            400,
+            f"The file name is too long: at most {MAX_FILENAME_BYTES} bytes of UTF-8, got {len(name)} characters",
+        )
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise HTTPException(400, "The file name must be a plain name, without '/', '\\', '.' or '..'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise HTTPException(400, "The file name must not contain control characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPException(400, "The file name is not valid Unicode") from None
+    return name
 
 
 def _now() -> str:
@@ -383,8 +409,8 @@ def create_app(stack: FlameStack) -> FastAPI:
     async def put_final(request: Request, claims: Claims, file: Annotated[UploadFile, File()]) -> Response:
         node = current_node(request)
         analysis_id = str(claims["client_id"])
+        filename = check_filename(file.filename)
         service.require_bucket(analysis_id, "Result")
-        filename = _final_filename(file)
         size = await service.put_upload(final_prefix(analysis_id) + filename, file)
         service.record("storage.upload", node, area="final", size=size, filename=filename)
         service.record(
@@ -402,6 +428,7 @@ def create_app(stack: FlameStack) -> FastAPI:
     ) -> Response:
         node = current_node(request)
         analysis_id = str(claims["client_id"])
+        filename = check_filename(file.filename)
         try:
             value = parse_single_number(await file.read(LOCALDP_MAX_BYTES + 1))
         except ValueError:
@@ -413,7 +440,6 @@ def create_app(stack: FlameStack) -> FastAPI:
         service.require_bucket(analysis_id, "Result")
         noisy = await asyncio.to_thread(sample_laplace, value, Fraction(sensitivity) / Fraction(epsilon))
         content = repr(noisy).encode()
-        filename = _final_filename(file)
         await service.put_bytes(final_prefix(analysis_id) + filename, content)
         service.record("storage.upload", node, area="final", size=len(content), filename=filename)
         service.record(
@@ -544,10 +570,11 @@ def create_app(stack: FlameStack) -> FastAPI:
         project = service.project(analysis_id)
         if tag is not None and not is_valid_tag(tag):
             raise HTTPException(400, f"Invalid tag `{tag}`")
+        filename = check_filename(file.filename)
         object_id = str(uuid.uuid4())
         size = await service.put_upload(local_key(node.node_id, project, object_id), file)
         if tag is not None:
-            await service.write_marker(node, project, tag, object_id, file.filename or DEFAULT_FILENAME)
+            await service.write_marker(node, project, tag, object_id, filename)
         service.record("storage.upload", node, area="local", size=size, object_id=object_id, tag=tag)
         return JSONResponse({"url": f"{_base_url(request)}/local/{object_id}", "object_id": object_id})
 
@@ -575,7 +602,9 @@ def create_app(stack: FlameStack) -> FastAPI:
             raise HTTPException(404, f"Object with ID {oid} does not exist")
         if not is_valid_tag(tag_name):
             raise HTTPException(400, f"Invalid tag `{tag_name}`")
-        recorded = await service.write_marker(node, project, tag_name, oid, filename or None)
+        recorded = await service.write_marker(
+            node, project, tag_name, oid, check_filename(filename) if filename else None
+        )
         return JSONResponse({"filename": recorded, "url": f"{_base_url(request)}/local/{oid}"})
 
     @app.get("/local/tags/{tag_name}")
