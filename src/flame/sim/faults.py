@@ -12,16 +12,24 @@ A :class:`FaultPlan` is a list of rules set for one run:
 
 Times are seconds since the stack started, in stack time (already scaled). Every decision the plan
 takes is drawn from one ``random.Random(seed)``, so the same run with the same seed injects the same
-faults. :func:`parse_faults` reads the compact text form used by ``flame sim --faults``.
+faults. :func:`parse_faults` reads the compact text form used by ``flame sim --faults`` and refuses, with a
+:class:`FaultSpecError` naming the bad part, anything it cannot use as written: a probability outside
+[0, 1], a time that is negative or not finite, a window that ends before it starts, a route with more
+than two ends. :meth:`FaultPlan.validate` refuses rules naming a node the run does not have. A rule that
+would silently never fire is worse than no rule: the run would seem to prove a resilience it never tested.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from flame.errors import ConfigurationError
 
 DeliveryFaultKind = Literal["drop", "duplicate", "delay", "reorder"]
 _SERVICES = ("message-broker", "storage", "hub-adapter", "kong", "po")
@@ -103,12 +111,32 @@ class FaultPlan:
         self._rng = random.Random(self.seed)
         self._used: dict[int, int] = {}
         self._lock = threading.Lock()
+        self._texts: dict[int, str] = {}
 
-    def add(self, rule: Rule) -> FaultPlan:
-        """Add a rule (also while the stack runs); returns the plan."""
+    def add(self, rule: Rule, *, text: str | None = None) -> FaultPlan:
+        """Add a rule (also while the stack runs); returns the plan. ``text``: the rule as written."""
         with self._lock:
             self.rules.append(rule)
+            if text is not None:
+                self._texts[id(rule)] = text
         return self
+
+    def validate(self, nodes: Iterable[str]) -> None:
+        """Raise :class:`FaultSpecError` for a rule naming a node that is not one of ``nodes``.
+
+        Call it once the run's nodes are known, before anything starts: a rule for a node that does
+        not exist would otherwise never fire, silently.
+        """
+        known = list(nodes)
+        expected = f"a node of this run: {', '.join(known)}"
+        with self._lock:
+            rules = list(self.rules)
+        for rule in rules:
+            names = (rule.sender, rule.receiver) if isinstance(rule, DeliveryFault) else (rule.node,)
+            for name in names:
+                if name is not None and name not in known:
+                    text = self._texts.get(id(rule), repr(rule))
+                    raise FaultSpecError(text, f"there is no node {name!r} in this run", expected)
 
     def delivery(self, sender: str | None, receiver: str, now: float) -> DeliveryDecision:
         """Decide the fate of one delivery of a message from ``sender`` to ``receiver`` at ``now``."""
@@ -163,70 +191,156 @@ class FaultPlan:
         return sorted(timed, key=lambda r: r.at)
 
 
+class FaultSpecError(ConfigurationError, ValueError):
+    """A fault rule that cannot be used: bad syntax, a number out of range, or a node the run lacks.
+
+    ``rule`` is the rule's text, ``problem`` what is wrong with which part, ``expected`` what a valid rule
+    looks like. Also a :class:`ValueError`, as the parser raised before.
+    """
+
+    def __init__(self, rule: str, problem: str, expected: str) -> None:
+        self.rule = rule
+        super().__init__(f"fault rule {rule!r}", problem, expected)
+
+
+_FORMS = {
+    "drop": "drop=P or drop=P@SENDER>RECEIVER, P a probability in [0, 1], e.g. drop=0.2@node-1>aggregator",
+    "duplicate": "duplicate=P or duplicate=P@SENDER>RECEIVER, P a probability in [0, 1]",
+    "reorder": "reorder=P or reorder=P:SECONDS (the shuffle window, > 0), optionally @SENDER>RECEIVER",
+    "delay": "delay=P or delay=P:SECONDS (the added delay, > 0), optionally @SENDER>RECEIVER, e.g. delay=0.3:0.05",
+    "outage": f"outage=SERVICE@START-END or outage=SERVICE@START-END@NODE, SERVICE one of {', '.join(_SERVICES)}",
+    "expire": "expire=NODE@SECONDS, e.g. expire=node-1@3",
+    "restart": "restart=NODE@SECONDS, e.g. restart=node-2@5",
+    "offline": "offline=NODE@START-END (or NODE@START- for the rest of the run), e.g. offline=node-1@2-6",
+}
+_KINDS = ", ".join(_FORMS)
+
+
 def parse_faults(spec: str, seed: int = 0) -> FaultPlan:
     """Read the text form of a fault plan: rules separated by ``;``.
 
     ===================================== ==================================================
     ``drop=0.2``                          drop 20 % of deliveries
-    ``drop=0.2@a>b``                      only from node ``a`` to node ``b``
+    ``drop=0.2@a>b``                      only from node ``a`` to node ``b`` (``a>`` / ``>b``: from
+                                          ``a`` / to ``b``)
     ``duplicate=0.1``, ``reorder=0.5``    duplicate / reorder a share of deliveries
     ``delay=0.3:0.05``                    delay 30 % of deliveries by 0.05 s
     ``outage=message-broker@2-4``         the broker of every node answers 503 from 2 s to 4 s
     ``outage=storage@2-4@a``              only node ``a``'s storage
     ``expire=a@3``                        node ``a``'s tokens expire at 3 s
     ``restart=a@5``                       node ``a`` is restarted at 5 s
-    ``offline=a@2-6``                     node ``a`` is unreachable from 2 s to 6 s
+    ``offline=a@2-6``                     node ``a`` is unreachable from 2 s to 6 s (``a@2-``: to the end)
     ===================================== ==================================================
+
+    Probabilities lie in [0, 1]; times and durations are finite and not negative; a window starts
+    before it ends. Raises :class:`FaultSpecError` naming the rule and the bad part. Node names are
+    checked against a run's nodes by :meth:`FaultPlan.validate`, once they are known.
     """
+    if not isinstance(spec, str):
+        raise FaultSpecError(repr(spec), "a fault plan is text", "rules separated by ';'")
     plan = FaultPlan(seed=seed)
     for raw in filter(None, (part.strip() for part in spec.split(";"))):
-        try:
-            plan.add(_parse_rule(raw))
-        except (ValueError, IndexError) as exc:
-            raise ValueError(
-                f"cannot read fault rule {raw!r}: {exc}. See flame.sim.faults.parse_faults."
-            ) from None
+        plan.add(_parse_rule(raw), text=raw)
     return plan
 
 
 def _parse_rule(raw: str) -> Rule:
-    name, _, value = raw.partition("=")
+    name, equals, value = raw.partition("=")
     name = name.strip()
-    parts = value.split("@")
+    if name not in _FORMS:
+        raise FaultSpecError(raw, f"unknown fault {name!r}", f"one of {_KINDS}, as NAME=VALUE")
+    form = _FORMS[name]
+    if not equals or not value.strip():
+        raise FaultSpecError(raw, f"{name} needs a value after '='", form)
+    parts = [part.strip() for part in value.split("@")]
     if name in ("drop", "duplicate", "reorder", "delay"):
-        amount, _, seconds = parts[0].partition(":")
-        probability = float(amount)
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError("the probability must lie between 0 and 1")
-        sender = receiver = None
-        if len(parts) > 1:
-            pair = parts[1].split(">")
-            sender, receiver = (pair[0] or None), (pair[1] or None if len(pair) > 1 else None)
-        return DeliveryFault(
-            kind=name,  # type: ignore[arg-type]
-            probability=probability,
-            sender=sender,
-            receiver=receiver,
-            seconds=float(seconds) if seconds else 0.05,
-        )
+        return _delivery_rule(raw, name, parts, form)
     if name == "outage":
-        start, end = _window(parts[1])
+        if len(parts) not in (2, 3):
+            raise FaultSpecError(raw, "an outage has a service, a window and optionally a node", form)
         if parts[0] not in _SERVICES:
-            raise ValueError(f"unknown service {parts[0]!r} ({', '.join(_SERVICES)})")
+            raise FaultSpecError(raw, f"unknown service {parts[0]!r}", form)
+        start, end = _window(raw, parts[1], form)
+        node = _node(raw, parts[2], form) if len(parts) > 2 else None
         service: Any = parts[0]
-        return ServiceOutage(service=service, start=start, end=end, node=parts[2] if len(parts) > 2 else None)
-    if name == "expire":
-        return TokenExpiry(node=parts[0], at=float(parts[1]))
-    if name == "restart":
-        return NodeRestart(node=parts[0], at=float(parts[1]))
-    if name == "offline":
-        start, end = _window(parts[1])
-        return NodeOffline(node=parts[0], start=start, end=end)
-    raise ValueError(
-        f"unknown fault {name!r} (drop, duplicate, reorder, delay, outage, expire, restart, offline)"
+        return ServiceOutage(service=service, start=start, end=end, node=node)
+    if name in ("expire", "restart"):
+        if len(parts) != 2:
+            raise FaultSpecError(raw, f"{name} takes a node and a time, as NODE@SECONDS", form)
+        node = _node(raw, parts[0], form)
+        at = _number(raw, parts[1], "the time", form)
+        return TokenExpiry(node=node, at=at) if name == "expire" else NodeRestart(node=node, at=at)
+    # offline
+    if len(parts) != 2:
+        raise FaultSpecError(raw, "offline takes a node and a window, as NODE@START-END", form)
+    start, end = _window(raw, parts[1], form, open_end=True)
+    return NodeOffline(node=_node(raw, parts[0], form), start=start, end=end)
+
+
+def _delivery_rule(raw: str, name: str, parts: list[str], form: str) -> DeliveryFault:
+    if len(parts) > 2:
+        raise FaultSpecError(raw, "more than one '@'", form)
+    amount, colon, seconds_text = parts[0].partition(":")
+    probability = _number(raw, amount.strip(), "the probability", form)
+    if probability > 1.0:
+        raise FaultSpecError(raw, f"the probability {amount.strip()} is above 1", form)
+    seconds = 0.05
+    if colon:
+        if name not in ("delay", "reorder"):
+            raise FaultSpecError(raw, f"{name} takes no ':SECONDS' (only delay and reorder do)", form)
+        seconds = _number(raw, seconds_text.strip(), "the seconds", form)
+        if seconds == 0:
+            raise FaultSpecError(raw, "the seconds must be above 0", form)
+    sender = receiver = None
+    if len(parts) == 2:
+        sender, receiver = _route(raw, parts[1], form)
+    kind: Any = name
+    return DeliveryFault(
+        kind=kind, probability=probability, sender=sender, receiver=receiver, seconds=seconds
     )
 
 
-def _window(text: str) -> tuple[float, float]:
-    start, _, end = text.partition("-")
-    return float(start), float(end) if end else math.inf
+def _route(raw: str, text: str, form: str) -> tuple[str | None, str | None]:
+    """``SENDER>RECEIVER``, ``SENDER>`` or ``>RECEIVER`` (a bare ``SENDER`` as before)."""
+    ends = [end.strip() for end in text.split(">")]
+    if len(ends) > 2:
+        raise FaultSpecError(raw, f"the route {text!r} has more than one '>'", form)
+    if not any(ends):
+        raise FaultSpecError(raw, f"the route {text!r} names no node", form)
+    sender = _node(raw, ends[0], form) if ends[0] else None
+    receiver = _node(raw, ends[1], form) if len(ends) > 1 and ends[1] else None
+    return sender, receiver
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _node(raw: str, text: str, form: str) -> str:
+    if not _NODE_NAME.fullmatch(text):
+        raise FaultSpecError(raw, f"{text!r} is not a node name", form)
+    return text
+
+
+def _number(raw: str, text: str, what: str, form: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise FaultSpecError(raw, f"{what} {text!r} is not a number", form) from None
+    if not math.isfinite(value):
+        raise FaultSpecError(raw, f"{what} {text!r} is not finite", form)
+    if value < 0:
+        raise FaultSpecError(raw, f"{what} {text!r} is negative", form)
+    return value
+
+
+def _window(raw: str, text: str, form: str, *, open_end: bool = False) -> tuple[float, float]:
+    start_text, dash, end_text = text.partition("-")
+    if not dash:
+        raise FaultSpecError(raw, f"the window {text!r} is not START-END", form)
+    start = _number(raw, start_text.strip(), "the window's start", form)
+    if not end_text.strip() and open_end:
+        return start, math.inf
+    end = _number(raw, end_text.strip(), "the window's end", form)
+    if not start < end:
+        raise FaultSpecError(raw, f"the window {text!r} does not start before it ends", form)
+    return start, end
