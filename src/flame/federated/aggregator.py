@@ -6,20 +6,37 @@ and sends the aggregate back; on convergence or in the last round it submits the
 hub, tells the partners ``analysis_finished`` and ends with status ``executed``. Late, duplicate and
 foreign updates are ignored and logged. After a restart it resumes from its checkpoint, resends its
 newest aggregate and asks the analysis nodes to resend their updates of the open round.
+
+The final result reaches the hub exactly once. With checkpoints the aggregator records that it is
+about to submit (a sealed checkpoint with the file name and the result, and a plaintext marker), submits,
+then records that it submitted. A pod restarted after that finishes without submitting. One restarted
+in between cannot tell whether the hub got the result: a plain result is sent again, the very same
+value under the very same file name (the hub keeps nothing new, at worst a copy of what it has); a
+local-DP result is never sent again, since the storage service would add fresh noise and two
+independently noised values of one number leak more than the budget allows: the analysis fails with
+a message saying so, and the analyst looks at the hub. Without a readable checkpoint a marker still
+stops a second submission. With ``checkpoints=False`` nothing is recorded and a restarted aggregator
+starts over.
+
+Its checkpoints are sealed under a random key that it keeps wrapped under the analysis nodes' escrow
+keys (see :mod:`flame.federated.checkpoint`); a restarted aggregator asks them for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from flame import codec
+from flame.clients.storage import default_filename
 from flame.errors import FederationError, FlameError, PayloadError, ProtocolError
-from flame.federated import messages, secure
-from flame.federated.checkpoint import load_checkpoint, save_checkpoint
+from flame.federated import checkpoint, messages, secure
 from flame.federated.data import Data
 from flame.federated.options import FederationOptions
+from flame.node.results import EXTENSIONS
 from flame.node.tasks import BackgroundTasks
 from flame.protocols import paillier
 
@@ -84,6 +101,14 @@ class Aggregator:
         self._secure = secure.SecureAggregation.of(options.secure)
         self._public_key: paillier.PublicKey | None = None
         self._holder = ""
+        #: node storage of the checkpoints; their key, and who holds an escrow key wrapping it
+        self._store: checkpoint.Checkpoints | None = None
+        self._key: bytes | None = None
+        self._escrows: dict[str, bytes] = {}
+        self._wrapped: set[str] = set()
+        #: where a restarted pod found the submission: None, "submitting" or "submitted"
+        self._phase: str | None = None
+        self._submission: dict[str, Any] = {}
         self.rounds: list[dict[str, Any]] = []
         try:
             round, previous, finished = await self._resume()
@@ -113,16 +138,19 @@ class Aggregator:
                 if done:
                     break
                 previous, round = aggregate, round + 1
-            assert self._latest is not None
-            result = await asyncio.to_thread(self.final_result, self._latest[1])
-            names = await node.results.submit_final(
-                result,
-                output_type=options.output_type,
-                multiple_results=options.multiple_results,
-                filename=options.filename,
-            )
-            node.log(f"final result submitted to the hub as {', '.join(names)}")
-            await self._checkpoint(self._latest[0], self._latest[1], True, submitted=True)
+            if self._phase == "submitted":
+                node.log("the final result reached the hub before this pod started; not submitting it again")
+                result = (
+                    await asyncio.to_thread(self.final_result, self._latest[1])
+                    if self._latest is not None
+                    else None
+                )
+            elif self._phase == "submitting":
+                result = await self._resubmit()
+            else:
+                assert self._latest is not None
+                result = await asyncio.to_thread(self.final_result, self._latest[1])
+                await self._submit(result)
             await node.analysis_finished()
             return result
         except Exception as exc:
@@ -184,6 +212,9 @@ class Aggregator:
         if message.body.get("analysis_id") != self._node.config.analysis_id or sender not in expected:
             log.warning("ignoring a foreign update %s from %s", message.id, sender)
             return
+        escrow = checkpoint.parse_key(message.body.get("escrow"))
+        if escrow is not None:
+            self._escrows.setdefault(sender, escrow)
         try:
             update_round = messages.round_of(message)
         except ProtocolError as exc:
@@ -300,13 +331,42 @@ class Aggregator:
         )
 
     async def _resume(self) -> tuple[int, Any | None, bool]:
+        """Where to go on: (round, previous aggregate, rounds finished), from the checkpoints.
+
+        Never starts over when records show that a submission began, or when checkpoints exist that
+        cannot be read (the escrow key did not come back): that fails the analysis instead.
+        """
         if not self._options.checkpoints:
             return 1, None, False
-        record = await load_checkpoint(self._node)
+        node = self._node
+        self._store = checkpoint.Checkpoints(node)
+        records = await self._store.read_all()
+        claimed = checkpoint.markers(records)
+        sealed = any(r.get("kind") in ("checkpoint", "wrap") for r in records)
+        record: dict[str, Any] | None = None
+        key = await self._recover_key(records) if sealed else os.urandom(checkpoint.KEY_BYTES)
+        if key is not None:
+            self._use_key(key, set(checkpoint.wrap_holders(records)))
+            record = self._store.newest(records)
+        phase = record.get("phase") if record is not None else None
+        if phase is None and claimed:
+            # a marker without a readable record of it: trust only what forbids a second submission
+            if "submitted" in claimed:
+                self._phase = "submitted"
+                return 0, None, True
+            raise FederationError(
+                "this aggregator was restarted while it submitted the final result, and its "
+                "checkpoint cannot be read: the hub may or may not have the result; it is not sent again"
+            )
         if record is None:
-            if (self._node.config.restart_counter or 0) > 0:
+            if sealed and key is None:
+                raise FederationError(
+                    "this aggregator was restarted and cannot read its checkpoints: no analysis node "
+                    f"handed back the escrow key within {self._options.send_timeout:g} s; not starting over"
+                )
+            if (node.config.restart_counter or 0) > 0:
                 # a restarted pod without a checkpoint: the round-1 updates went to the old pod
-                self._node.log("restarted before the first checkpoint; asking for the updates of round 1")
+                node.log("restarted before the first checkpoint; asking for the updates of round 1")
                 self._resync(1)
             return 1, None, False
         done_round = int(record["round"])
@@ -315,9 +375,11 @@ class Aggregator:
         if record.get("state") is not None:
             await asyncio.to_thread(self.restore, record["state"])
         self._latest = (done_round, aggregate, final)
-        self._node.log(f"resumed from the checkpoint after round {done_round}")
-        if record.get("submitted"):
-            await self._node.analysis_finished()
+        node.log(f"resumed from the checkpoint after round {done_round}")
+        if phase in ("submitting", "submitted"):
+            self._phase = str(phase)
+            submission = record.get("submission")
+            self._submission = submission if isinstance(submission, dict) else {}
             return done_round, aggregate, True
         # the aggregate may not have reached everyone, and updates sent to the old pod are lost;
         # who is up is unknown: wait for acknowledgements only before a final end
@@ -326,6 +388,68 @@ class Aggregator:
             return done_round, aggregate, True
         self._resync(done_round + 1)
         return done_round + 1, aggregate, False
+
+    def _use_key(self, key: bytes, wrapped: set[str]) -> None:
+        assert self._store is not None
+        self._key = key
+        self._store.sealer = checkpoint.Sealer(key, self._node.config.analysis_id, self._node.node_id)
+        self._wrapped = wrapped
+
+    def _own_escrow(self) -> bytes | None:
+        """The escrow key from this node's own secret (an aggregator that was given data), or None."""
+        secret = checkpoint.analysis_secret(self._node)
+        if secret is None:
+            return None
+        node = self._node
+        return checkpoint.derive_key(secret, node.config.analysis_id, node.node_id, "escrow-self")
+
+    async def _recover_key(self, records: list[dict[str, Any]]) -> bytes | None:
+        """The checkpoint key: unwrapped with this node's own secret, or with an analysis node's escrow key.
+
+        Asks the analysis nodes that hold one and waits for the first answer that unwraps it, up to
+        the send timeout; None if none came.
+        """
+        node = self._node
+        analysis_id, me = node.config.analysis_id, node.node_id
+        holders = checkpoint.wrap_holders(records)
+        own = self._own_escrow()
+        if own is not None and "self" in holders:
+            key = checkpoint.unwrap(records, own, analysis_id, me, "self")
+            if key is not None:
+                return key
+        askable = [h for h in holders if h in self._contributors and h != me]
+        if not askable:
+            return None
+        node.log(f"restarted: asking {len(askable)} analysis node(s) for the key of the checkpoints")
+        loop = asyncio.get_running_loop()
+        timeout = self._options.send_timeout
+        deadline = loop.time() + timeout
+        request = self._background.spawn(
+            node.send_message(askable, checkpoint.KEY_REQUEST, {"analysis_id": analysis_id}, timeout=timeout)
+        )
+        try:
+            while True:
+                for message in messages.take(node, checkpoint.KEY_ANSWER, askable):
+                    if message.body.get("analysis_id") != analysis_id:
+                        continue
+                    escrow = checkpoint.parse_key(message.body.get("escrow"))
+                    key = (
+                        checkpoint.unwrap(records, escrow, analysis_id, me, message.sender)
+                        if escrow
+                        else None
+                    )
+                    if key is not None:
+                        self._escrows.setdefault(message.sender, escrow)  # type: ignore[arg-type]
+                        return key
+                    node.log(f"the escrow key from {message.sender} does not open the checkpoints", "warn")
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                await node.inbox.wait_until(
+                    lambda: messages.has_unread(node, (checkpoint.KEY_ANSWER,), askable), remaining
+                )
+        finally:
+            request.cancel()
 
     def _resync(self, round: int) -> None:
         """Ask the analysis nodes (in the background) to resend their updates of ``round``."""
@@ -336,21 +460,119 @@ class Aggregator:
                 self._node.send_message(receivers, messages.RESYNC, body, timeout=self._options.send_timeout)
             )
 
-    async def _checkpoint(self, round: int, aggregate: Any, final: bool, *, submitted: bool = False) -> None:
-        if not self._options.checkpoints:
+    async def _submit(self, result: Any) -> None:
+        """Record the intent, submit the final result to the hub, record that it is there."""
+        options = self._options
+        extension = ".txt" if options.local_dp is not None else EXTENSIONS[options.output_type]
+        filename = options.filename or default_filename(extension)
+        if self._store is not None:
+            try:
+                codec.encode(result)
+                submission: dict[str, Any] = {"filename": filename, "kept": True, "result": result}
+            except PayloadError:  # not codec-encodable: a restart in between cannot send it again
+                submission = {"filename": filename, "kept": False}
+            assert self._latest is not None
+            # the intent must be on record before anything reaches the hub
+            await self._checkpoint(
+                self._latest[0],
+                self._latest[1],
+                True,
+                phase="submitting",
+                submission=submission,
+                required=True,
+            )
+            await self._store.mark("submitting")
+        await self._send_final(result, filename)
+
+    async def _resubmit(self) -> Any:
+        """After a restart in the middle of the submission: the same bytes again, or a clean failure."""
+        if self._options.local_dp is not None:
+            raise FederationError(
+                "this aggregator was restarted while it submitted the local DP result: the hub may or may "
+                "not have it, and it is not sent again (the storage service would add new noise; two "
+                "independently noised values disclose more than one); look for it at the hub"
+            )
+        if not self._submission.get("kept") or not isinstance(self._submission.get("filename"), str):
+            raise FederationError(
+                "this aggregator was restarted while it submitted the final result, which it could not "
+                "keep to send again byte for byte: the hub may or may not have it; it is not sent again"
+            )
+        result = self._submission.get("result")
+        self._node.log("restarted during the submission: sending the same final result again, same name")
+        await self._send_final(result, self._submission["filename"])
+        return result
+
+    async def _send_final(self, result: Any, filename: str) -> None:
+        options, node = self._options, self._node
+        names = await node.results.submit_final(
+            result,
+            output_type=options.output_type,
+            multiple_results=options.multiple_results,
+            filename=filename,
+            local_dp=options.local_dp,
+        )
+        node.log(f"final result submitted to the hub as {', '.join(names)}")
+        if self._store is not None and self._latest is not None:
+            await self._checkpoint(self._latest[0], self._latest[1], True, phase="submitted")
+            try:
+                await self._store.mark("submitted")
+            except FlameError as exc:
+                node.log(f"could not record that the final result was submitted: {exc}", "warn")
+
+    async def _checkpoint(
+        self,
+        round: int,
+        aggregate: Any,
+        final: bool,
+        *,
+        phase: str | None = None,
+        submission: dict[str, Any] | None = None,
+        required: bool = False,
+    ) -> None:
+        """Save a sealed checkpoint (after wrapping the key for every new escrow holder).
+
+        A failure is logged, unless ``required`` (the record of a submission about to start): then
+        it raises, and nothing is submitted.
+        """
+        if self._store is None or self._key is None:
             return
         state = await asyncio.to_thread(self.state)
         try:
-            await save_checkpoint(
-                self._node,
+            await self._wrap_key()
+            if not self._wrapped:
+                self._node.log(
+                    "no escrow key from any analysis node (and no secret of its own): "
+                    "this aggregator keeps no checkpoint",
+                    "warn",
+                )
+                return
+            await self._store.save(
                 {
                     "role": "aggregator",
                     "round": round,
                     "aggregate": aggregate,
                     "final": final,
-                    "submitted": submitted,
+                    "phase": phase,
+                    "submission": submission,
                     "state": state,
-                },
+                }
             )
         except FlameError as exc:
+            if required:
+                raise
             self._node.log(f"could not save the checkpoint: {exc}", "warn")
+
+    async def _wrap_key(self) -> None:
+        """Store the checkpoint key wrapped under each escrow key not used yet."""
+        assert self._store is not None and self._key is not None
+        node = self._node
+        holders: dict[str, bytes] = dict(self._escrows)
+        own = self._own_escrow()
+        if own is not None:
+            holders["self"] = own
+        for holder, escrow in holders.items():
+            if holder in self._wrapped:
+                continue
+            record = checkpoint.wrap(self._key, escrow, node.config.analysis_id, node.node_id, holder)
+            await self._store.put(record, "key")
+            self._wrapped.add(holder)

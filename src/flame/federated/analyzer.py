@@ -5,6 +5,11 @@ sends the parameters to the aggregator, and awaits the aggregate; it ends when a
 when the aggregator announces ``analysis_finished`` or reports ``executed``, or fails when the
 aggregator aborts. After a restart it resumes from its checkpoint: it resends its last update and asks
 the aggregator for its newest aggregate, so it rejoins whatever round the federation is in.
+
+Checkpoints are sealed under a key derived from this analysis' Kong key (see
+:mod:`flame.federated.checkpoint`); a node without one keeps no checkpoints. Every update carries this
+node's escrow key for the aggregator's checkpoint key, and a restarted aggregator that asks for it gets
+it again.
 """
 
 from __future__ import annotations
@@ -15,8 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flame.errors import FederationError, FlameError, FlameTimeoutError, ProtocolError
-from flame.federated import messages, secure
-from flame.federated.checkpoint import load_checkpoint, save_checkpoint
+from flame.federated import checkpoint, messages, secure
 from flame.federated.data import Data
 from flame.federated.options import FederationOptions
 from flame.node.tasks import BackgroundTasks
@@ -76,6 +80,8 @@ class AnalysisClient:
         self._secure = secure.SecureAggregation.of(options.secure)
         self._public_key: paillier.PublicKey | None = None
         self._key_holder: secure.KeyHolder | None = None
+        self._store: checkpoint.Checkpoints | None = None
+        self._escrow: str | None = None
 
     @property
     def aggregator_id(self) -> str:
@@ -147,6 +153,8 @@ class AnalysisClient:
             )
         payload = await messages.pack(self.node, [self.aggregator_id], parameters, self.options.inline_limit)
         body = {"analysis_id": self.node.config.analysis_id, "round": round, **payload}
+        if self._escrow is not None:
+            body["escrow"] = self._escrow
         self.node.log(f"round {round}: sending parameters to the aggregator")
         acked, _ = await self.node.send_message(
             [self.aggregator_id], messages.UPDATE, body, timeout=self.options.send_timeout
@@ -165,11 +173,12 @@ class AnalysisClient:
         aggregator = [self.aggregator_id]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.analysis_deadline
-        watched = (messages.AGGREGATE, messages.RESYNC, messages.ABORT)
+        watched = (messages.AGGREGATE, messages.RESYNC, messages.ABORT, checkpoint.KEY_REQUEST)
         self.node.log(f"round {round}: waiting for the aggregate")
         while True:
             if self._key_holder is not None:
                 await self._key_holder.serve(self.aggregator_id)
+            self._answer_key_requests()
             for message in messages.take(node, messages.ABORT, aggregator):
                 reason = message.body.get("reason", "no reason given")
                 node.set_status("failed")
@@ -211,11 +220,37 @@ class AnalysisClient:
     async def _await_finish(self) -> None:
         """Stay reachable until the aggregator announces the end (bounded by the send timeout)."""
         node = self.node
-        ended = await node.inbox.wait_until(
-            lambda: node.messenger.finished.is_set() or node.finished.is_set(), self.options.send_timeout
-        )
-        if not ended:
-            node.log("the aggregator did not announce the end of the analysis; ending anyway", "warn")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.send_timeout
+        aggregator = [self.aggregator_id]
+        while not (node.messenger.finished.is_set() or node.finished.is_set()):
+            # a restarted aggregator may ask for the escrow key to read its checkpoint
+            self._answer_key_requests()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                node.log("the aggregator did not announce the end of the analysis; ending anyway", "warn")
+                return
+            await node.inbox.wait_until(
+                lambda: (
+                    node.messenger.finished.is_set()
+                    or node.finished.is_set()
+                    or messages.has_unread(node, (checkpoint.KEY_REQUEST,), aggregator)
+                ),
+                remaining,
+            )
+
+    def _answer_key_requests(self) -> None:
+        """Hand the aggregator (only it) this node's escrow key again, after it restarted."""
+        for message in messages.take(self.node, checkpoint.KEY_REQUEST, [self.aggregator_id]):
+            if not self._ours(message) or self._escrow is None:
+                continue
+            body = {"analysis_id": self.node.config.analysis_id, "escrow": self._escrow}
+            self.node.log("the aggregator restarted: sending it the escrow key of its checkpoints")
+            self._background.spawn(
+                self.node.send_message(
+                    [self.aggregator_id], checkpoint.KEY_ANSWER, body, timeout=self.options.send_timeout
+                )
+            )
 
     def _ours(self, message: Any) -> bool:
         if message.body.get("analysis_id") != self.node.config.analysis_id:
@@ -247,9 +282,26 @@ class AnalysisClient:
             )
 
     async def _resume(self) -> None:
+        escrow = checkpoint.escrow_key(self.node, self.aggregator_id)
+        self._escrow = escrow.hex() if escrow is not None else None
         if not self.options.checkpoints:
             return
-        record = await load_checkpoint(self.node)
+        secret = checkpoint.analysis_secret(self.node)
+        if secret is None:
+            self.node.log(
+                "no per-analysis secret (DATA_SOURCE_TOKEN) on this node: it keeps no checkpoints", "warn"
+            )
+            return
+        config = self.node.config
+        key = checkpoint.derive_key(secret, config.analysis_id, self.node.node_id, "checkpoint")
+        self._store = checkpoint.Checkpoints(
+            self.node, checkpoint.Sealer(key, config.analysis_id, self.node.node_id)
+        )
+        try:
+            record = self._store.newest(await self._store.read_all())
+        except FlameError as exc:
+            self.node.log(f"could not read the checkpoints ({exc}); starting afresh", "warn")
+            return
         if record is None:
             return
         self.round = int(record["round"])
@@ -268,13 +320,12 @@ class AnalysisClient:
         )
 
     async def _checkpoint(self) -> None:
-        if not self.options.checkpoints:
+        if self._store is None:
             return
         state = await asyncio.to_thread(self.analyzer.state)
         update_round, update = self._last_update if self._last_update is not None else (None, None)
         try:
-            await save_checkpoint(
-                self.node,
+            await self._store.save(
                 {
                     "role": "analyzer",
                     "round": self.round,

@@ -32,6 +32,10 @@ class FederationOptions:
     filename: str | None = None
     #: Several files, one per element of a list/tuple final result.
     multiple_results: bool = False
+    #: Local differential privacy of the final result, one finite number: ``{"epsilon": e,
+    #: "sensitivity": s}`` has the storage service add Laplace noise of scale s/e before it reaches
+    #: the hub (``PUT /final/localdp``). It is submitted at most once, also across restarts.
+    local_dp: dict[str, float] | None = None
     #: The aggregator also analyses its own data each round (off: on FLAME it normally has none).
     aggregator_analyses: bool = False
     #: Secure aggregation (Paillier): which fields of the updates are summed encrypted. Next issue.
@@ -54,6 +58,8 @@ class FederationOptions:
             )
         if self.round_deadline <= 0:
             raise ConfigurationError("round_deadline", "must be positive", "seconds, e.g. 600")
+        if self.local_dp is not None:
+            _check_local_dp(self.local_dp)
         if not 0 < self.inline_limit <= 400_000:
             raise ConfigurationError(
                 "inline_limit", "must lie in (0, 400000] (messages carry at most ~700 KB)", "e.g. 256000"
@@ -73,3 +79,18 @@ class FederationOptions:
     @property
     def analysis_deadline(self) -> float:
         return self.node_deadline if self.node_deadline is not None else 2 * self.round_deadline + 60.0
+
+
+def _check_local_dp(local_dp: Any) -> None:
+    expected = '{"epsilon": <finite number > 0>, "sensitivity": <finite number > 0>}'
+    if not isinstance(local_dp, dict) or set(local_dp) != {"epsilon", "sensitivity"}:
+        raise ConfigurationError("local_dp", f"is {local_dp!r:.80}", expected)
+    for name in ("epsilon", "sensitivity"):
+        value = local_dp[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ConfigurationError("local_dp", f"{name} is {value!r}", expected)

@@ -2,7 +2,9 @@
 
 One analysis node, the *key holder* (the lowest node id among the analysis nodes), makes a Paillier key
 pair, keeps it in its node-local storage (so it survives restarts) and sends the public key to every
-participant. Analysis nodes encrypt the fields the author marked secure (numbers, vectors, NumPy
+participant. Node storage is project-scoped, so the stored key is sealed (AES-256-GCM) under a key
+derived from this analysis' Kong key, which a later analysis of the project does not have (see
+:mod:`flame.federated.checkpoint`); a key holder without one keeps the key pair in memory only. Analysis nodes encrypt the fields the author marked secure (numbers, vectors, NumPy
 arrays), packed with :mod:`flame.protocols.paillier`. The aggregator adds the ciphertexts of each field
 without decrypting and sends only the encrypted sums, with their contributor counts, to the key holder,
 which refuses a request with fewer contributors than the quorum, decrypts and returns the sums. The
@@ -27,7 +29,7 @@ import numpy as np
 
 from flame import codec
 from flame.errors import FederationError, FlameTimeoutError, PayloadError
-from flame.federated import messages
+from flame.federated import checkpoint, messages
 from flame.protocols import paillier
 from flame.protocols.aggregation import total as plain_total
 
@@ -107,17 +109,39 @@ def _key_tag(analysis_id: str) -> str:
 
 
 async def key_holder_keys(node: AsyncNode, secure: SecureAggregation) -> paillier.PrivateKey:
-    """On the key holder: the analysis' key pair from node storage, or a new one (saved first)."""
+    """On the key holder: the analysis' key pair from node storage, or a new one (saved first, sealed).
+
+    Only a record that opens under this analysis' sealing key counts: anything else under the tag
+    (another analysis' key, garbage) is ignored.
+    """
     tag = _key_tag(node.config.analysis_id)
-    if tag in await node.results.tags():
+    analysis_id = node.config.analysis_id
+    secret = checkpoint.analysis_secret(node)
+    sealer = (
+        checkpoint.Sealer(
+            checkpoint.derive_key(secret, analysis_id, node.node_id, "paillier"), analysis_id, node.node_id
+        )
+        if secret is not None
+        else None
+    )
+    if sealer is not None and tag in await node.results.tags():
         for record in reversed(await node.results.load_tagged(tag, "all")):
-            if isinstance(record, dict) and record.get("analysis_id") == node.config.analysis_id:
-                private = paillier.PrivateKey.from_bytes(record["private_key"])
+            value = sealer.open(record, "paillier")
+            if isinstance(value, bytes):
+                private = paillier.PrivateKey.from_bytes(value)
                 node.log("secure aggregation: key pair loaded from node storage")
                 return private
     _, private = await asyncio.to_thread(paillier.generate_keypair, secure.key_bits)
-    record = {"analysis_id": node.config.analysis_id, "private_key": private.to_bytes()}
-    await node.results.save_local(record, tag=tag, filename="paillier-key")
+    if sealer is not None:
+        await node.results.save_local(
+            sealer.seal("paillier", private.to_bytes()), tag=tag, filename="paillier-key"
+        )
+    else:
+        node.log(
+            "secure aggregation: no per-analysis secret (DATA_SOURCE_TOKEN) to seal the key pair with; "
+            "it stays in memory, and a restart of this node ends the secure analysis",
+            "warn",
+        )
     node.log(f"secure aggregation: made a {secure.key_bits}-bit key pair")
     return private
 

@@ -45,6 +45,18 @@ class NodeSpec:
     sources: list[DataSource] = field(default_factory=list)
 
 
+#: The Kong key of each (analysis, node): minted once per analysis, as the pod orchestrator keeps it for
+#: every pod (restart) of the analysis; so a later stack of the same analysis id is its restarted pods.
+_KONG_KEYS: dict[tuple[str, str], str] = {}
+_KONG_KEYS_LOCK = threading.Lock()
+
+
+def kong_key(analysis_id: str, node_name: str) -> str:
+    """The ``DATA_SOURCE_TOKEN`` of ``node_name`` in ``analysis_id`` (random, the same for every pod)."""
+    with _KONG_KEYS_LOCK:
+        return _KONG_KEYS.setdefault((analysis_id, node_name), "kong-" + secrets.token_urlsafe(24))
+
+
 class SimNode:
     """The live state of one node of the emulated stack."""
 
@@ -54,7 +66,7 @@ class SimNode:
         self.node_id = str(uuid.uuid5(NODE_NAMESPACE, spec.name))
         self.analysis_id = analysis_id
         self.issuer = issuer
-        self.data_key = "kong-" + secrets.token_urlsafe(24)
+        self.data_key = kong_key(analysis_id, spec.name)
         self.sources: list[DataSource] = list(spec.sources)
         if spec.data_dir is not None:
             self.sources.extend(_sources_from_folder(spec.name, Path(spec.data_dir)))

@@ -1,0 +1,316 @@
+"""What outlives one analysis: the final result is submitted exactly once, and nothing is left readable.
+
+Two promises, each tested on the emulated stack:
+
+- The aggregator submits the final result to the hub exactly once, also when its pod is restarted
+  right after the submission (the new pod finds "submitted" and only finishes) or during it (the hub
+  may or may not have the result: plain results are sent again byte for byte under the same name,
+  a local-DP result is never sent again, since the storage service would draw new noise).
+- A later analysis of the same project, on the same nodes and the same node storage, can list every
+  tag and read every object the earlier analysis left, and finds neither the key holder's Paillier
+  private key nor any node's plaintext update: checkpoints and keys are sealed under keys only the
+  analysis itself can re-derive. Also when the earlier analysis failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import flame
+from flame.federated import FederationOptions
+from flame.federated.secure import KeyHolder, SecureAggregation, SecureUpdates, total
+from flame.protocols import paillier
+from flame.sim import backends
+from flame.sim.events import Event
+from flame.sim.faults import NodeOffline
+from flame.sim.federation import Federation, FederationRun, run_federation
+from flame.sim.settings import StackSettings
+from flame.sim.stack import FlameStack
+from tests.test_federation import (
+    _ROWS,
+    ALL3,
+    FAST_TIMEOUTS,
+    SumAggregator,
+    SumAnalyzer,
+    expected_total,
+)
+
+LOCAL_DP = {"epsilon": 1.0, "sensitivity": 1.0}
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    for name, rows in _ROWS.items():
+        folder = root / name / "s3"
+        folder.mkdir(parents=True)
+        lines = ["node,value", *(f"{name},{value}" for value in rows)]
+        (folder / "values.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+async def stacks() -> AsyncIterator[list[FlameStack]]:
+    created: list[FlameStack] = []
+    yield created
+    for stack in created:
+        await stack.aclose()
+
+
+def restart_when(stack: FlameStack, name: str, condition: Callable[[Event], bool]) -> list[asyncio.Task[Any]]:
+    """Restart node ``name`` once, the moment the stack records an event meeting ``condition``.
+
+    The old pod is cut off at once (its next request fails), then the orchestrator starts a new one:
+    nothing the old pod would do after that event reaches any service.
+    """
+    restarts: list[asyncio.Task[Any]] = []
+    record = stack.events.record
+
+    def recording(kind: str, node: str | None = None, **detail: Any) -> Event:
+        event = record(kind, node, **detail)
+        if not restarts and condition(event):
+            now = stack.now()
+            stack.faults.add(NodeOffline(name, now, now + 0.2))
+            restarts.append(asyncio.ensure_future(stack.restart_node(name, "test")))
+        return event
+
+    stack.events.record = recording  # type: ignore[method-assign]
+    return restarts
+
+
+def submissions(stack: FlameStack) -> list[Event]:
+    """Every ``PUT /final`` and ``PUT /final/localdp`` the storage services accepted."""
+    return stack.events.select("storage.final")
+
+
+def after_submission_local_upload(stack: FlameStack) -> Callable[[Event], bool]:
+    """The aggregator's first write to node storage after the hub received the final result."""
+
+    def condition(event: Event) -> bool:
+        return (
+            event.kind == "storage.upload"
+            and event.node == "aggregator"
+            and event.detail.get("area") == "local"
+            and str(event.detail.get("tag") or "").startswith("ck-")
+            and bool(submissions(stack))
+        )
+
+    return condition
+
+
+# -- finding 10: exactly once ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("local_dp", [None, LOCAL_DP], ids=["plain", "local-dp"])
+async def test_aggregator_restarted_after_submission_does_not_submit_again(
+    stacks: list[FlameStack], data_root: Path, local_dp: dict[str, float] | None
+) -> None:
+    stack = FlameStack.create(3, data_root=data_root, settings=StackSettings.fast(po_enabled=False))
+    stacks.append(stack)
+    restarts = restart_when(stack, "aggregator", after_submission_local_upload(stack))
+    options = FederationOptions(max_rounds=2, round_deadline=5.0, send_timeout=5.0)
+    if local_dp is not None:
+        options = options.with_changes(local_dp=local_dp)
+    run = await run_federation(stack, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS)
+    await asyncio.gather(*restarts)
+    assert restarts, "the aggregator was not restarted after the submission"
+    assert run.outcomes["aggregator"].incarnations == 2
+    [submitted] = submissions(stack)
+    assert submitted.detail["localdp"] is (local_dp is not None)
+    assert run.outcomes["aggregator"].status == "executed", run.report()
+    results = await stack.final_results()
+    assert len(results) == 1
+    value = float(next(iter(results.values())).decode())
+    if local_dp is None:
+        assert value == expected_total([ALL3] * 2)
+    else:
+        assert math.isfinite(value)
+
+
+async def test_restart_during_plain_submission_resends_the_same_bytes_under_the_same_name(
+    stacks: list[FlameStack], data_root: Path
+) -> None:
+    stack = FlameStack.create(3, data_root=data_root, settings=StackSettings.fast(po_enabled=False))
+    stacks.append(stack)
+    # cut off the moment the hub has the result, before the aggregator could record that it does
+    restarts = restart_when(stack, "aggregator", lambda e: e.kind == "storage.final")
+    options = FederationOptions(max_rounds=2, round_deadline=5.0, send_timeout=5.0)
+    run = await run_federation(stack, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS)
+    await asyncio.gather(*restarts)
+    assert run.outcomes["aggregator"].incarnations == 2
+    assert run.outcomes["aggregator"].status == "executed", run.report()
+    sent = submissions(stack)
+    assert 1 <= len(sent) <= 2
+    assert {(e.detail["filename"], e.detail["size"]) for e in sent} == {
+        (sent[0].detail["filename"], sent[0].detail["size"])
+    }
+    results = await stack.final_results()
+    assert list(results) == [sent[0].detail["filename"]]
+    assert int(results[sent[0].detail["filename"]].decode()) == expected_total([ALL3] * 2)
+
+
+async def test_restart_during_local_dp_submission_never_draws_new_noise(
+    stacks: list[FlameStack], data_root: Path
+) -> None:
+    stack = FlameStack.create(3, data_root=data_root, settings=StackSettings.fast(po_enabled=False))
+    stacks.append(stack)
+    restarts = restart_when(stack, "aggregator", lambda e: e.kind == "storage.final")
+    options = FederationOptions(max_rounds=2, round_deadline=5.0, send_timeout=5.0, local_dp=LOCAL_DP)
+    run = await run_federation(stack, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS)
+    await asyncio.gather(*restarts)
+    assert run.outcomes["aggregator"].incarnations == 2
+    [submitted] = submissions(stack)
+    assert submitted.detail["localdp"] is True
+    outcome = run.outcomes["aggregator"]
+    assert outcome.status == "failed"
+    assert "local DP" in (outcome.error or "") and "not sent again" in (outcome.error or "")
+
+
+def test_local_dp_option_is_checked() -> None:
+    with pytest.raises(flame.errors.ConfigurationError, match="local_dp"):
+        FederationOptions(local_dp={"epsilon": 0.0, "sensitivity": 1.0})
+    with pytest.raises(flame.errors.ConfigurationError, match="local_dp"):
+        FederationOptions(local_dp={"eps": 1.0})
+
+
+# -- finding 12: nothing outlives the analysis -------------------------------------------------------
+
+SECRETS = {"node-1": 1111.123456789, "node-2": -2222.987654321, "node-3": 3333.55555}
+
+
+class SecretValue(flame.Analyzer):
+    """Sends a value only its node knows under encryption, plus a plain count."""
+
+    def analyze(self, data: flame.Data, aggregate: Any, round: int) -> dict[str, Any]:
+        value = float(data.dataframe("secret.csv")["value"].iloc[0])
+        return {"secret": np.array([value, value / 7.0]), "plain": 1}
+
+
+class SumOfSecrets(flame.Aggregator):
+    fail_in_round: int | None = None
+
+    def aggregate(self, updates: dict[str, Any], round: int, previous: Any) -> dict[str, Any]:
+        assert isinstance(updates, SecureUpdates)
+        if round == self.fail_in_round:
+            raise ValueError("the aggregator's code failed")
+        return {"secret": total(updates, "secret").tolist(), "plain": total(updates, "plain")}
+
+
+class FailingSumOfSecrets(SumOfSecrets):
+    fail_in_round = 2
+
+
+def secret_data(root: Path) -> Path:
+    for name, value in SECRETS.items():
+        (root / name / "s3").mkdir(parents=True)
+        pd.DataFrame({"value": [value]}).to_csv(root / name / "s3" / "secret.csv", index=False)
+    return root
+
+
+async def everything_readable(stack: FlameStack) -> dict[str, list[bytes]]:
+    """Every object each node of ``stack`` can reach in its node storage: tag -> contents."""
+    found: dict[str, list[bytes]] = {}
+    for name, node in stack.nodes.items():
+        auth = {"Authorization": f"Bearer {node.token}"}
+        async with stack.client(name) as client:
+            tags = (await client.get("/storage/local/tags", headers=auth)).json()["tags"]
+            for tag in tags:
+                listed = await client.get(f"/storage/local/tags/{tag['name']}", headers=auth)
+                for result in listed.json()["results"]:
+                    object_id = result["url"].rsplit("/", 1)[-1]
+                    response = await client.get(f"/storage/local/{object_id}", headers=auth)
+                    assert response.status_code == 200
+                    found.setdefault(tag["name"], []).append(response.content)
+    return found
+
+
+def leaks(blobs: dict[str, list[bytes]], private_key: paillier.PrivateKey) -> list[str]:
+    """What of the secrets shows in the objects: the key's primes, a node's value (in any encoding)."""
+    needles: dict[str, bytes] = {}
+    for prime, label in ((private_key.p, "p"), (private_key.q, "q")):
+        raw = prime.to_bytes((prime.bit_length() + 7) // 8, "big")
+        needles[f"prime {label}"] = raw[:24]
+        needles[f"prime {label} (little-endian)"] = raw[::-1][:24]
+        needles[f"prime {label} (decimal)"] = str(prime).encode()[:40]
+    for name, value in SECRETS.items():
+        for which, number in (("value", value), ("value / 7", value / 7.0)):
+            needles[f"{name}'s {which} as float64 le"] = struct.pack("<d", number)
+            needles[f"{name}'s {which} as float64 be"] = struct.pack(">d", number)
+            needles[f"{name}'s {which} as text"] = repr(number).encode()
+    return [
+        f"{label} in an object under {tag}"
+        for tag, contents in blobs.items()
+        for blob in contents
+        for label, needle in needles.items()
+        if needle in blob
+    ]
+
+
+async def run_then_snoop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aggregator: type[flame.Aggregator]
+) -> tuple[FederationRun, dict[str, list[bytes]], paillier.PrivateKey]:
+    """Analysis A (secure, checkpoints), then analysis B of the same project on the same storage."""
+    holders: list[KeyHolder] = []
+    original_init = KeyHolder.__init__
+
+    def recording_init(self: KeyHolder, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        holders.append(self)
+
+    monkeypatch.setattr(KeyHolder, "__init__", recording_init)
+    root = secret_data(tmp_path / "data")
+    backend = backends.LocalFolderBackend(tmp_path / "storage")
+    project = "11111111-2222-4333-8444-555555555555"
+    options = FederationOptions(
+        max_rounds=3,
+        round_deadline=10.0,
+        send_timeout=10.0,
+        secure=SecureAggregation(
+            ("secret",), key_bits=2048, layout=paillier.Layout(frac_bits=20, bound=2**13)
+        ),
+    )
+    settings = StackSettings.fast(po_enabled=False)
+    try:
+        async with FlameStack.create(
+            3, data_root=root, project_id=project, storage_backend=backend, settings=settings, seed=1
+        ) as first:
+            run = await Federation(first, SecretValue, aggregator, options).run(timeout=60)
+            mine = await everything_readable(first)
+        async with FlameStack.create(
+            3, data_root=root, project_id=project, storage_backend=backend, settings=settings, seed=2
+        ) as second:
+            assert second.analysis_id != first.analysis_id
+            seen = await everything_readable(second)
+    finally:
+        await backend.aclose()
+    # the analysis did keep a key and checkpoints (on the key holder, node-1), and B sees the same tags
+    assert any(tag.startswith("pk-") for tag in mine) and any(tag.startswith("ck-") for tag in mine)
+    assert set(seen) == set(mine)
+    [holder] = holders
+    return run, seen, holder.private_key
+
+
+async def test_a_later_analysis_finds_no_key_and_no_plaintext_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, seen, private_key = await run_then_snoop(tmp_path, monkeypatch, SumOfSecrets)
+    assert run.ok, run.report()
+    assert run.result["secret"][0] == pytest.approx(sum(SECRETS.values()), abs=1e-4)
+    assert leaks(seen, private_key) == []
+
+
+async def test_a_later_analysis_finds_nothing_of_a_failed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, seen, private_key = await run_then_snoop(tmp_path, monkeypatch, FailingSumOfSecrets)
+    assert run.outcomes["aggregator"].status == "failed"
+    assert leaks(seen, private_key) == []
