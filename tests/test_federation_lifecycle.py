@@ -31,7 +31,7 @@ from flame.federated.secure import KeyHolder, SecureAggregation, SecureUpdates, 
 from flame.protocols import paillier
 from flame.sim import backends
 from flame.sim.events import Event
-from flame.sim.faults import NodeOffline
+from flame.sim.faults import FaultPlan, NodeOffline
 from flame.sim.federation import Federation, FederationRun, run_federation
 from flame.sim.settings import StackSettings
 from flame.sim.stack import FlameStack
@@ -314,3 +314,170 @@ async def test_a_later_analysis_finds_nothing_of_a_failed_one(
     run, seen, private_key = await run_then_snoop(tmp_path, monkeypatch, FailingSumOfSecrets)
     assert run.outcomes["aggregator"].status == "failed"
     assert leaks(seen, private_key) == []
+
+
+async def test_a_later_analysis_cannot_read_the_aggregators_exact_local_dp_value(
+    stacks: list[FlameStack], data_root: Path, tmp_path: Path
+) -> None:
+    # the aggregator's checkpoints hold the exact final value that local DP noises on its way to the hub
+    backend = backends.LocalFolderBackend(tmp_path / "storage")
+    project = "11111111-2222-4333-8444-555555555555"
+    settings = StackSettings.fast(po_enabled=False)
+    options = FederationOptions(max_rounds=2, round_deadline=5.0, send_timeout=5.0, local_dp=LOCAL_DP)
+    exact = expected_total([ALL3] * 2)
+    try:
+        first = FlameStack.create(
+            3, data_root=data_root, project_id=project, storage_backend=backend, settings=settings, seed=1
+        )
+        stacks.append(first)
+        run = await run_federation(
+            first, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS
+        )
+        assert run.ok, run.report()
+        assert run.result == exact
+        second = FlameStack.create(
+            3, data_root=data_root, project_id=project, storage_backend=backend, settings=settings, seed=2
+        )
+        stacks.append(second)
+        seen = await everything_readable(second)
+    finally:
+        for stack in stacks:
+            await stack.aclose()
+        stacks.clear()
+        await backend.aclose()
+    assert any(tag.startswith("ck-") for tag in seen)
+    numbers = [value for blobs in seen.values() for blob in blobs for value in _decoded_numbers(blob)]
+    assert exact not in numbers
+    assert all(expected_total([ALL3]) != n for n in numbers)
+
+
+def _decoded_numbers(blob: bytes) -> list[Any]:
+    """Every number in an object that decodes with the codec (nothing for one that does not)."""
+    from flame import codec
+
+    try:
+        value = codec.decode(blob)
+    except flame.errors.PayloadError:
+        return []
+    found: list[Any] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            found.append(item)
+    return found
+
+
+async def test_aggregator_restarted_after_the_end_with_every_analysis_node_gone_does_not_submit_again(
+    stacks: list[FlameStack], data_root: Path, tmp_path: Path
+) -> None:
+    backend = backends.LocalFolderBackend(tmp_path / "storage")
+    project = "11111111-2222-4333-8444-555555555555"
+    settings = StackSettings.fast(po_enabled=False)
+    options = FederationOptions(max_rounds=2, round_deadline=5.0, send_timeout=2.0)
+    try:
+        first = FlameStack.create(
+            3, data_root=data_root, project_id=project, storage_backend=backend, settings=settings, seed=1
+        )
+        stacks.append(first)
+        run = await run_federation(
+            first, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS
+        )
+        assert run.ok, run.report()
+        # a new pod of the same analysis' aggregator, after the analysis nodes' pods were deleted: nobody
+        # can hand back the key of its checkpoints, but its marker says the hub has the result
+        gone = [NodeOffline(name, 0.0, math.inf) for name in ALL3]
+        again = FlameStack.create(
+            3,
+            data_root=data_root,
+            project_id=project,
+            storage_backend=backend,
+            settings=settings,
+            analysis_id=first.analysis_id,
+            faults=FaultPlan(gone),
+        )
+        stacks.append(again)
+        federation = Federation(
+            again, SumAnalyzer, SumAggregator, options, node_kwargs={"timeouts": FAST_TIMEOUTS}
+        )
+        rerun = await federation.run(timeout=30)
+    finally:
+        for stack in stacks:
+            await stack.aclose()
+        stacks.clear()
+        await backend.aclose()
+    assert rerun.outcomes["aggregator"].status == "executed", rerun.report()
+    assert rerun.rounds == []
+    assert submissions(again) == []
+
+
+# -- sealed records: bound to analysis, node and kind; forged and replayed ones lose ----------------
+
+
+class _Node:
+    """Just what :class:`Checkpoints` reads of a node without touching storage."""
+
+    def __init__(self, analysis_id: str, node_id: str) -> None:
+        self.config = type("Config", (), {"analysis_id": analysis_id})()
+        self.node_id = node_id
+
+
+def test_sealed_records_open_only_for_their_analysis_node_and_kind() -> None:
+    from flame.federated import checkpoint
+
+    analysis, other = "a" * 8, "b" * 8
+    key = checkpoint.derive_key("kong-secret", analysis, "node-1", "checkpoint")
+    assert key != checkpoint.derive_key("kong-secret", other, "node-1", "checkpoint")
+    assert key != checkpoint.derive_key("kong-secret", analysis, "node-2", "checkpoint")
+    assert key != checkpoint.derive_key("other-secret", analysis, "node-1", "checkpoint")
+    sealer = checkpoint.Sealer(key, analysis, "node-1")
+    record = sealer.seal("checkpoint", {"round": 3, "seq": 1})
+    assert b"round" not in record["sealed"]
+    assert sealer.open(record, "checkpoint") == {"round": 3, "seq": 1}
+    assert sealer.open(record, "paillier") is None  # another purpose
+    assert (
+        checkpoint.Sealer(key, analysis, "node-2").open({**record, "node_id": "node-2"}, "checkpoint") is None
+    )
+    assert (
+        checkpoint.Sealer(key, other, "node-1").open({**record, "analysis_id": other}, "checkpoint") is None
+    )
+    tampered = {**record, "sealed": bytes([record["sealed"][0] ^ 1]) + record["sealed"][1:]}
+    assert sealer.open(tampered, "checkpoint") is None
+    forged = checkpoint.Sealer(bytes(32), analysis, "node-1").seal("checkpoint", {"round": 9, "seq": 99})
+    assert sealer.open(forged, "checkpoint") is None
+
+
+def test_the_newest_authentic_checkpoint_wins_over_forged_and_replayed_ones() -> None:
+    from flame.federated import checkpoint
+
+    key = checkpoint.derive_key("kong-secret", "analysis", "node-1", "checkpoint")
+    sealer = checkpoint.Sealer(key, "analysis", "node-1")
+    store = checkpoint.Checkpoints(_Node("analysis", "node-1"), sealer)  # type: ignore[arg-type]
+    first = sealer.seal("checkpoint", {"round": 1, "seq": 1})
+    second = sealer.seal("checkpoint", {"round": 2, "seq": 2})
+    forged = checkpoint.Sealer(bytes(32), "analysis", "node-1").seal("checkpoint", {"round": 7, "seq": 50})
+    # listed in tagging order: a replay of the first record and a forgery come after the newest
+    newest = store.newest([first, second, forged, dict(first), {"garbage": True}])
+    assert newest is not None and newest["round"] == 2
+    assert store.seq == 2
+    assert store.newest([]) is None
+
+
+def test_the_aggregator_key_unwraps_only_with_the_holders_escrow_key() -> None:
+    from flame.federated import checkpoint
+
+    key = bytes(range(32))
+    escrow = checkpoint.derive_key("kong-of-node-1", "analysis", "node-1>aggregator", "escrow")
+    wrapped = checkpoint.wrap(key, escrow, "analysis", "aggregator", "node-1")
+    records = [wrapped]
+    assert checkpoint.wrap_holders(records) == ["node-1"]
+    assert checkpoint.unwrap(records, escrow, "analysis", "aggregator", "node-1") == key
+    assert checkpoint.unwrap(records, escrow, "analysis", "aggregator", "node-2") is None
+    assert checkpoint.unwrap(records, bytes(32), "analysis", "aggregator", "node-1") is None
+    assert checkpoint.unwrap(records, escrow, "later-analysis", "aggregator", "node-1") is None
+    assert checkpoint.parse_key(escrow.hex()) == escrow
+    assert checkpoint.parse_key("zz" * 32) is None and checkpoint.parse_key(escrow.hex()[:-2]) is None

@@ -349,11 +349,14 @@ class Aggregator:
             self._use_key(key, set(checkpoint.wrap_holders(records)))
             record = self._store.newest(records)
         phase = record.get("phase") if record is not None else None
+        if "submitted" in claimed:
+            # markers are trusted only where they forbid a submission: the sealed "submitted" record
+            # may have failed to save after the hub took the result
+            phase = "submitted"
+        if record is None and phase == "submitted":
+            self._phase = "submitted"
+            return 0, None, True
         if phase is None and claimed:
-            # a marker without a readable record of it: trust only what forbids a second submission
-            if "submitted" in claimed:
-                self._phase = "submitted"
-                return 0, None, True
             raise FederationError(
                 "this aggregator was restarted while it submitted the final result, and its "
                 "checkpoint cannot be read: the hub may or may not have the result; it is not sent again"
