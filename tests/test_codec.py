@@ -799,3 +799,108 @@ def test_codec_payloads_never_reach_pickle(monkeypatch: pytest.MonkeyPatch) -> N
     assert_same(value, decode(encode(value), allow_pickle=True))
     with pytest.raises(PayloadError):
         decode(b"\x80\x01not a pickle we load", allow_pickle=True)
+
+
+def _interop_objects() -> dict[str, Any]:
+    objs: dict[str, Any] = {}
+    for d in ("b1", "i1", "u2", "i4", "u8", "f2", "f4", "f8", "c16", "M8[ns]", "M8[s]", "M8[15s]", "m8[us]"):
+        a = np.arange(6).astype(d)
+        objs[f"arr_{d}"] = a
+        objs[f"arrF_{d}"] = np.asfortranarray(a.reshape(2, 3))
+        objs[f"scalar_{d}"] = a[1]
+    for d in ("S3", "U5", ">U3"):
+        objs[f"arr_{d}"] = np.array(["ab", "", "c"]).astype(d)
+        objs[f"scalar_{d}"] = objs[f"arr_{d}"][1]
+    objs |= {"0d": np.array(3.5), "empty": np.zeros((0, 3)), "strided": np.arange(10)[::2]}
+    objs |= {"nat": np.datetime64("NaT"), "str_": np.str_("abc"), "bool_": np.bool_(True)}
+    df = pd.DataFrame(
+        {
+            "i": [1, 2, 3, 4],
+            "f": [1.5, 2, 3, np.nan],
+            "s": ["a", "b", None, "d"],
+            "b": [True, False, True, True],
+            "t": pd.date_range("2020", periods=4),
+            "o": pd.Series(["x", "y", "z", "w"], dtype=object),
+        }
+    )
+    objs |= {"df": df, "df_empty": pd.DataFrame(), "df_0rows": df.iloc[:0], "df_by_str": df.set_index("s")}
+    objs["df_dupcols"] = pd.DataFrame([[1, 2], [3, 4]], columns=["a", "a"])
+    objs["df_multicol"] = pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", 1), ("b", 2)]))
+    objs["df_hourly"] = pd.DataFrame({"x": range(3)}, index=pd.date_range("2020", periods=3, freq="h"))
+    objs["df_td"] = pd.DataFrame({"x": [1.0, 2]}, index=pd.to_timedelta([1, 2], unit="s"))
+    objs["series_obj"] = pd.Series(["a", 1, None], dtype=object)
+    objs["series_name"] = pd.Series([1.0], name=("a", 1))
+    objs["series_fixed_tz"] = pd.Series(
+        pd.date_range("2020", periods=2, tz=dt.timezone(dt.timedelta(hours=2)))
+    )
+    objs["series_masked"] = pd.Series([True, None], dtype="boolean")
+    objs["series_floating"] = pd.Series([1.0, None], dtype="Float64")
+    objs |= {"range": pd.RangeIndex(0, 10, 2, name="r"), "ts": pd.Timestamp("2020-01-01 12:00", tz=BERLIN)}
+    objs |= {"td": pd.Timedelta("1 day"), "nat_pd": pd.NaT, "types": [int, float, np.float64, type(None)]}
+    objs["nested"] = {
+        "a": [df, np.arange(3), {"b": (1, 2.5, "x", None)}],
+        "fs": frozenset({3}),
+        "r": range(3),
+    }
+    objs["datetimes"] = [dt.time(1, 2, tzinfo=dt.timezone.utc), dt.timezone(dt.timedelta(hours=-3), "X")]
+    return objs
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_trusted_pickles_decode_like_pickle_loads(protocol: int) -> None:
+    for name, original in _interop_objects().items():
+        data = pickle.dumps(original, protocol=protocol)
+        ref, out = pickle.loads(data), decode(data, allow_pickle=True)
+        if isinstance(ref, pd.DataFrame):
+            pd.testing.assert_frame_equal(out, ref, check_exact=True)
+        elif isinstance(ref, pd.Series):
+            pd.testing.assert_series_equal(out, ref, check_exact=True)
+        elif isinstance(ref, pd.Index):
+            pd.testing.assert_index_equal(out, ref, exact=True)
+        elif isinstance(ref, np.ndarray):
+            assert (out.dtype, out.shape, out.flags.f_contiguous) == (
+                ref.dtype,
+                ref.shape,
+                ref.flags.f_contiguous,
+            )
+            np.testing.assert_array_equal(out, ref)
+        elif isinstance(ref, np.generic):
+            assert type(out) is type(ref) and out.dtype == ref.dtype, name
+            assert out == ref or (out != out and ref != ref), name
+        else:
+            assert repr(out) == repr(ref), name
+
+
+def test_numpy_1_module_paths_load() -> None:
+    """NumPy 1.x pickles name numpy.core.multiarray; protocol 2 spells globals as text lines."""
+    value = {"a": np.arange(3.0), "s": np.float32(2.5), "df": pd.DataFrame({"x": [1, 2]})}
+    data = pickle.dumps(value, protocol=2).replace(b"numpy._core.", b"numpy.core.")
+    assert b"numpy.core.multiarray" in data
+    out = decode(data, allow_pickle=True)
+    np.testing.assert_array_equal(out["a"], value["a"])
+    assert out["s"] == np.float32(2.5) and type(out["s"]) is np.float32
+    pd.testing.assert_frame_equal(out["df"], value["df"])
+
+
+def _pytz_pickle(tz_opcodes: bytes) -> bytes:
+    """What pandas 2 writes for ``pd.Timestamp(0, tz=<pytz zone>)``: _unpickle_timestamp(value, freq, tz, reso)."""
+    from tests import hostile_pickles as H
+
+    func = H.glob("pandas._libs.tslibs.timestamps", "_unpickle_timestamp")
+    return H.program(H.call(func, H.const(0), H.NONE, tz_opcodes, H.const(10)))
+
+
+def test_pytz_time_zones_from_pandas_2_load_as_zoneinfo() -> None:
+    from tests import hostile_pickles as H
+
+    berlin = H.call(H.glob("pytz", "_p"), H.const("Europe/Berlin"), H.const(3600), H.const(0), H.const("CET"))
+    out = decode(_pytz_pickle(berlin), allow_pickle=True)
+    assert out == pd.Timestamp(0, tz="UTC") and out.tz == zoneinfo.ZoneInfo("Europe/Berlin")
+    utc = H.call(H.glob("pytz", "_UTC"))
+    assert decode(_pytz_pickle(utc), allow_pickle=True).tz == dt.timezone.utc
+    fixed = H.call(H.glob("pytz", "FixedOffset"), H.const(90))
+    assert decode(_pytz_pickle(fixed), allow_pickle=True).utcoffset() == dt.timedelta(minutes=90)
+    for key in ("/etc/hostname", "../../etc/hostname", "dateutil//etc/hostname"):
+        path = H.call(H.glob("pytz", "_p"), H.const(key))
+        with pytest.raises(PickleRefusedError, match="time zone"):
+            decode(_pytz_pickle(path), allow_pickle=True)

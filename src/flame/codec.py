@@ -55,17 +55,50 @@ validates non-ASCII data as UTF-8. MessagePack's own timestamp extension (-1) is
 payload contains one, msgpack decodes it as ``msgpack.Timestamp``; every other unknown extension type
 raises :class:`~flame.errors.PayloadError`.
 
+Memory bounds
+-------------
+The decoder checks every declared size against the bytes it has before it allocates: each array takes
+the *next unused* bytes of the buffer area (offsets must follow each other, so no byte makes two
+arrays), shape x itemsize is computed in Python integers (no overflow) and must equal the bytes
+named, dtypes with zero-size elements (``S0``, ``U0``) are refused, and the array bytes of one payload
+may not exceed ``max_bytes`` (:data:`MAX_DECODED_BYTES`, 4 GiB, unless :func:`decode` is given
+another). So the arrays of a decoded value never hold more than the payload carried; the rest of it
+(MessagePack lists, strings, small pandas objects) costs at most a few dozen bytes per payload byte.
+
 Pickle
 ------
 Payloads that start like a pickle (``0x80`` followed by protocol 2..5) are refused with
-:class:`~flame.errors.PickleRefusedError` unless ``allow_pickle=True``; then a restricted unpickler
-loads only plain builtins data types, ``collections.OrderedDict``, datetime types, NumPy arrays,
-dtypes and scalars, and the pandas (and pyarrow string) classes and helpers a pickled
-``DataFrame``/``Series``/``Index`` needs (exact module/name pairs, see ``_ALLOWED_GLOBALS``). Any
-other global raises ``PickleRefusedError`` naming it. ``builtins.getattr`` and ``_codecs.encode``,
-which pickled ``zoneinfo`` time zones and protocol-2 bytes need, are replaced by stand-ins that allow
-only ``getattr(ZoneInfo, "_unpickle")`` and latin-1 encoding; pickled pyarrow arrays are fully
-validated before use.
+:class:`~flame.errors.PickleRefusedError` unless ``allow_pickle=True``. Then the pickle is loaded in
+two steps, so that no NumPy, pandas or pyarrow code ever runs on what the pickle says:
+
+1. *Load with stand-ins.* ``find_class`` resolves the globals an honest pickle of plain data, NumPy
+   arrays/scalars/dtypes and pandas ``DataFrame``/``Series``/``Index`` (pandas 2.x/3.x, NumPy 1.x/2.x,
+   protocols 2-5) references, but never to the real object: to a stand-in class of ours. Calling or
+   instantiating a stand-in records the call (name, arguments) as an inert record; BUILD on a record
+   only stores the state; BUILD or setattr on a stand-in class is refused, so a pickle cannot change
+   any class or module. ``getattr`` is allowed only as ``getattr(ZoneInfo, "_unpickle")`` and
+   ``_codecs.encode`` only for latin-1 text (what protocol-2 and zoneinfo pickles need). Any other
+   global raises ``PickleRefusedError`` naming it.
+2. *Rebuild with our own code.* Each record is checked and turned into the real value by a function of
+   this module: a dtype is rebuilt from its validated description (plain bool/number/bytes/str/
+   datetime kinds; structured, sub-array and void dtypes are refused, and the pickled flags and sizes
+   must equal those of the dtype we build, which defeats forged states); an array is
+   ``np.frombuffer(bytes, dtype).copy()`` after shape x itemsize is checked against the bytes the
+   pickle carries; object arrays only from a list of items that are themselves rebuilt values;
+   ``numpy.ndarray(...)`` called directly is refused (uninitialised memory); pandas objects are
+   built with public constructors from rebuilt arrays and indexes (lengths checked); pyarrow string
+   arrays from byte buffers, validated in full. Time zones are ``datetime.timezone`` or IANA names
+   matching a strict pattern (letters, digits, ``_+-``, no dots, no leading slash) loaded through
+   ``zoneinfo``: ``dateutil/<path>`` and relative paths are refused, and no file outside the time
+   zone database is opened.
+
+Time zones pickled by pytz (pandas 2's default) or ``dateutil.tz.tzutc`` are rebuilt as the same
+zone from ``zoneinfo`` / ``datetime.timezone``.
+
+Budgets stop memo reuse from multiplying memory: all rebuilt array bytes together may not exceed the
+pickle's own size (nor ``max_bytes``), and all elements that calls such as ``frozenset(list)`` copy
+may not exceed it either; an object referenced twice is rebuilt once. Nesting deeper than 100 levels
+is refused. Not rebuilt (refused): other dateutil time zones, Period/Interval/Sparse data, ``attrs`` and subclasses; date offsets other than simple ``(n, normalize)`` ones are refused too.
 """
 
 from __future__ import annotations
@@ -1168,13 +1201,14 @@ _PANDAS_MODULES = frozenset(
 _OTHER_GLOBALS = frozenset(
     {
         *(f"builtins.{name}" for name in ("set", "frozenset", "bytearray", "bytes", "complex", "slice")),
-        *(f"builtins.{name}" for name in ("range", "getattr", "NoneType")),
+        *(f"builtins.{name}" for name in ("range", "getattr", "NoneType", "type")),
         *(f"builtins.{name}" for name in ("dict", "list", "tuple", "str", "int", "float", "bool")),
         "_codecs.encode",
         "collections.OrderedDict",
         *(f"datetime.{name}" for name in ("date", "datetime", "time", "timedelta", "timezone")),
         "zoneinfo.ZoneInfo",
         "zoneinfo._zoneinfo.ZoneInfo",
+        *("pytz._p", "pytz._UTC", "pytz.FixedOffset", "dateutil.tz.tz.tzutc"),
         *(
             f"pyarrow.lib.{name}"
             for name in ("_restore_array", "py_buffer", "type_for_alias", "chunked_array")
@@ -1446,6 +1480,11 @@ class _Rebuilder:
             raise _refuse("range() of anything but integers")
         return range(*args)
 
+    def type_(self, rec: _Record, depth: int) -> Any:
+        if self.args(rec, depth, (1,)) != [None]:
+            raise _refuse("type() of anything but None")
+        return type(None)
+
     def ordered_dict(self, rec: _Record, depth: int) -> Any:
         args = self.args(rec, depth, (0,))
         del args
@@ -1483,6 +1522,21 @@ class _Rebuilder:
         args = self.args(rec, depth, (1, 2))
         return _safe_zone(args[0])
 
+    def pytz_zone(self, rec: _Record, depth: int) -> Any:
+        """pandas 2 pickles time zones from pytz: rebuilt as the same IANA zone from zoneinfo."""
+        args = self.args(rec, depth, (1, 2, 3, 4))
+        return _dt.timezone.utc if args[0] == "UTC" else _safe_zone(args[0])
+
+    def utc(self, rec: _Record, depth: int) -> Any:
+        self.args(rec, depth, (0,), state=True)
+        return _dt.timezone.utc
+
+    def fixed_offset(self, rec: _Record, depth: int) -> Any:
+        (minutes,) = self.args(rec, depth, (1,))
+        if type(minutes) is not int or not -1440 < minutes < 1440:
+            raise _refuse("a fixed time zone offset of more than a day")
+        return _dt.timezone(_dt.timedelta(minutes=minutes))
+
     def tzinfo(self, tz: Any) -> _dt.tzinfo | None:
         """A rebuilt time zone: None, datetime.timezone, ZoneInfo, or a zone name checked like a key."""
         if tz is None or type(tz) in (_dt.timezone, zoneinfo.ZoneInfo):
@@ -1514,7 +1568,7 @@ class _Rebuilder:
             raise _refuse("a NumPy dtype with an invalid state")
         if kind in "SU":
             width = elsize // 4 if kind == "U" else elsize
-            if width <= 0 or (kind == "U" and elsize % 4) or elsize > 1 << 24:
+            if width < 0 or (kind == "U" and elsize % 4) or elsize > 1 << 24:
                 raise _refuse(f"a NumPy {kind} dtype of {elsize} bytes")
             text = f"{kind}{width}"
         elif kind in "Mm":
@@ -1533,8 +1587,6 @@ class _Rebuilder:
             dtype = dtype.newbyteorder(order)
         if flags != dtype.flags or (kind not in "OSU" and elsize not in (-1, dtype.itemsize)):
             raise _refuse(f"a NumPy dtype {text} whose state does not match it (forged flags or size)")
-        if dtype.itemsize == 0:
-            raise _refuse("a NumPy dtype of zero-size elements")
         return dtype
 
     def ndarray_parts(
@@ -1562,8 +1614,11 @@ class _Rebuilder:
             for i, item in enumerate(values):
                 arr[i] = item
             return arr.reshape(shape, order=order)
+        raw = self.value(raw, depth)  # protocol 2 spells empty bytes as bytes()
         if type(raw) not in (bytes, bytearray):
             raise _refuse("an array whose data is not bytes")
+        if dtype.itemsize == 0 and count:  # NumPy would allocate a byte per element anyway
+            raise _refuse(f"an array of {count} zero-size {dtype} elements")
         nbytes = count * dtype.itemsize
         if nbytes != len(raw):
             raise PayloadError(
@@ -1601,6 +1656,8 @@ class _Rebuilder:
             raise _refuse("a NumPy scalar of object dtype")
         if type(raw) is not bytes or len(raw) != dtype.itemsize:
             raise _refuse("a NumPy scalar whose data does not match its dtype")
+        if not raw:  # an empty np.bytes_ / np.str_
+            return dtype.type()
         return np.frombuffer(raw, dtype=dtype)[0]
 
     def ndarray_class(self, rec: _Record, depth: int) -> Any:
@@ -2012,6 +2069,7 @@ _BUILDERS: dict[str, Callable[[_Rebuilder, _Record, int], Any]] = {
     "builtins.complex": _Rebuilder.complex_,
     "builtins.slice": _Rebuilder.slice_,
     "builtins.range": _Rebuilder.range_,
+    "builtins.type": _Rebuilder.type_,
     "collections.OrderedDict": _Rebuilder.ordered_dict,
     "datetime.datetime": _Rebuilder.date_time,
     "datetime.date": _Rebuilder.date_time,
@@ -2020,6 +2078,10 @@ _BUILDERS: dict[str, Callable[[_Rebuilder, _Record, int], Any]] = {
     "datetime.timezone": _Rebuilder.timezone,
     "zoneinfo.ZoneInfo._unpickle": _Rebuilder.zone,
     "zoneinfo.ZoneInfo": _Rebuilder.zone,
+    "pytz._p": _Rebuilder.pytz_zone,
+    "pytz._UTC": _Rebuilder.utc,
+    "pytz.FixedOffset": _Rebuilder.fixed_offset,
+    "dateutil.tz.tz.tzutc": _Rebuilder.utc,
     "numpy.dtype": _Rebuilder.dtype,
     "numpy._reconstruct": _Rebuilder.reconstruct,
     "numpy._frombuffer": _Rebuilder.frombuffer,

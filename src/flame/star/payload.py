@@ -7,6 +7,11 @@ policy below lets both share a federation:
 * **Reading.** A payload that is a pickle (:func:`flame.codec.is_pickle`) comes from a PrivateAIM peer; it
   is decoded with the restricted unpickler of :func:`flame.codec.decode` (``allow_pickle=True``: plain
   data, NumPy and pandas only, never arbitrary classes), and the peer is remembered as a pickle peer.
+  That unpickler runs no library code on the pickle's say: every global is a stand-in that records
+  what the pickle asks for, and :mod:`flame.codec` rebuilds arrays and frames itself from checked
+  dtypes, shapes and bytes, within a memory budget of the pickle's own size. A hostile peer can
+  therefore not crash this node, change its classes, open its files or exhaust its memory; it can
+  only make that one payload fail with :class:`~flame.errors.PayloadError`.
   In ``codec`` mode pickles are refused (:class:`~flame.errors.PickleRefusedError`).
 * **Writing.** What we store for a peer depends on the mode, set by ``FLAME_COMPAT_PAYLOAD``:
 
