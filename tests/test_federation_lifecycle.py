@@ -481,3 +481,44 @@ def test_the_aggregator_key_unwraps_only_with_the_holders_escrow_key() -> None:
     assert checkpoint.unwrap(records, escrow, "later-analysis", "aggregator", "node-1") is None
     assert checkpoint.parse_key(escrow.hex()) == escrow
     assert checkpoint.parse_key("zz" * 32) is None and checkpoint.parse_key(escrow.hex()[:-2]) is None
+
+
+async def test_a_re_executed_aggregator_without_checkpoints_does_not_submit_again(
+    stacks: list[FlameStack], data_root: Path, tmp_path: Path
+) -> None:
+    # checkpoints off: every pod of the analysis runs the rounds from the start, but the marker that
+    # the hub has the final result stops the second submission
+    backend = backends.LocalFolderBackend(tmp_path / "storage")
+    project = "11111111-2222-4333-8444-555555555555"
+    settings = StackSettings.fast(po_enabled=False)
+    options = FederationOptions(max_rounds=2, round_deadline=5.0, send_timeout=5.0, checkpoints=False)
+    try:
+        first = FlameStack.create(
+            3, data_root=data_root, project_id=project, storage_backend=backend, settings=settings, seed=1
+        )
+        stacks.append(first)
+        run = await run_federation(
+            first, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS
+        )
+        assert run.ok, run.report()
+        assert len(submissions(first)) == 1
+        again = FlameStack.create(
+            3,
+            data_root=data_root,
+            project_id=project,
+            storage_backend=backend,
+            settings=settings,
+            analysis_id=first.analysis_id,
+        )
+        stacks.append(again)
+        rerun = await run_federation(
+            again, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS
+        )
+    finally:
+        for stack in stacks:
+            await stack.aclose()
+        stacks.clear()
+        await backend.aclose()
+    assert rerun.ok, rerun.report()
+    assert [r["round"] for r in rerun.rounds] == [1, 2]
+    assert submissions(again) == []

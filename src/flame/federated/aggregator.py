@@ -341,7 +341,7 @@ class Aggregator:
         node = self._node
         self._store = checkpoint.Checkpoints(node)
         records = await self._store.read_all()
-        claimed = checkpoint.markers(records)
+        claimed = await self._store.markers()
         sealed = any(r.get("kind") in ("checkpoint", "wrap") for r in records)
         record: dict[str, Any] | None = None
         key = await self._recover_key(records) if sealed else os.urandom(checkpoint.KEY_BYTES)
@@ -464,11 +464,26 @@ class Aggregator:
             )
 
     async def _submit(self, result: Any) -> None:
-        """Record the intent, submit the final result to the hub, record that it is there."""
-        options = self._options
+        """Record the intent, submit the final result to the hub, record that it is there.
+
+        The markers are checked first, also without checkpoints: a pod that ran the rounds again
+        (checkpoints off, or unreadable) does not submit a second time.
+        """
+        options, node = self._options, self._node
         extension = ".txt" if options.local_dp is not None else EXTENSIONS[options.output_type]
         filename = options.filename or default_filename(extension)
-        if self._store is not None:
+        if self._store is None:
+            self._store = checkpoint.Checkpoints(node)  # markers only: no key, nothing sealed
+        claimed = await self._store.markers()
+        if "submitted" in claimed:
+            node.log("an earlier pod of this analysis submitted the final result; not submitting it again")
+            return
+        if "submitting" in claimed:
+            raise FederationError(
+                "an earlier pod of this analysis began to submit the final result: the hub may or may "
+                "not have it; it is not sent again"
+            )
+        if self._key is not None:
             try:
                 codec.encode(result)
                 submission: dict[str, Any] = {"filename": filename, "kept": True, "result": result}
@@ -484,7 +499,7 @@ class Aggregator:
                 submission=submission,
                 required=True,
             )
-            await self._store.mark("submitting")
+        await self._store.mark("submitting")
         await self._send_final(result, filename)
 
     async def _resubmit(self) -> Any:
@@ -516,7 +531,8 @@ class Aggregator:
         )
         node.log(f"final result submitted to the hub as {', '.join(names)}")
         if self._store is not None and self._latest is not None:
-            await self._checkpoint(self._latest[0], self._latest[1], True, phase="submitted")
+            if self._key is not None:
+                await self._checkpoint(self._latest[0], self._latest[1], True, phase="submitted")
             try:
                 await self._store.mark("submitted")
             except FlameError as exc:

@@ -29,14 +29,15 @@ project does not.
 Residual risk, accepted and stated: (1) whoever knows an analysis' Kong key on a node (the node's
 operators, the pod orchestrator's database, Kong's admin API) can open that analysis' records on that
 node; they can read the node's data directly anyway. (2) A later analysis sees that records exist:
-tags, their number, sizes and times. (3) Plaintext markers ``submitting``/``submitted`` (below) reveal
-only that an analysis submitted; one forged by a concurrent analysis of the project can make a
+tags, their number, sizes and times. (3) Plaintext markers ``submitting``/``submitted`` (tag ``fs-…``, below)
+reveal only that an analysis submitted; one forged by a concurrent analysis of the project can make a
 restarted aggregator of ours stop instead of submit (denial of service, never a second release).
 (4) A restarted aggregator resumes only while at least one analysis node that contributed is up to
 hand back its escrow key; otherwise it fails cleanly, never starting over.
 
 Exactly-once submission: the aggregator records (sealed, and as a plaintext marker) that it is about
-to submit, submits, then records that it submitted; see :mod:`flame.federated.aggregator`.
+to submit, submits, then records that it submitted; it checks the markers before every submission,
+also with checkpoints off; see :mod:`flame.federated.aggregator`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ KEY_BYTES = 32
 def checkpoint_tag(analysis_id: str) -> str:
     """The reserved tag of an analysis' checkpoints: ``ck-`` and 29 hex digits of its id (tags hold 32)."""
     return "ck-" + analysis_id.replace("-", "").lower()[:29]
+
+
+def submission_tag(analysis_id: str) -> str:
+    """The reserved tag of an analysis' submission markers: ``fs-`` and 29 hex digits of its id."""
+    return "fs-" + analysis_id.replace("-", "").lower()[:29]
 
 
 def derive_key(secret: str, analysis_id: str, node_id: str, purpose: str) -> bytes:
@@ -170,12 +176,13 @@ class Checkpoints:
         #: sequence number of the newest checkpoint written or loaded
         self.seq = 0
 
-    async def read_all(self) -> list[dict[str, Any]]:
-        """Every record under the tag that names this analysis and node (sealed or marker)."""
+    async def read_all(self, tag: str | None = None) -> list[dict[str, Any]]:
+        """Every record under the checkpoint tag (or ``tag``) that names this analysis and node."""
+        tag = tag or self.tag
         results = self.node.results
-        if self.tag not in await results.tags():
+        if tag not in await results.tags():
             return []
-        raw = await results.storage.read_tagged(self.tag, "all")
+        raw = await results.storage.read_tagged(tag, "all")
         records = []
         for blob in raw:
             try:
@@ -214,11 +221,14 @@ class Checkpoints:
         self.seq += 1
         await self.put(self.sealer.seal("checkpoint", {**state, "seq": self.seq}), "checkpoint")
 
-    async def put(self, record: dict[str, Any], filename: str) -> None:
-        await self.node.results.save_local(record, tag=self.tag, filename=filename)
+    async def put(self, record: dict[str, Any], filename: str, tag: str | None = None) -> None:
+        await self.node.results.save_local(record, tag=tag or self.tag, filename=filename)
 
     async def mark(self, phase: str) -> None:
-        """A plaintext marker of a submission phase (``submitting``/``submitted``): no content, no key."""
+        """A plaintext marker of a submission phase (``submitting``/``submitted``): no content, no key.
+
+        Kept under their own tag (checked before every submission, also without checkpoints).
+        """
         record = {
             "v": VERSION,
             "kind": "marker",
@@ -226,16 +236,16 @@ class Checkpoints:
             "node_id": self.node.node_id,
             "phase": phase,
         }
-        await self.put(record, "marker")
+        await self.put(record, "marker", submission_tag(self.node.config.analysis_id))
 
-
-def markers(records: list[dict[str, Any]]) -> set[str]:
-    """The submission phases plaintext markers claim."""
-    return {
-        str(r.get("phase"))
-        for r in records
-        if r.get("kind") == "marker" and r.get("phase") in ("submitting", "submitted")
-    }
+    async def markers(self) -> set[str]:
+        """The submission phases this node's markers claim for the analysis."""
+        records = await self.read_all(submission_tag(self.node.config.analysis_id))
+        return {
+            str(r.get("phase"))
+            for r in records
+            if r.get("kind") == "marker" and r.get("phase") in ("submitting", "submitted")
+        }
 
 
 def wrap(key: bytes, escrow: bytes, analysis_id: str, node_id: str, holder: str) -> dict[str, Any]:
