@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ from rich.console import Console
 
 from flame.cli import main
 from flame.sim.cli_sim import (
+    EXIT_TIMEOUT,
     AnalysisFileError,
     SimConfig,
     busy_threads,
@@ -25,6 +30,8 @@ from flame.sim.cli_sim import (
     run_async,
     run_simulation,
     simulate,
+    stop_tasks,
+    within,
 )
 from flame.sim.display import node_rows, node_table
 from flame.sim.stack import FlameStack
@@ -446,15 +453,14 @@ def test_timeout_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, out, _ = sim(
         capsys, analysis, "--nodes", "1", "--timeout", "0.3", "--no-live", "--report", tmp_path / "r.json"
     )
-    assert code == 1
+    assert code == EXIT_TIMEOUT == 124
     assert "did not finish within 0.3 s" in out
-    assert read_report(tmp_path / "r.json")["stopped"].startswith("the federation did not finish")
+    report = read_report(tmp_path / "r.json")
+    assert report["stopped"].startswith("the federation did not finish")
+    assert report["status"] == "timeout" and report["ok"] is False
 
 
 def test_run_async_does_not_wait_for_busy_author_threads() -> None:
-    import asyncio
-    import time
-
     async def stuck() -> str:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.to_thread(time.sleep, 1.0), 0.05)
@@ -611,3 +617,165 @@ def test_a_crashing_node_process_ends_the_run_with_its_output(
     }
     assert (1, False) in ends["node-1"] + ends["node-2"]  # the first to crash stopped the run
     assert ends["aggregator"] == [(-15, True)]  # stopped by flame sim, its exit recorded
+
+
+ROUND_TWO_FAILS = """
+import flame
+
+class FailsInRoundTwo(flame.Analyzer):
+    def analyze(self, data, aggregate, round):
+        if round >= 2:
+            raise RuntimeError("every node fails in round 2")
+        return 1
+
+class Sum(flame.Aggregator):
+    def aggregate(self, updates, round, previous):
+        return sum(updates.values())
+
+if __name__ == "__main__":
+    flame.run(FailsInRoundTwo(), Sum(), max_rounds=3)
+"""
+
+
+def run_bounded(argv: list[str], bound: float) -> int | None:
+    """``flame`` with ``argv`` on a thread; its exit code, or None when it did not return within ``bound``."""
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    thread.start()
+    thread.join(bound)
+    return codes[0] if codes else None
+
+
+def test_failing_nodes_never_hang_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every analysis node raises in round 2: each of 30 runs ends at once, failed, with a report."""
+    analysis = write(tmp_path / "round_two.py", ROUND_TWO_FAILS)
+    for attempt in range(30):
+        report_path = tmp_path / f"report-{attempt}.json"
+        argv = [
+            "sim",
+            str(analysis),
+            "--nodes",
+            "2",
+            "--no-live",
+            "--timeout",
+            "20",
+            "--report",
+            str(report_path),
+        ]
+        code = run_bounded(argv, 8.0)
+        out = capsys.readouterr().out
+        assert code is not None, f"run {attempt} hung:\n{out[-3000:]}"
+        assert code == 1, out
+        report = read_report(report_path)
+        assert report["ok"] is False and report["status"] == "failed"
+        assert any("every node fails in round 2" in error for error in report["errors"])
+
+
+BLOCKING = """
+import time
+import flame
+
+class Blocks(flame.Analyzer):
+    def analyze(self, data, aggregate, round):
+        import sim_test_gate  # the test's gate in-process; a node process sleeps instead
+        sim_test_gate.wait(60)
+        return 1
+
+class Sum(flame.Aggregator):
+    def aggregate(self, updates, round, previous):
+        return sum(updates.values())
+
+if __name__ == "__main__":
+    flame.run(Blocks(), Sum())
+"""
+
+PROCESS_GATE = "import time\n\ndef wait(seconds):\n    time.sleep(seconds)\n"
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """``import sim_test_gate`` in an analysis: its ``wait`` blocks until the test ends."""
+    import sys
+    import types
+
+    event = threading.Event()
+    module = types.ModuleType("sim_test_gate")
+    module.wait = event.wait  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sim_test_gate", module)
+    yield event
+    event.set()  # let the worker thread go
+
+
+def test_a_run_that_exceeds_the_timeout_ends_with_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], gate: threading.Event
+) -> None:
+    analysis = write(tmp_path / "blocks.py", BLOCKING)
+    report_path = tmp_path / "report.json"
+    started = time.monotonic()
+    argv = ["sim", str(analysis), "--nodes", "2", "--timeout", "1", "--no-live", "--report", str(report_path)]
+    code = run_bounded(argv, 1 + 8)
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == EXIT_TIMEOUT, out
+    assert elapsed < 1 + 8
+    report = read_report(report_path)
+    assert report["status"] == "timeout" and report["ok"] is False
+    assert "(--timeout)" in report["stopped"]
+    assert report["run"]["nodes"]["node-1"]["error"].startswith("stopped by flame sim")
+    assert "analysis code is still running" in out  # the blocked thread, reported, not waited for
+
+
+@pytest.mark.process
+def test_a_process_run_that_exceeds_the_timeout_ends_with_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "sim_test_gate.py", PROCESS_GATE)
+    analysis = write(tmp_path / "blocks.py", BLOCKING)
+    report_path = tmp_path / "report.json"
+    timeout = 6.0
+    started = time.monotonic()
+    argv = ["sim", str(analysis), "--nodes", "2", "--processes", "--timeout", str(timeout), "--no-live"]
+    code = run_bounded([*argv, "--report", str(report_path)], timeout + 8)
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == EXIT_TIMEOUT, out
+    assert elapsed < timeout + 8
+    report = read_report(report_path)
+    assert report["status"] == "timeout"
+    for name, records in report["processes"].items():  # every process stopped by flame sim
+        assert records[-1]["killed"] and records[-1]["exit_code"] is not None, name
+
+
+async def test_stop_tasks_is_bounded_even_for_a_task_that_ignores_cancellation() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    task = asyncio.ensure_future(stubborn())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    assert await stop_tasks({task}, 0.3, every=0.1) == {task}
+    assert time.monotonic() - started < 0.6
+    assert await within(asyncio.sleep(5, "late"), 0.05, "default") == "default"
+    assert await within(asyncio.sleep(0, "soon"), 1.0, "default") == "soon"
+    release.set()
+    await asyncio.wait({task}, timeout=1.0)
+    assert task.done()
+
+
+def test_the_help_documents_exit_codes_and_fault_forms_that_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from flame.sim.faults import parse_faults
+
+    with pytest.raises(SystemExit):
+        main(["sim", "--help"])
+    text = capsys.readouterr().out
+    assert "124" in text and "--timeout ran out" in text
+    examples = re.findall(r"^\s+([a-z]+=\S+)", text, re.MULTILINE)
+    assert len(examples) == 7
+    for spec in examples:
+        parse_faults(spec).validate(["aggregator", "node-1", "node-2", "node-3"])

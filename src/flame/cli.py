@@ -14,6 +14,26 @@ from pathlib import Path
 
 from flame.errors import FlameError
 
+SIM_EPILOG = """\
+fault rules (--faults; times in seconds since the stack started):
+  drop=0.2                 drop 20 % of deliveries (also duplicate=P, reorder=P)
+  drop=0.2@node-1>aggregator   only from node-1 to the aggregator (node-1> or >aggregator: one end)
+  delay=0.3:0.05           delay 30 % of deliveries by 0.05 s (reorder=P:SECONDS: shuffle window)
+  outage=storage@2-4       every node's storage answers 503 from 2 s to 4 s (@2-4@node-1: one node;
+                           services: message-broker, storage, hub-adapter, kong, po)
+  expire=node-1@3          node-1's tokens expire at 3 s
+  restart=node-2@5         node-2's pod is restarted at 5 s
+  offline=node-1@2-6       node-1 is unreachable from 2 s to 6 s (node-1@2-: until the end)
+  Probabilities lie in [0, 1], times are finite and not negative, a window starts before it ends,
+  and nodes are aggregator, node-1 ... node-N; anything else is refused with exit code 2.
+
+exit codes:
+  0    every node executed and the final result reached the hub
+  1    the federation failed (a node failed, the quorum was lost, no final result)
+  2    usage error (options, fault plan)
+  124  --timeout ran out: the run was stopped, its report says "status": "timeout"
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flame`` command; returns the process exit code."""
@@ -67,7 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--seed", type=int, default=0, help="seed of the sample data")
     new.set_defaults(handler=_new)
 
-    sim = commands.add_parser("sim", help="run an analysis file on a local federation")
+    sim = commands.add_parser(
+        "sim",
+        help="run an analysis file on a local federation",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SIM_EPILOG,
+    )
     sim.add_argument("analysis", type=Path, help="the analysis file (calls flame.run(...))")
     sim.add_argument(
         "--nodes",
@@ -79,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--split", type=Path, help="split one CSV or FHIR Bundle/NDJSON file across the nodes")
     sim.add_argument("--seed", type=int, default=0, help="seed of ids, the split and injected faults")
     sim.add_argument(
-        "--faults", default="", help="fault plan, e.g. 'drop=0.1;duplicate=0.1;restart=node-1@5'"
+        "--faults",
+        default="",
+        help="fault plan: rules separated by ';' (see the forms below), e.g. 'drop=0.1;restart=node-1@5'",
     )
     how = sim.add_mutually_exclusive_group()
     how.add_argument("--served", action="store_true", help="serve the stack on loopback (real HTTP)")
@@ -87,7 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         "--processes", action="store_true", help="run every node as 'python ANALYSIS.py' in its own process"
     )
     sim.add_argument("--max-rounds", type=int, help="override the file's max_rounds")
-    sim.add_argument("--timeout", type=float, default=600.0, help="bound of the whole run, seconds (600)")
+    sim.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="hard limit of the whole run, seconds (600): then the nodes are stopped, the report is "
+        "written and flame sim exits 124 (clean-up may take up to 7 s more)",
+    )
     sim.add_argument(
         "--time-scale",
         type=float,
@@ -176,13 +209,18 @@ async def _serve_stack(args: argparse.Namespace) -> int:
     if args.storage is not None:
         args.storage.mkdir(parents=True, exist_ok=True)
         backend = LocalFolderBackend(args.storage)
+    try:
+        faults = parse_faults(args.faults, seed=args.seed)
+    except FlameError as exc:
+        raise SystemExit(f"flame node up: {exc}") from None
     stack = FlameStack.create(
-        args.nodes,
-        data_root=args.data,
-        storage_backend=backend,
-        seed=args.seed,
-        faults=parse_faults(args.faults, seed=args.seed),
+        args.nodes, data_root=args.data, storage_backend=backend, seed=args.seed, faults=faults
     )
+    try:
+        faults.validate(stack.nodes)
+    except FlameError as exc:
+        await stack.aclose()
+        raise SystemExit(f"flame node up: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import re
@@ -43,7 +44,7 @@ import threading
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -60,13 +61,14 @@ from flame.node.runtime import Timeouts
 from flame.node.status import FINAL_STATUSES
 from flame.runner import set_run_hook
 from flame.sim.display import LinePrinter, LiveDisplay
-from flame.sim.faults import FaultPlan, parse_faults
+from flame.sim.faults import FaultPlan, FaultSpecError, parse_faults
 from flame.sim.federation import Federation, FederationRun, NodeOutcome
 from flame.sim.node import SimNode
 from flame.sim.settings import StackSettings
 from flame.sim.stack import FlameStack
 
 SimMode = Literal["inprocess", "served", "processes"]
+_log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Default bound of one ``flame sim`` run (seconds).
@@ -85,6 +87,13 @@ MIN_TIMEOUT = 2.0
 #: process needs a moment to start, and the orchestrator restarts a pod whose /healthz does not answer.
 PROCESS_PO_PERIOD = 10.0
 PROCESS_PO_HEALTHZ_TIMEOUT = 5.0
+#: After the federation stopped (or ``--timeout`` ran out), how long stopping the nodes and closing the
+#: stack may take before the run is abandoned (seconds).
+SHUTDOWN_GRACE = 5.0
+#: How long a cancelled task (or a killed process) gets to end before it is left behind (seconds).
+CANCEL_GRACE = 1.0
+#: Exit codes of ``flame sim``: every node executed / the run failed / bad usage / ``--timeout`` ran out.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
 
 
 class AnalysisFileError(FlameError):
@@ -338,10 +347,24 @@ class SimOutcome:
     processes: dict[str, list[ProcessRecord]] = field(default_factory=dict)
     notable_events: list[dict[str, Any]] = field(default_factory=list)
     stopped_reason: str | None = None
+    #: ``--timeout`` ran out (the federation was stopped, or the run abandoned, at its deadline)
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.run.ok and not self.errors
+        return self.run.ok and not self.errors and not self.timed_out
+
+    @property
+    def status(self) -> Literal["ok", "failed", "timeout"]:
+        """``ok``, ``failed``, or ``timeout`` (``--timeout`` ran out)."""
+        if self.timed_out:
+            return "timeout"
+        return "ok" if self.ok else "failed"
+
+    @property
+    def exit_code(self) -> int:
+        """What ``flame sim`` exits with: :data:`EXIT_OK`, :data:`EXIT_FAILED` or :data:`EXIT_TIMEOUT`."""
+        return {"ok": EXIT_OK, "failed": EXIT_FAILED, "timeout": EXIT_TIMEOUT}[self.status]
 
     def report(self) -> dict[str, Any]:
         """The JSON run report: the federation's report, options, faults, events, timings, errors."""
@@ -352,6 +375,7 @@ class SimOutcome:
             "analysis": str(self.loaded.path.resolve()),
             "started_at": self.started_at,
             "ok": self.ok,
+            "status": self.status,
             "mode": self.config.mode,
             "options": {
                 "nodes": self.config.nodes,
@@ -465,6 +489,45 @@ def cannot_finish(stack: FlameStack, options: FederationOptions, failed: set[str
     return None
 
 
+async def stop_tasks(
+    tasks: set[asyncio.Task[Any]], grace: float, *, every: float = 1.0
+) -> set[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait, at most ``grace`` seconds, until they ended; returns those left running.
+
+    The cancellation is repeated every ``every`` seconds: before Python 3.12 ``asyncio.wait_for`` swallows
+    a cancellation that arrives as what it waits for completes, so one request can get lost. A task
+    that is cleaning up after the first one (a node leaving its services) gets ``every`` seconds first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(every, remaining))
+    return pending
+
+
+async def within(coro: Coroutine[Any, Any, T], seconds: float, default: T) -> T:
+    """``await coro``, but at most ``seconds``; ``default`` (the coroutine cancelled) when it takes longer."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
+    finally:
+        if not task.done():
+            await stop_tasks({task}, CANCEL_GRACE)
+    if task in done:
+        return task.result()
+    return default
+
+
+def _remaining(deadline: float) -> float:
+    return max(deadline - asyncio.get_running_loop().time(), 0.0)
+
+
 class _Watchdog:
     """Waits until the federation cannot succeed any more; woken by pod-orchestrator events."""
 
@@ -490,57 +553,103 @@ class _Watchdog:
             try:
                 await asyncio.wait({events, woken}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (events, woken):
-                    task.cancel()
-                await asyncio.gather(events, woken, return_exceptions=True)
+                await stop_tasks({events, woken}, CANCEL_GRACE)
             if events.done() and not events.cancelled() and events.exception() is None:
                 seen = len(events.result())
 
 
+@dataclass(frozen=True)
+class _About:
+    """What a run is: its options, the analysis, the fault plan, when it started."""
+
+    config: SimConfig
+    loaded: LoadedAnalysis
+    faults: FaultPlan
+    started_at: str
+
+
+@dataclass
+class _Progress:
+    """What a run has set up so far: enough to stop it and report on it if it must be abandoned."""
+
+    stack: FlameStack | None = None
+    federation: Federation | None = None
+    processes: ProcessFederation | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def _timeout_reason(config: SimConfig) -> str:
+    return f"the federation did not finish within {config.timeout:g} s (--timeout)"
+
+
+def _federation_rounds(federation: Federation) -> list[dict[str, Any]]:
+    """Every aggregator incarnation's rounds, a redone round replacing the earlier entry (an incarnation
+    stopped before its first round has no ``rounds`` yet)."""
+    by_round = {
+        entry["round"]: entry for agg in federation.aggregators for entry in getattr(agg, "rounds", [])
+    }
+    return [by_round[number] for number in sorted(by_round)]
+
+
+def _mark_stopped(outcomes: dict[str, NodeOutcome], reason: str) -> None:
+    for outcome in outcomes.values():
+        if outcome.status not in FINAL_STATUSES:
+            outcome.error = outcome.error or f"stopped by flame sim: {reason}"
+
+
 async def _run_federation(
-    stack: FlameStack, loaded: LoadedAnalysis, options: FederationOptions, config: SimConfig
+    stack: FlameStack,
+    loaded: LoadedAnalysis,
+    options: FederationOptions,
+    config: SimConfig,
+    progress: _Progress | None = None,
+    deadline: float | None = None,
 ) -> tuple[FederationRun, str | None]:
-    """In-process or served mode; returns the run and why it was stopped early (None: it ended)."""
+    """In-process or served mode; returns the run and why it was stopped early (None: it ended).
+
+    A stopped run's nodes (every task the federation started) are cancelled and waited for at most
+    :data:`SHUTDOWN_GRACE` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    if deadline is None:
+        deadline = loop.time() + config.timeout
     mode: Literal["inprocess", "served"] = "served" if config.mode == "served" else "inprocess"
     if mode == "served":
         await stack.serve()
+    before = asyncio.all_tasks()
     federation = Federation(
         stack, loaded.analyzer, loaded.aggregator, options, mode=mode, node_kwargs=_node_kwargs(config)
     )
+    if progress is not None:
+        progress.federation = federation
     watchdog = _Watchdog(stack, options)
     started = time.monotonic()
     run_task = asyncio.ensure_future(federation.run(None))
     watch_task = asyncio.ensure_future(watchdog.run())
+    reason: str | None = None
     try:
         done, _ = await asyncio.wait(
-            {run_task, watch_task}, timeout=config.timeout, return_when=asyncio.FIRST_COMPLETED
+            {run_task, watch_task}, timeout=_remaining(deadline), return_when=asyncio.FIRST_COMPLETED
         )
         if run_task in done:
             return run_task.result(), None
-        reason = (
-            watch_task.result()
-            if watch_task in done
-            else f"the federation did not finish within {config.timeout:g} s (--timeout)"
-        )
+        reason = watch_task.result() if watch_task in done else _timeout_reason(config)
     finally:
-        for task in (run_task, watch_task):
-            task.cancel()
-        await asyncio.gather(run_task, watch_task, return_exceptions=True)
-    for outcome in federation.outcomes.values():
-        if outcome.status not in FINAL_STATUSES:
-            outcome.error = outcome.error or f"stopped by flame sim: {reason}"
-    # every aggregator incarnation's rounds, a redone round replacing the earlier entry; an incarnation
-    # stopped before its first round has no ``rounds`` yet
-    by_round = {
-        entry["round"]: entry for agg in federation.aggregators for entry in getattr(agg, "rounds", [])
-    }
-    rounds = [by_round[number] for number in sorted(by_round)]
+        await stop_tasks({run_task, watch_task}, CANCEL_GRACE)
+        ended = run_task.done() and not run_task.cancelled() and run_task.exception() is None
+        if not ended:
+            # the nodes: every task started since the federation began (runtimes, their analyses,
+            # restarted incarnations); a node leaving its services gets a moment before a second cancel
+            current = asyncio.current_task()
+            started_tasks = {task for task in asyncio.all_tasks() - before if task is not current}
+            await stop_tasks(started_tasks, SHUTDOWN_GRACE)
+    _mark_stopped(federation.outcomes, reason)
     return (
         FederationRun(
             outcomes=federation.outcomes,
-            final_results=await stack.final_results(),
+            final_results=await within(stack.final_results(), CANCEL_GRACE, {}),
             seconds=time.monotonic() - started,
-            rounds=rounds,
+            rounds=_federation_rounds(federation),
             events=dict(sorted(Counter(e.kind for e in stack.events).items())),
         ),
         reason,
@@ -571,11 +680,15 @@ class ProcessFederation:
     async def start(self) -> None:
         await self.stack.serve()
         for name in self.stack.nodes:
-            await self._spawn(name, self.stack.env(name))
+            # under the node's incarnation lock: a restart timed before the launch only changes the env
+            async with self.stack.incarnation_lock(name):
+                if not self.records[name]:
+                    await self._spawn(name, self.stack.env(name))
 
     async def _spawn(self, name: str, env: dict[str, str]) -> None:
         port = free_port()
         self.stack.attach_analysis(name, f"http://127.0.0.1:{port}")
+        incarnation = self.stack.po.incarnation_started(name)
         process = await asyncio.create_subprocess_exec(
             self.python,
             str(self.path),
@@ -587,7 +700,7 @@ class ProcessFederation:
         )
         record = ProcessRecord(
             node=name,
-            incarnation=len(self.records[name]) + 1,
+            incarnation=incarnation,
             pid=process.pid,
             port=port,
             deployment=env["DEPLOYMENT_NAME"],
@@ -608,27 +721,49 @@ class ProcessFederation:
             record.tail.append(pending.decode("utf-8", "replace").rstrip())
         record.exit_code = await process.wait()
         record.ended = time.monotonic()
+        error = None
+        if record.exit_code != 0:
+            tail = "\n    ".join(list(record.tail)[-8:])
+            error = f"process exited with code {record.exit_code}; its last output:\n    {tail}"
+        # the orchestrator marks the node failed now when it died by itself (at start-up or later)
+        self.stack.po.incarnation_ended(record.node, record.incarnation, error=error, stopped=record.killed)
         self.exited.set()
 
     async def _restarted(self, node: SimNode, env: dict[str, str]) -> None:
-        """The pod was restarted: its process goes, a new one starts with the new environment."""
+        """The pod was restarted: its process goes, a new one starts with the new environment.
+
+        Runs under the node's incarnation lock; a node not spawned yet is spawned by :meth:`start`.
+        """
+        if not self.records[node.name]:
+            return
         await self._kill(node.name)
+        watcher = self._tasks.get(node.name)
+        if watcher is not None:  # its exit is recorded before the next incarnation starts
+            await asyncio.wait([watcher], timeout=KILL_GRACE)
         if not self.stopping:
             await self._spawn(node.name, env)
 
     async def _kill(self, name: str) -> None:
+        """SIGTERM, SIGKILL after :data:`KILL_GRACE` seconds; returns within ``KILL_GRACE + CANCEL_GRACE``."""
         process = self._processes.get(name)
         if process is None or process.returncode is not None:
             return
         self.records[name][-1].killed = True
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), KILL_GRACE)
-        except asyncio.TimeoutError:
+        if await within(process.wait(), KILL_GRACE, None) is None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            await process.wait()
+            await within(process.wait(), CANCEL_GRACE, None)
+
+    def kill_all(self) -> None:
+        """SIGKILL every node process still running, at once (a run being abandoned)."""
+        self.stopping = True
+        for name, process in self._processes.items():
+            if process.returncode is None:
+                self.records[name][-1].killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
 
     async def wait(self) -> None:
         """Until every node's current process has exited (restarted nodes included)."""
@@ -649,10 +784,17 @@ class ProcessFederation:
         }
 
     async def stop(self) -> None:
-        """Stop every process still running (the end of the run) and wait for their output."""
+        """Stop every process still running (the end of the run) and wait for their output.
+
+        Bounded: ``KILL_GRACE`` for the processes to exit, then ``CANCEL_GRACE`` for their output (a
+        process' own child may hold its output pipe open after it died).
+        """
         self.stopping = True
         await asyncio.gather(*(self._kill(name) for name in list(self._processes)))
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        watchers = {task for task in self._tasks.values() if not task.done()}
+        if watchers:
+            _, pending = await asyncio.wait(watchers, timeout=CANCEL_GRACE)
+            await stop_tasks(pending, CANCEL_GRACE)
 
     def outcomes(self, stopped: str | None = None) -> dict[str, NodeOutcome]:
         """Each node's end: the status it last reported to the pod orchestrator, and its exit code.
@@ -720,9 +862,19 @@ def rounds_from_logs(stack: FlameStack) -> list[dict[str, Any]]:
 
 
 async def _run_processes(
-    stack: FlameStack, loaded: LoadedAnalysis, options: FederationOptions, config: SimConfig
+    stack: FlameStack,
+    loaded: LoadedAnalysis,
+    options: FederationOptions,
+    config: SimConfig,
+    progress: _Progress | None = None,
+    deadline: float | None = None,
 ) -> tuple[FederationRun, str | None, dict[str, list[ProcessRecord]]]:
+    loop = asyncio.get_running_loop()
+    if deadline is None:
+        deadline = loop.time() + config.timeout
     processes = ProcessFederation(stack, loaded.path)
+    if progress is not None:
+        progress.processes = processes
     watchdog = _Watchdog(stack, options)
     started = time.monotonic()
 
@@ -741,26 +893,19 @@ async def _run_processes(
         watch_task = asyncio.ensure_future(watchdog.run())
         try:
             done, _ = await asyncio.wait(
-                {wait_task, watch_task}, timeout=config.timeout, return_when=asyncio.FIRST_COMPLETED
+                {wait_task, watch_task}, timeout=_remaining(deadline), return_when=asyncio.FIRST_COMPLETED
             )
             if wait_task not in done:
-                reason = (
-                    watch_task.result()
-                    if watch_task in done
-                    else f"the federation did not finish within {config.timeout:g} s (--timeout)"
-                )
+                reason = watch_task.result() if watch_task in done else _timeout_reason(config)
         finally:
-            for task in (wait_task, watch_task):
-                task.cancel()
-            await asyncio.gather(wait_task, watch_task, return_exceptions=True)
+            await stop_tasks({wait_task, watch_task}, CANCEL_GRACE)
     finally:
         await processes.stop()
-        exit_task.cancel()
-        await asyncio.gather(exit_task, return_exceptions=True)
+        await stop_tasks({exit_task}, CANCEL_GRACE)
     outcomes = processes.outcomes(reason)
     run = FederationRun(
         outcomes=outcomes,
-        final_results=await stack.final_results(),
+        final_results=await within(stack.final_results(), CANCEL_GRACE, {}),
         seconds=time.monotonic() - started,
         rounds=rounds_from_logs(stack),
         events=dict(sorted(Counter(e.kind for e in stack.events).items())),
@@ -796,8 +941,18 @@ async def run_simulation(
     console: Console | None = None,
     live: bool = False,
 ) -> SimOutcome:
-    """Run ``config`` on a fresh emulated stack; shows progress on ``console`` when one is given."""
+    """Run ``config`` on a fresh emulated stack; shows progress on ``console`` when one is given.
+
+    ``config.timeout`` bounds the whole run, set-up included: at the deadline the federation is stopped
+    (status ``timeout``); stopping its nodes and closing the stack get :data:`SHUTDOWN_GRACE` seconds
+    more, and a run still not ended then is abandoned (its tasks cancelled, its processes killed) and
+    reported as it stands. So this returns within ``timeout + SHUTDOWN_GRACE + 2 * CANCEL_GRACE``.
+    Raises :class:`~flame.errors.ConfigurationError` for a fault plan naming a node the run does not
+    have, before anything starts.
+    """
     config.check()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.timeout
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     clock = time.monotonic()
     if loaded is None:
@@ -805,12 +960,14 @@ async def run_simulation(
     options = loaded.options
     if config.max_rounds is not None:
         options = options.with_changes(max_rounds=config.max_rounds)
+    loaded = dataclasses.replace(loaded, options=options)
     timings = {"load": time.monotonic() - clock}
-    clock = time.monotonic()
     faults = parse_faults(config.faults, seed=config.seed) if config.faults else FaultPlan(seed=config.seed)
+    progress = _Progress()
     tmp: str | None = None
-    errors: list[str] = []
+    body: asyncio.Task[SimOutcome] | None = None
     try:
+        clock = time.monotonic()
         data_root = config.data
         nodes = config.nodes
         if data_root is not None and nodes is None:
@@ -828,26 +985,84 @@ async def run_simulation(
         stack = FlameStack.create(
             nodes, data_root=data_root, seed=config.seed, faults=faults, settings=_settings(config)
         )
-        timings["setup"] = time.monotonic() - clock
-        clock = time.monotonic()
-        records: dict[str, list[ProcessRecord]] = {}
         try:
-            await stack.start()
-            with _display(stack, console, live, loaded, config, options) as printer:
-                if config.mode == "processes":
-                    run, reason, records = await _run_processes(stack, loaded, options, config)
-                else:
-                    run, reason = await _run_federation(stack, loaded, options, config)
-                if printer is not None:
-                    printer.flush()
-            info = _stack_info(stack)
-            notable = [e for e in stack.events.to_list() if e["kind"] in _NOTABLE_EVENTS][:1000]
-        finally:
-            await stack.aclose()
-        timings["run"] = time.monotonic() - clock
+            faults.validate(stack.nodes)
+        except FaultSpecError:
+            await within(stack.aclose(), CANCEL_GRACE, None)
+            raise
+        progress.stack = stack
+        timings["setup"] = time.monotonic() - clock
+        about = _About(config, loaded, faults, started_at)
+        body = asyncio.ensure_future(_simulate(stack, progress, deadline, timings, about, console, live))
+        done, _ = await asyncio.wait({body}, timeout=_remaining(deadline) + SHUTDOWN_GRACE)
+        if body in done:
+            return body.result()
+        # the run did not end after its deadline and the grace to stop: abandon it as it stands
+        await stop_tasks({body}, CANCEL_GRACE)
+        if progress.processes is not None:
+            progress.processes.kill_all()
+        await within(stack.aclose(), CANCEL_GRACE, None)
+        timings["run"] = time.monotonic() - clock - timings["setup"]
+        timings["total"] = sum(timings.values())
+        return _abandoned(progress, stack, timings, about)
     finally:
+        if body is not None and not body.done():  # this run itself was cancelled (Ctrl-C)
+            await stop_tasks({body}, CANCEL_GRACE)
+            if progress.processes is not None:
+                progress.processes.kill_all()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _simulate(
+    stack: FlameStack,
+    progress: _Progress,
+    deadline: float,
+    timings: dict[str, float],
+    about: _About,
+    console: Console | None,
+    live: bool,
+) -> SimOutcome:
+    """The run of :func:`run_simulation` on ``stack``, which it closes (bounded) at the end."""
+    config, loaded = about.config, about.loaded
+    clock = time.monotonic()
+    records: dict[str, list[ProcessRecord]] = {}
+    options = loaded.options
+    try:
+        await stack.start()
+        async with _display(stack, console, live, loaded, config, options) as printer:
+            if config.mode == "processes":
+                run, reason, records = await _run_processes(
+                    stack, loaded, options, config, progress, deadline
+                )
+            else:
+                run, reason = await _run_federation(stack, loaded, options, config, progress, deadline)
+            if printer is not None:
+                printer.flush()
+        info = _stack_info(stack)
+        notable = [e for e in stack.events.to_list() if e["kind"] in _NOTABLE_EVENTS][:1000]
+    finally:
+        await within(stack.aclose(), SHUTDOWN_GRACE, None)
+    timings["run"] = time.monotonic() - clock
+    timings["total"] = sum(timings.values())
+    return SimOutcome(
+        config=config,
+        loaded=loaded,
+        run=run,
+        stack_info=info,
+        errors=_errors(run, reason),
+        timings=timings,
+        faults=about.faults,
+        started_at=about.started_at,
+        processes=records,
+        notable_events=notable,
+        stopped_reason=reason,
+        timed_out=reason == _timeout_reason(config),
+    )
+
+
+def _errors(run: FederationRun, reason: str | None) -> list[str]:
+    errors: list[str] = []
     if reason is not None:
         errors.append(f"stopped: {reason}")
     for outcome in run.outcomes.values():
@@ -855,47 +1070,60 @@ async def run_simulation(
             errors.append(f"{outcome.name} ({outcome.role}, {outcome.status}): {outcome.error}")
     if not run.final_results and not errors:
         errors.append("no final result reached the hub")
-    timings["total"] = sum(timings.values())
+    return errors
+
+
+def _abandoned(
+    progress: _Progress,
+    stack: FlameStack,
+    timings: dict[str, float],
+    about: _About,
+) -> SimOutcome:
+    """The outcome of a run that did not end by its deadline and was abandoned: what is known of it."""
+    config = about.config
+    reason = f"the run did not end within {config.timeout:g} s (--timeout) and was abandoned"
+    rounds: list[dict[str, Any]] = []
+    if progress.processes is not None:
+        outcomes = progress.processes.outcomes(reason)
+        rounds = rounds_from_logs(stack)
+    elif progress.federation is not None:
+        outcomes = progress.federation.outcomes
+        rounds = _federation_rounds(progress.federation)
+    else:
+        outcomes = {name: NodeOutcome(name, node.role) for name, node in stack.nodes.items()}
+    _mark_stopped(outcomes, reason)
+    run = FederationRun(
+        outcomes=outcomes,
+        final_results={},
+        seconds=time.monotonic() - progress.started,
+        rounds=rounds,
+        events=dict(sorted(Counter(e.kind for e in stack.events).items())),
+    )
     return SimOutcome(
         config=config,
-        loaded=dataclasses.replace(loaded, options=options),
+        loaded=about.loaded,
         run=run,
-        stack_info=info,
-        errors=errors,
+        stack_info=_stack_info(stack),
+        errors=_errors(run, reason),
         timings=timings,
-        faults=faults,
-        started_at=started_at,
-        processes=records,
-        notable_events=notable,
+        faults=about.faults,
+        started_at=about.started_at,
+        processes=progress.processes.records if progress.processes is not None else {},
+        notable_events=[e for e in stack.events.to_list() if e["kind"] in _NOTABLE_EVENTS][:1000],
         stopped_reason=reason,
+        timed_out=True,
     )
 
 
-class _Printing:
-    """The plain-line printer as a context: a task while the run lasts."""
-
-    def __init__(self, printer: LinePrinter) -> None:
-        self.printer = printer
-        self.task: asyncio.Task[None] | None = None
-
-    def __enter__(self) -> LinePrinter:
-        self.task = asyncio.ensure_future(self.printer.run())
-        return self.printer
-
-    def __exit__(self, *exc: object) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
-@contextlib.contextmanager
-def _display(
+@contextlib.asynccontextmanager
+async def _display(
     stack: FlameStack,
     console: Console | None,
     live: bool,
     loaded: LoadedAnalysis,
     config: SimConfig,
     options: FederationOptions,
-) -> Iterator[LinePrinter | None]:
+) -> AsyncIterator[LinePrinter | None]:
     if console is None:
         yield None
         return
@@ -905,10 +1133,16 @@ def _display(
     if live:
         with LiveDisplay(stack, console, title=title, max_rounds=options.max_rounds):
             yield None
-    else:
-        console.print(title, style="bold", highlight=False)
-        with _Printing(LinePrinter(stack, console)) as printer:
-            yield printer
+        return
+    console.print(title, style="bold", highlight=False)
+    printer = LinePrinter(stack, console)
+    task = asyncio.ensure_future(printer.run())
+    try:
+        yield printer
+    finally:
+        printer.stop()
+        _, pending = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+        await stop_tasks(pending, CANCEL_GRACE)
 
 
 def simulate(
@@ -949,11 +1183,13 @@ def simulate(
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` without waiting for the author's code at the end.
+    """``asyncio.run`` without waiting for the author's code, or anything else, without bound at the end.
 
     Author code runs in worker threads that cannot be interrupted; when a run was stopped (``--timeout``,
     a failed federation) one may still be busy. ``asyncio.run`` would wait for it without bound; here the
-    threads are left to finish on their own (:func:`busy_threads` tells whether any is).
+    threads are left to finish on their own (:func:`busy_threads` tells whether any is). Tasks still
+    running when ``coro`` returned are cancelled and get :data:`CANCEL_GRACE` seconds to end; one that
+    does not is left behind with a warning rather than waited for.
     """
     loop = asyncio.new_event_loop()
     executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix=WORKER_PREFIX)
@@ -964,11 +1200,11 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     finally:
         try:
             tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
             if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
+                left = loop.run_until_complete(stop_tasks(tasks, CANCEL_GRACE, every=0.25))
+                if left:
+                    _log.warning("%d task(s) did not end when cancelled and were left behind", len(left))
+            loop.run_until_complete(within(loop.shutdown_asyncgens(), CANCEL_GRACE, None))
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
             asyncio.set_event_loop(None)
@@ -1017,12 +1253,14 @@ def sim_command(args: Any) -> int:
         config.check()
         if config.faults:
             parse_faults(config.faults, seed=config.seed)
-    except (SimUsageError, ValueError) as exc:
-        console.print(f"flame sim: {exc}", style="red", highlight=False, markup=False)
-        return 2
+    except (SimUsageError, FaultSpecError) as exc:
+        return _usage_error(console, exc)
     loaded = load_analysis(config.analysis)
     live = not args.no_live and console.is_terminal
-    outcome = run_async(run_simulation(config, loaded, console=console, live=live))
+    try:
+        outcome = run_async(run_simulation(config, loaded, console=console, live=live))
+    except FaultSpecError as exc:  # a node name the run does not have: known once the nodes are
+        return _usage_error(console, exc)
     print_summary(outcome, console)
     report_path = args.report if args.report is not None else default_report_path()
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1037,7 +1275,12 @@ def sim_command(args: Any) -> int:
             highlight=False,
             markup=False,
         )
-    return 0 if outcome.ok else 1
+    return outcome.exit_code
+
+
+def _usage_error(console: Console, exc: FlameError) -> int:
+    console.print(f"flame sim: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+    return EXIT_USAGE
 
 
 def print_summary(outcome: SimOutcome, console: Console) -> None:

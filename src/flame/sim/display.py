@@ -12,7 +12,6 @@ log lines it streamed) and the stack's event log (messages, retries, faults, res
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 import time
@@ -199,7 +198,8 @@ class LiveDisplay:
 class LinePrinter:
     """Prints every node's log lines as they reach the pod orchestrator, and notable stack events.
 
-    :meth:`run` is a task woken by the stack's ``po`` events; :meth:`flush` prints what is left.
+    :meth:`run` is a task woken by the stack's ``po`` events until :meth:`stop`; :meth:`flush` prints
+    what is left.
     """
 
     def __init__(self, stack: FlameStack, console: Console) -> None:
@@ -209,6 +209,7 @@ class LinePrinter:
         self._event_cursor = 0
         self._started = time.monotonic()
         self._width = max(len(name) for name in stack.nodes)
+        self._stop = asyncio.Event()
 
     def flush(self) -> None:
         """Print the log lines and notable events not printed yet."""
@@ -233,14 +234,28 @@ class LinePrinter:
         line.append(f" {text}")
         self.console.print(line, soft_wrap=True, highlight=False)
 
+    def stop(self) -> None:
+        """End :meth:`run` (after it printed what is left); safe to call more than once."""
+        self._stop.set()
+
     async def run(self) -> None:
-        """Print lines as they come, until cancelled."""
+        """Print lines as they come, until :meth:`stop` (or a cancellation)."""
         seen = 0
         while True:
             self.flush()
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                found = await self.stack.events.wait_for("po", seen + 1, timeout=3600.0)
-                seen = len(found)
+            if self._stop.is_set():
+                return
+            # wait for the next po event or the stop, together: ending does not depend on a
+            # cancellation reaching the event wait
+            arrived = asyncio.ensure_future(self.stack.events.wait_for("po", seen + 1, timeout=3600.0))
+            stopped = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({arrived, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+                stopped.cancel()
+            if arrived.done() and not arrived.cancelled() and arrived.exception() is None:
+                seen = len(arrived.result())
 
 
 __all__ = ["EventCounter", "LinePrinter", "LiveDisplay", "NodeRow", "footer_text", "node_rows", "node_table"]
