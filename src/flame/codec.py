@@ -62,8 +62,9 @@ the *next unused* bytes of the buffer area (offsets must follow each other, so n
 arrays), shape x itemsize is computed in Python integers (no overflow) and must equal the bytes
 named, dtypes with zero-size elements (``S0``, ``U0``) are refused, and the array bytes of one payload
 may not exceed ``max_bytes`` (:data:`MAX_DECODED_BYTES`, 4 GiB, unless :func:`decode` is given
-another). So the arrays of a decoded value never hold more than the payload carried; the rest of it
-(MessagePack lists, strings, small pandas objects) costs at most a few dozen bytes per payload byte.
+another). So the arrays of a decoded value never hold more than the payload carried. The rest of it
+costs what MessagePack objects cost in Python: about 20 bytes of memory per payload byte for pandas
+objects and short strings, at worst about 80 for empty lists and sets (one byte each on the wire).
 
 Pickle
 ------
@@ -204,6 +205,8 @@ _MAX_DIM = 2**62  # an array dimension; the byte count is checked against the pa
 # msgpack.unpackb call that puts ~30 KiB on the C stack: their nesting depth is bounded on both sides.
 _MAX_EXT_DEPTH = 64
 _CONTAINERS = (dict, list, tuple, set, frozenset)
+# an IANA time zone key: letters, digits and _+- in up to four parts; no dots, no leading slash
+_ZONE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]{0,29}(/[A-Za-z0-9_+\-]{1,30}){0,3}")
 
 _PICKLE_HINT = (
     "Pickle can run arbitrary code while loading. If this data comes from a peer you trust, "
@@ -391,6 +394,10 @@ def _tz_spec(tz: Any) -> str | list[Any]:
 
 def _tz_from_spec(spec: Any) -> _dt.tzinfo:
     if isinstance(spec, str):
+        if _ZONE_KEY.fullmatch(spec) is None:  # IANA names only: no paths, no dots
+            raise PayloadError(
+                f"unknown time zone {spec!r} in the payload: only IANA names like 'Europe/Berlin' are decoded"
+            )
         try:
             return zoneinfo.ZoneInfo(spec)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
@@ -1104,6 +1111,8 @@ _UNSET: Any = object()
 
 
 def _standin_call(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if kind not in _EAGER:
+        return _Record(kind, args, kwargs)
     if kind == "builtins.getattr":  # only ZoneInfo._unpickle, which pickled zoneinfo time zones use
         if (
             len(args) == 2
@@ -1130,6 +1139,7 @@ def _standin_call(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     return _Record(kind, args, kwargs)
 
 
+_EAGER = frozenset({"builtins.getattr", "_codecs.encode"})
 _STANDINS: dict[str, _StandInMeta] = {}
 
 
@@ -1137,8 +1147,8 @@ def _standin(kind: str) -> _StandInMeta:
     cls = _STANDINS.get(kind)
     if cls is None:
         name = kind.rsplit(".", 1)[-1]
-        cls = _StandInMeta(name, (_StandIn,), {"_kind": kind, "__slots__": ()})
-        _STANDINS[kind] = cls
+        made = _StandInMeta(name, (_StandIn,), {"_kind": kind, "__slots__": ()})
+        cls = _STANDINS.setdefault(kind, made)  # atomic: racing threads end up with one class
     return cls
 
 
@@ -1223,7 +1233,6 @@ _OFFSETS = frozenset(
     }
 )
 _PICKLE_MAX_DEPTH = 100
-_ZONE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]{0,29}(/[A-Za-z0-9_+\-]{1,30}){0,3}")
 _DATETIME_UNITS = {7: "s", 8: "ms", 9: "us", 10: "ns"}
 _TIME_UNITS = frozenset({"Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps", "fs", "as", "generic"})
 _SIMPLE_DTYPE = re.compile(r"([biufcMmOSU])(\d{0,3})")
@@ -1348,10 +1357,17 @@ class _Rebuilder:
         if depth > _PICKLE_MAX_DEPTH:
             raise PayloadError(f"refused a pickle nested more than {_PICKLE_MAX_DEPTH} levels deep")
         key = id(obj)
-        if key in self.memo:
-            return self.memo[key]
+        done = self.memo.get(key, _UNSET)
+        if done is not _UNSET:
+            return done
         if key in self.busy:
             raise _refuse("a structure that contains itself through a tuple or an object")
+        if cls is _Record and obj.kind == "numpy.scalar":  # lists of NumPy numbers: the hot path
+            self.busy.add(key)
+            number = self.scalar(obj, depth + 1)
+            self.busy.discard(key)
+            self.memo[key] = number
+            return number
         if cls is list:
             self.memo[key] = obj  # lists are rebuilt in place, so they may contain themselves
             for i, item in enumerate(obj):
@@ -1633,7 +1649,8 @@ class _Rebuilder:
         return flat.reshape(shape, order=order)
 
     def reconstruct(self, rec: _Record, depth: int) -> NDArray:
-        if len(rec.args) != 3 or rec.args[0] is not _standin("numpy.ndarray"):
+        cls = rec.args[0] if len(rec.args) == 3 else None
+        if not isinstance(cls, _StandInMeta) or cls._kind != "numpy.ndarray":
             raise _refuse("numpy _reconstruct of anything but ndarray")
         state = rec.state
         if type(state) is not tuple or len(state) not in (4, 5):
@@ -1650,8 +1667,9 @@ class _Rebuilder:
         return self.ndarray_parts(shape, dtype, order == "F", raw, depth)
 
     def scalar(self, rec: _Record, depth: int) -> Any:
-        args = self.args(rec, depth, (2,))
-        dtype, raw = args
+        if len(rec.args) != 2 or rec.kwargs or rec.state is not _UNSET:
+            raise _refuse("a NumPy scalar of unknown layout")
+        dtype, raw = self.value(rec.args[0], depth), self.value(rec.args[1], depth)
         if not isinstance(dtype, np.dtype) or dtype.kind == "O":
             raise _refuse("a NumPy scalar of object dtype")
         if type(raw) is not bytes or len(raw) != dtype.itemsize:
