@@ -1629,7 +1629,9 @@ class _Rebuilder:
             arr: NDArray = np.empty(count, dtype=object)
             for i, item in enumerate(values):
                 arr[i] = item
-            return arr.reshape(shape, order=order)
+            # NumPy pickles object items in C order whatever the layout; the flag only asks for Fortran
+            arr = arr.reshape(shape)
+            return np.asfortranarray(arr) if fortran else arr
         raw = self.value(raw, depth)  # protocol 2 spells empty bytes as bytes()
         if type(raw) not in (bytes, bytearray):
             raise _refuse("an array whose data is not bytes")
