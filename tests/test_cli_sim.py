@@ -779,3 +779,75 @@ def test_the_help_documents_exit_codes_and_fault_forms_that_parse(capsys: pytest
     assert len(examples) == 7
     for spec in examples:
         parse_faults(spec).validate(["aggregator", "node-1", "node-2", "node-3"])
+
+
+LEAKY = """
+import logging
+import os
+from pathlib import Path
+
+import flame
+
+SEEN = Path({seen!r})
+token = os.environ.get("KEYCLOAK_TOKEN")
+if token:  # on a node (not while flame sim loads the file)
+    key = os.environ["DATA_SOURCE_TOKEN"]
+    SEEN.mkdir(exist_ok=True)
+    (SEEN / os.environ["FLAME_ANALYSIS_PORT"]).write_text(token + "\\n" + key)
+    print("my token is", token)
+    print(f"curl -H 'Authorization: Bearer {{token}}' http://hub/", flush=True)
+    print("data key:", key, flush=True)
+    logging.getLogger("analysis").warning("calling the hub with %s", token)
+
+
+class A(flame.Analyzer):
+    def analyze(self, data, aggregate, round):
+        print("in round", round, "token", os.environ.get("KEYCLOAK_TOKEN"), flush=True)
+        if os.environ.get("DATA_SOURCE_TOKEN", "none_needed") != "none_needed" and data.sources()[0].name.startswith("node-1"):
+            raise SystemExit(3)  # the run fails: node-1's output is shown in the errors
+        return 1
+
+
+class G(flame.Aggregator):
+    def aggregate(self, updates, round, previous):
+        return sum(updates.values())
+
+
+if __name__ == "__main__":
+    flame.run(A(), G())
+"""
+
+
+@pytest.mark.process
+def test_tokens_a_node_process_prints_are_redacted_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = tmp_path / "seen"
+    analysis = write(tmp_path / "leaky.py", LEAKY.format(seen=str(seen)))
+    make_data(tmp_path / "data", nodes=2)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    code, out, err = sim(capsys, analysis, "--data", tmp_path / "data", "--processes", "--no-live")
+    assert code == 1, out
+    secrets: set[str] = set()
+    assert len(list(seen.iterdir())) >= 3  # every node process ran
+    for file in seen.iterdir():
+        token, key = file.read_text().split("\n")
+        secrets.update(token.split("."))  # each part of the JWT: header, payload, signature
+        if key != "none_needed":
+            secrets.add(key)
+    assert len(secrets) >= 2 * 3 + 2  # header, three payloads and signatures, two data keys
+    texts = {"stdout": out, "stderr": err}
+    for file in (workdir / "flame-runs").rglob("*"):
+        if file.is_file():
+            texts[str(file)] = file.read_text(encoding="utf-8", errors="replace")
+    assert any(path.endswith("report.json") for path in texts)
+    for where, text in texts.items():
+        for secret in secrets:
+            assert secret not in text, f"a token part leaked into {where}"
+    report = json.loads(next(t for p, t in texts.items() if p.endswith("report.json")))
+    tails = "\n".join(line for records in report["processes"].values() for r in records for line in r["tail"])
+    assert "my token is [REDACTED]" in tails and "Bearer [REDACTED]" in tails
+    assert "data key: [REDACTED]" in tails and "calling the hub with [REDACTED]" in tails
+    assert "[REDACTED]" in out  # node-1's output, shown in the errors, redacted too

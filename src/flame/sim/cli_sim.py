@@ -15,7 +15,15 @@
   its REST API), so the run proves the file works unchanged on a node. A pod restart (fault or pod
   orchestrator) kills the node's process and starts a new one with the new environment.
 - A federation that can no longer succeed (the aggregator failed, or too many analysis nodes failed for
-  the quorum) is stopped at once instead of waiting for the round deadline; ``--timeout`` bounds the run.
+  the quorum) is stopped at once instead of waiting for the round deadline.
+- ``--timeout`` is a hard limit of the whole run: at the deadline the nodes are stopped (tasks cancelled,
+  processes terminated, then killed), each shutdown step with a bound of its own, and the run ends with
+  its report (``"status": "timeout"``) and exit code :data:`EXIT_TIMEOUT`, a few seconds later at most.
+  Nothing waits without bound after a cancellation: before Python 3.12 ``asyncio.wait_for`` can swallow
+  one, so stopping never relies on a single cancel being delivered.
+- What a node process prints (stdout and stderr) is redacted as it is read, before anything shows or
+  stores it: the node's own ``KEYCLOAK_TOKEN`` and ``DATA_SOURCE_TOKEN`` (every incarnation's), and any
+  JWT-shaped or ``Bearer`` value. A run report is a file people share; a token in it is a leaked token.
 
 :func:`simulate` is the same run as a function (no display, no report file): what a project's tests call.
 
@@ -54,11 +62,13 @@ from rich.table import Table
 from rich.text import Text
 
 from flame import __version__, codec
+from flame.config import NO_DATA_ACCESS
 from flame.errors import FlameError
 from flame.federated import Aggregator, Analyzer, FederationOptions
 from flame.node.messaging import DEFAULT_ATTEMPT_TIMEOUT
 from flame.node.runtime import Timeouts
 from flame.node.status import FINAL_STATUSES
+from flame.redact import MIN_SECRET_LENGTH, RedactTokensFilter
 from flame.runner import set_run_hook
 from flame.sim.display import LinePrinter, LiveDisplay
 from flame.sim.faults import FaultPlan, FaultSpecError, parse_faults
@@ -81,6 +91,8 @@ WORKER_PREFIX = "flame-sim-worker"
 TAIL_LINES = 40
 #: Variables a node process gets from this environment besides the container's: what an image provides.
 PASSED_THROUGH = ("PATH", "HOME", "SYSTEMROOT", "PYTHONPATH")
+#: A node's variables whose values are secrets, redacted from what its process prints.
+SECRET_VARIABLES = ("KEYCLOAK_TOKEN", "DATA_SOURCE_TOKEN")
 #: Least webhook-delivery and health-check timeout under ``--time-scale`` (real seconds).
 MIN_TIMEOUT = 2.0
 #: Least pod-orchestrator period and health-check timeout in process mode (real seconds): a Python
@@ -669,6 +681,8 @@ class ProcessFederation:
         self._changed = asyncio.Event()
         self.exited = asyncio.Event()
         self.stopping = False
+        #: redacts each node's own secrets (and any JWT or Bearer value) from what its process prints
+        self.redactor = RedactTokensFilter()
         stack.on_restart(self._restarted)
 
     def environment(self, env: dict[str, str], port: int) -> dict[str, str]:
@@ -686,6 +700,10 @@ class ProcessFederation:
                     await self._spawn(name, self.stack.env(name))
 
     async def _spawn(self, name: str, env: dict[str, str]) -> None:
+        for variable in SECRET_VARIABLES:
+            value = env.get(variable, "")
+            if len(value) >= MIN_SECRET_LENGTH and value != NO_DATA_ACCESS:
+                self.redactor.register_secret(value)
         port = free_port()
         self.stack.attach_analysis(name, f"http://127.0.0.1:{port}")
         incarnation = self.stack.po.incarnation_started(name)
@@ -712,13 +730,18 @@ class ProcessFederation:
         self._changed.set()
 
     async def _watch(self, process: asyncio.subprocess.Process, record: ProcessRecord) -> None:
+        """Keep the process' output, line by line, redacted: where node output enters the run.
+
+        Everything that shows or stores it (error messages, the display, the report) reads
+        ``record.tail``, so a token the analysis prints or logs never gets further than here.
+        """
         assert process.stdout is not None
         pending = b""
         while chunk := await process.stdout.read(65536):
             *lines, pending = (pending + chunk).split(b"\n")
-            record.tail.extend(line.decode("utf-8", "replace").rstrip() for line in lines)
+            record.tail.extend(self._line(line) for line in lines)
         if pending:
-            record.tail.append(pending.decode("utf-8", "replace").rstrip())
+            record.tail.append(self._line(pending))
         record.exit_code = await process.wait()
         record.ended = time.monotonic()
         error = None
@@ -728,6 +751,9 @@ class ProcessFederation:
         # the orchestrator marks the node failed now when it died by itself (at start-up or later)
         self.stack.po.incarnation_ended(record.node, record.incarnation, error=error, stopped=record.killed)
         self.exited.set()
+
+    def _line(self, raw: bytes) -> str:
+        return self.redactor.redact(raw.decode("utf-8", "replace").rstrip())
 
     async def _restarted(self, node: SimNode, env: dict[str, str]) -> None:
         """The pod was restarted: its process goes, a new one starts with the new environment.
