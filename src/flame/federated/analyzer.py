@@ -286,17 +286,13 @@ class AnalysisClient:
         self._escrow = escrow.hex() if escrow is not None else None
         if not self.options.checkpoints:
             return
-        secret = checkpoint.analysis_secret(self.node)
-        if secret is None:
+        sealer = checkpoint.node_sealer(self.node, "checkpoint")
+        if sealer is None:
             self.node.log(
                 "no per-analysis secret (DATA_SOURCE_TOKEN) on this node: it keeps no checkpoints", "warn"
             )
             return
-        config = self.node.config
-        key = checkpoint.derive_key(secret, config.analysis_id, self.node.node_id, "checkpoint")
-        self._store = checkpoint.Checkpoints(
-            self.node, checkpoint.Sealer(key, config.analysis_id, self.node.node_id)
-        )
+        self._store = checkpoint.Checkpoints(self.node, sealer)
         try:
             record = self._store.newest(await self._store.read_all())
         except FlameError as exc:

@@ -94,6 +94,19 @@ def analysis_secret(node: AsyncNode) -> str | None:
     return node.config.data_source_token or None
 
 
+def node_sealer(node: AsyncNode, purpose: str) -> Sealer | None:
+    """A sealer for this node's records of ``purpose`` in this analysis (None without a secret).
+
+    Use it for anything kept in node storage that a later analysis of the project must not read
+    (key shares, ledgers of one analysis, ...): a restarted pod of the analysis opens it again.
+    """
+    secret = analysis_secret(node)
+    if secret is None:
+        return None
+    analysis_id = node.config.analysis_id
+    return Sealer(derive_key(secret, analysis_id, node.node_id, purpose), analysis_id, node.node_id)
+
+
 def escrow_key(node: AsyncNode, aggregator_id: str) -> bytes | None:
     """On an analysis node: the key that wraps ``aggregator_id``'s checkpoint key (None without a secret)."""
     secret = analysis_secret(node)

@@ -115,17 +115,13 @@ async def key_holder_keys(node: AsyncNode, secure: SecureAggregation) -> paillie
     (another analysis' key, garbage) is ignored.
     """
     tag = _key_tag(node.config.analysis_id)
-    analysis_id = node.config.analysis_id
-    secret = checkpoint.analysis_secret(node)
-    sealer = (
-        checkpoint.Sealer(
-            checkpoint.derive_key(secret, analysis_id, node.node_id, "paillier"), analysis_id, node.node_id
-        )
-        if secret is not None
-        else None
-    )
+    sealer = checkpoint.node_sealer(node, "paillier")
     if sealer is not None and tag in await node.results.tags():
-        for record in reversed(await node.results.load_tagged(tag, "all")):
+        for raw in reversed(await node.results.storage.read_tagged(tag, "all")):
+            try:
+                record = codec.decode(raw)
+            except PayloadError:
+                continue  # not ours: anyone in the project may write under the tag
             value = sealer.open(record, "paillier")
             if isinstance(value, bytes):
                 private = paillier.PrivateKey.from_bytes(value)
