@@ -522,3 +522,48 @@ async def test_a_re_executed_aggregator_without_checkpoints_does_not_submit_agai
     assert rerun.ok, rerun.report()
     assert [r["round"] for r in rerun.rounds] == [1, 2]
     assert submissions(again) == []
+
+
+async def test_secure_run_resumes_after_an_aggregator_restart_with_its_key_from_escrow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the aggregator's sealed checkpoints open only with an escrow key an analysis node hands back
+    root = secret_data(tmp_path / "data")
+    options = FederationOptions(
+        max_rounds=3,
+        round_deadline=10.0,
+        send_timeout=10.0,
+        secure=SecureAggregation(
+            ("secret",), key_bits=2048, layout=paillier.Layout(frac_bits=20, bound=2**13)
+        ),
+    )
+    stack = FlameStack.create(3, data_root=root, settings=StackSettings.fast(po_enabled=False))
+    checkpoints = 0
+
+    def second_checkpoint(event: Event) -> bool:
+        nonlocal checkpoints
+        if (
+            event.kind == "storage.upload"
+            and event.node == "aggregator"
+            and str(event.detail.get("tag") or "").startswith("ck-")
+        ):
+            checkpoints += 1
+        # round 1: the key wrapped for each of the three contributors, then the checkpoint; round 2's
+        # checkpoint is the fifth (a restart before the round-1 checkpoint would redo round 1, whose
+        # re-encrypted sums the key holder refuses to decrypt a second time)
+        return checkpoints >= 5
+
+    restarts = restart_when(stack, "aggregator", second_checkpoint)
+    async with stack:
+        with caplog.at_level("INFO"):
+            run = await Federation(
+                stack, SecretValue, SumOfSecrets, options, node_kwargs={"timeouts": FAST_TIMEOUTS}
+            ).run(timeout=60)
+        await asyncio.gather(*restarts)
+    assert restarts
+    assert run.ok, run.report()
+    assert run.outcomes["aggregator"].incarnations == 2
+    assert any("asking 3 analysis node(s) for the key of the checkpoints" in m for m in caplog.messages)
+    assert any(m.startswith("resumed from the checkpoint after round") for m in caplog.messages)
+    assert run.result["secret"][0] == pytest.approx(sum(SECRETS.values()), abs=1e-4)
+    assert len(submissions(stack)) == 1

@@ -559,11 +559,12 @@ class Aggregator:
         try:
             await self._wrap_key()
             if not self._wrapped:
-                self._node.log(
-                    "no escrow key from any analysis node (and no secret of its own): "
-                    "this aggregator keeps no checkpoint",
-                    "warn",
-                )
+                if round == 1 or phase is not None:  # said once, and again at the submission
+                    self._node.log(
+                        "no escrow key from any analysis node (and no secret of its own): "
+                        "this aggregator keeps no checkpoint",
+                        "warn",
+                    )
                 return
             await self._store.save(
                 {
