@@ -44,7 +44,9 @@ class FederationOptions:
     send_timeout: float = 120.0
     #: Encoded payloads up to this size travel inside the message (Base64); larger ones through storage.
     inline_limit: int = 256_000
-    #: Save a checkpoint after every round, so a restarted node resumes (re-execution).
+    #: Save a checkpoint after every round, so a restarted node resumes (re-execution). Checkpoints are
+    #: sealed so that no later analysis of the project can read them (:mod:`flame.federated.checkpoint`).
+    #: Off, a restarted node starts over; the final result is still never submitted twice.
     checkpoints: bool = True
 
     def __post_init__(self) -> None:
