@@ -7,6 +7,7 @@ nested bodies; a token the services stop accepting mid-run; a broker outage at s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -198,3 +199,95 @@ async def test_tokens_expiring_mid_run_are_replaced_and_the_run_finishes(tmp_pat
     assert run.result == expected_total([ALL3] * 3)
     assert stack.po.record("node-1").token_refreshes >= 1
     assert took < deadline / 2, f"the run took {took:.1f} s"
+
+
+# -- finding 4: only participants' messages reach the inbox; acknowledgements only of what was sent -------
+
+
+def forged(sender: str, category: str = "c", *, number: int = 1, akn_id: str | None = None) -> dict[str, Any]:
+    """A webhook body as a (possibly lying) peer would send it."""
+    return {
+        "value": number,
+        "meta": {
+            "type": "outgoing",
+            "category": category,
+            "id": f"{sender[:4]}-{number}-beef",
+            "akn_id": akn_id,
+            "status": "unread",
+            "sender": sender,
+            "created_at": "2026-01-01 00:00:00.000000",
+            "arrived_at": None,
+            "number": number,
+        },
+    }
+
+
+async def test_webhook_refuses_senders_that_are_not_participants_and_forged_acks(
+    federation: MakeFederation,
+) -> None:
+    fed = await federation(analysis_nodes=2)
+    aggregator, node_1, node_2 = await fed.start_all()
+    stranger = "0d7c51f4-3c43-4d2b-a1d5-6f0c3f0e9b77"
+    sent_before = node_1.messenger.sent
+    transport = httpx.ASGITransport(app=node_1.api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analysis") as client:
+
+        async def post(body: dict[str, Any]) -> httpx.Response:
+            return await client.post("/webhook", json=body)
+
+        # a sender that is not a participant, and one claiming to be this node itself
+        for body in (forged(stranger), forged(node_1.node_id)):
+            answer = await post(body)
+            assert answer.status_code == 400, answer.text
+            assert "participant" in answer.json()["detail"] or "itself" in answer.json()["detail"]
+        assert len(node_1.inbox) == 0 and node_1.messenger.sent == sent_before
+
+        # acknowledgements: of a message node-1 never sent, from a stranger, from a node it was not sent to
+        message = node_1.messenger.envelope({"v": 1}, "c")
+        mid = message["meta"]["id"]
+        task = asyncio.ensure_future(
+            node_1.messenger.send_prepared(message, [aggregator.node_id], timeout=2.0, attempt_timeout=2.0)
+        )
+        never_sent = forged(node_1.node_id, number=99, akn_id=aggregator.node_id)
+        wrong_acker = {**message, "meta": {**message["meta"], "akn_id": node_2.node_id}}
+        stranger_ack = {**message, "meta": {**message["meta"], "akn_id": stranger}}
+        for body in (never_sent, wrong_acker, stranger_ack):
+            answer = await post(body)
+            assert answer.status_code == 400, answer.text
+        assert node_1.inbox.acks(never_sent["meta"]["id"]) == set()
+        assert node_2.node_id not in node_1.inbox.acks(mid) and stranger not in node_1.inbox.acks(mid)
+        # the genuine acknowledgement still counts
+        assert await task == ([aggregator.node_id], [])
+
+        # a participant's message is stored and acknowledged as before
+        answer = await post(aggregator.messenger.envelope({"v": 2}, "c"))
+        assert answer.status_code == 200 and len(node_1.inbox) == 1
+
+
+async def test_webhook_state_stays_bounded_under_a_flood_of_forgeries(federation: MakeFederation) -> None:
+    fed = await federation(analysis_nodes=1)
+    _aggregator, node_1 = await fed.start_all()
+    transport = httpx.ASGITransport(app=node_1.api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analysis") as client:
+        for n in range(2000):
+            fake = f"{n:08d}-0000-4000-8000-000000000000"
+            await client.post("/webhook", json=forged(fake, number=n))
+            await client.post("/webhook", json=forged(node_1.node_id, number=n, akn_id=fake))
+    inbox = node_1.inbox
+    assert len(inbox) == 0
+    assert sum(len(acked) for acked in inbox._acks.values()) == 0
+    assert len(inbox._seen) == 0
+
+
+async def test_webhook_before_the_participants_are_known_asks_the_broker_to_retry() -> None:
+    stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False), seed=3)
+    node = AsyncNode(NodeConfig.from_env(stack.env("node-1")), serve_api=False, timeouts=FAST)
+    transport = httpx.ASGITransport(app=node.api_app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://analysis") as client:
+            answer = await client.post("/webhook", json=forged(stack.node("aggregator").node_id))
+        # the broker retries a delivery answered with a 5xx, and drops one answered with a 4xx
+        assert answer.status_code == 503, answer.text
+        assert len(node.inbox) == 0
+    finally:
+        await node.stop()

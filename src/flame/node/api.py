@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from flame.errors import ProtocolError, ServiceError, TokenError
+from flame.node.messaging import NotReadyError
 
 if TYPE_CHECKING:
     from flame.node.runtime import AsyncNode
@@ -33,6 +34,8 @@ def create_api(node: AsyncNode) -> FastAPI:
             return body
         try:
             await node.messenger.receive(body)
+        except NotReadyError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
         except ProtocolError as exc:
             log.warning("rejected a webhook delivery: %s", exc)
             return JSONResponse({"detail": str(exc)}, status_code=400)

@@ -2,6 +2,10 @@
 
 All methods run on the runtime's event loop (the webhook handler and the awaiting code share it), so
 each change is atomic; waiters wake on an :class:`asyncio.Condition`, never on a sleep loop.
+
+Its memory is bounded per sender: the messenger lets only the analysis' participants' messages in,
+each sender may have at most :data:`MAX_MESSAGES_PER_SENDER` messages stored at a time, and the ids
+remembered for de-duplication are the latest :data:`MAX_SEEN_PER_SENDER` of each sender.
 """
 
 from __future__ import annotations
@@ -12,7 +16,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flame.errors import ProtocolError
+
 MessageStatus = Literal["unread", "read"]
+
+#: Messages one sender may have stored at a time (read or not) before more are refused.
+MAX_MESSAGES_PER_SENDER = 10_000
+#: Message ids remembered per sender for de-duplication (the oldest are forgotten first).
+MAX_SEEN_PER_SENDER = 100_000
+
+
+class InboxFullError(ProtocolError):
+    """A sender has :data:`MAX_MESSAGES_PER_SENDER` messages stored; nothing more is taken from it."""
 
 
 @dataclass
@@ -52,23 +67,45 @@ class Message:
 class Inbox:
     """Received messages and acknowledgement bookkeeping of one node."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_per_sender: int = MAX_MESSAGES_PER_SENDER,
+        max_seen_per_sender: int = MAX_SEEN_PER_SENDER,
+    ) -> None:
         self._messages: dict[str, Message] = {}
-        #: every id ever stored: a late duplicate of a deleted message is still recognised
-        self._seen: set[str] = set()
+        #: ids stored so far, per sender, oldest first: a late duplicate of a deleted message is
+        #: still recognised (within the latest ``max_seen_per_sender`` of its sender)
+        self._seen: dict[str, dict[str, None]] = {}
+        self._stored: dict[str, int] = {}
         self._acks: dict[str, set[str]] = {}
         self._changed = asyncio.Condition()
+        self.max_per_sender = max_per_sender
+        self.max_seen_per_sender = max_seen_per_sender
         self.duplicates = 0
 
     def __len__(self) -> int:
         return len(self._messages)
 
     async def add(self, message: Message) -> bool:
-        """Store a received message; False (and nothing changes) if its id was seen before."""
-        if message.id in self._seen:
+        """Store a received message; False (and nothing changes) if its id was seen before.
+
+        Raises :class:`InboxFullError` when its sender already has ``max_per_sender`` messages stored.
+        """
+        sender = message.sender
+        seen = self._seen.setdefault(sender, {})
+        if message.id in seen or message.id in self._messages:
             self.duplicates += 1
             return False
-        self._seen.add(message.id)
+        if self._stored.get(sender, 0) >= self.max_per_sender:
+            raise InboxFullError(
+                f"{self.max_per_sender} messages of {sender} are stored already; read and delete "
+                "messages, or the sender is flooding this node"
+            )
+        seen[message.id] = None
+        if len(seen) > self.max_seen_per_sender:
+            del seen[next(iter(seen))]
+        self._stored[sender] = self._stored.get(sender, 0) + 1
         message.meta["type"] = "incoming"
         message.meta.setdefault("status", "unread")
         if message.meta["status"] not in ("unread", "read"):
@@ -126,8 +163,10 @@ class Inbox:
         """Delete messages by id; returns how many were there."""
         count = 0
         for message_id in message_ids:
-            if self._messages.pop(message_id, None) is not None:
+            message = self._messages.pop(message_id, None)
+            if message is not None:
                 count += 1
+                self._stored[message.sender] -= 1
         return count
 
     def clear(self, status: MessageStatus | Literal["all"] = "read", min_age: float | None = None) -> int:

@@ -6,6 +6,25 @@ every message carries the ``meta`` envelope; a receiver stores a message once (d
 sender resends the same body (same id) to the recipients that have not acknowledged, attempt after
 attempt, until all did or its timeout ran out, and returns ``(acknowledged, not_acknowledged)``.
 Waiting for messages or acknowledgements wakes on arrival.
+
+Who may deliver what. The webhook is reached only through the node's sidecar, and only the node's
+message broker (and the pod orchestrator) may call it. The broker takes from the hub only messages of
+this analysis that it can decrypt with the sending node's public key, so a delivery comes from a node
+taking part in the analysis; but the broker does not tell the webhook which node that was, and it
+forwards the body verbatim: ``meta.sender`` is whatever the sending analysis wrote. The SDK therefore
+checks what it can, and refuses the rest with a :class:`ProtocolError` (the webhook answers 400 and
+the broker drops the delivery):
+
+- a message's ``meta.sender`` must be a participant (from the broker's list at start-up) and not this
+  node itself; before that list is known, deliveries are refused with :class:`NotReadyError` (503:
+  the broker retries them);
+- an acknowledgement must echo a message this node sent (its id is in the table of sent messages,
+  ``meta.sender`` is this node) and ``akn_id`` must be one of that message's recipients;
+- memory is bounded per sender (see :mod:`flame.node.inbox`) and the table of sent messages keeps the
+  latest :data:`MAX_SENT_REMEMBERED`.
+
+What the SDK cannot tell is one participant writing another participant's id as ``meta.sender``:
+only the broker knows the real sender, and it does not pass it on.
 """
 
 from __future__ import annotations
@@ -29,6 +48,12 @@ DEFAULT_SEND_TIMEOUT = 60.0
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
 #: Default bound of waiting for messages (seconds).
 DEFAULT_AWAIT_TIMEOUT = 600.0
+#: Sent messages whose acknowledgements are still accepted (the oldest are forgotten first).
+MAX_SENT_REMEMBERED = 100_000
+
+
+class NotReadyError(ProtocolError):
+    """A delivery came before the node knows the participants; the broker should deliver it again."""
 
 
 class Messenger:
@@ -43,6 +68,10 @@ class Messenger:
         self.finished = asyncio.Event()
         self.sent = 0
         self.resent = 0
+        #: node ids of the analysis' participants (this node included); None until known
+        self.participants: frozenset[str] | None = None
+        #: message id -> recipients, of every message this node sent (the latest MAX_SENT_REMEMBERED)
+        self._sent_to: dict[str, frozenset[str]] = {}
 
     # -- sending ------------------------------------------------------------------------------------
 
@@ -95,6 +124,7 @@ class Messenger:
         if self.node_id in targets:
             raise ProtocolError("a node cannot send a message to itself; the broker accepts only partners")
         message_id = message["meta"]["id"]
+        self._remember_sent(message_id, targets)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         attempts = 0
@@ -126,6 +156,11 @@ class Messenger:
         acked = self.inbox.acks(message_id)
         return [t for t in targets if t in acked], [t for t in targets if t not in acked]
 
+    def _remember_sent(self, message_id: str, recipients: Iterable[str]) -> None:
+        self._sent_to[message_id] = self._sent_to.get(message_id, frozenset()) | frozenset(recipients)
+        if len(self._sent_to) > MAX_SENT_REMEMBERED:
+            del self._sent_to[next(iter(self._sent_to))]
+
     def _all_acked(self, message_id: str, nodes: list[str]) -> Callable[[], bool]:
         return lambda: all(node in self.inbox.acks(message_id) for node in nodes)
 
@@ -134,13 +169,31 @@ class Messenger:
     async def receive(self, body: Any) -> bool:
         """Handle one webhook delivery. Returns True when it was a new message for the analysis.
 
-        Raises :class:`ProtocolError` for a body without a valid envelope (nothing changes then).
+        Raises :class:`ProtocolError` for a body without a valid envelope, from a sender that is not a
+        participant, or acknowledging what this node did not send (nothing changes then), and
+        :class:`NotReadyError` while the participants are not known yet.
         """
         meta = envelope.parse_meta(body)
+        participants = self.participants
+        if participants is None:
+            raise NotReadyError("this node does not know the analysis' participants yet; deliver it again")
         if meta.is_acknowledgement:
             assert meta.akn_id is not None
+            recipients = self._sent_to.get(meta.id)
+            if recipients is None or meta.sender != self.node_id:
+                raise ProtocolError(f"an acknowledgement of {meta.id!r}, which this node did not send")
+            if meta.akn_id not in recipients:
+                raise ProtocolError(
+                    f"an acknowledgement of {meta.id!r} by {meta.akn_id!r}, which it was not sent to"
+                )
             await self.inbox.acknowledged(meta.id, meta.akn_id)
             return False
+        if meta.sender == self.node_id:
+            raise ProtocolError(f"message {meta.id!r} claims to come from this node itself")
+        if meta.sender not in participants:
+            raise ProtocolError(
+                f"the sender {meta.sender!r} of {meta.id!r} is not a participant of the analysis"
+            )
         if meta.category == envelope.ANALYSIS_FINISHED:
             self.finished.set()  # before the inbox wakes its waiters, so they see it
         is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id]))

@@ -252,11 +252,14 @@ class AsyncNode:
         self.node_id = self.config.node_id or me["nodeId"]
         self.role = self.config.node_role or me["nodeType"]
         self.messenger.node_id = self.node_id
-        subscription = await self.broker.subscribe(self.config.urls.webhook)
-        self._subscription = subscription["subscriptionId"]
+        # the participants first: the webhook takes messages only from them, and deliveries start as
+        # soon as the subscription exists
         self.participants = await self.broker.participants()
         if not any(p["nodeId"] == self.node_id for p in self.participants):
             raise ProtocolError(f"the broker's participants do not include this node ({self.node_id})")
+        self.messenger.participants = frozenset(p["nodeId"] for p in self.participants)
+        subscription = await self.broker.subscribe(self.config.urls.webhook)
+        self._subscription = subscription["subscriptionId"]
         needs_data = self.requires_data if self.requires_data is not None else self.role != "aggregator"
         if needs_data and self.data is not None:
             await self.data.sources()
