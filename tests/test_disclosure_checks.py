@@ -185,3 +185,9 @@ def test_policy_tightens_and_never_loosens(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="FLAME_DISCLOSURE_POLICY"):
         load_policy_file(path)
     assert policy_from_env({}) == DisclosurePolicy()
+
+
+def test_an_integer_n_alone_is_a_number_not_a_statistic() -> None:
+    assert rules({"n": 1}) == set()  # a sequence number in a message
+    assert rules({"n": 1, "from": "node-2"}) == set()
+    assert rules({"n": 1, "total": 42.0}) == {("min-records", "update.n")}

@@ -127,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="multiply the platform's delays and periods (and the resend interval), e.g. 0.1 (default 1)",
     )
+    sim.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="[NODE=]FILE",
+        help="a node's disclosure policy file (JSON; FLAME_DISCLOSURE_POLICY on a node): FILE for every "
+        "node, NODE=FILE for one; repeatable. It tightens the library's defaults, never loosens them",
+    )
     sim.add_argument("--report", type=Path, help="run report (default: flame-runs/<timestamp>/report.json)")
     sim.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
     sim.set_defaults(handler=_sim)

@@ -21,6 +21,7 @@ exists on a real node:
 ``FLAME_NODE_ID``           node id, for tests only (normally from ``participants/self``)
 ``FLAME_NODE_ROLE``         ``default`` or ``aggregator``, for tests only
 ``FLAME_JWKS_URL``          a JWKS URL to verify the token's signature against (optional)
+``FLAME_DISCLOSURE_POLICY`` the node's disclosure policy file (JSON; see :mod:`flame.disclosure`)
 =========================== =====================================================================
 """
 
@@ -105,6 +106,8 @@ class NodeConfig:
     node_id: str | None = None
     node_role: NodeRole | None = None
     jwks_url: str | None = None
+    #: the node's disclosure policy file (``FLAME_DISCLOSURE_POLICY``), tightening the library defaults
+    disclosure_policy: str | None = None
 
     @property
     def has_data_access(self) -> bool:
@@ -158,6 +161,7 @@ class NodeConfig:
             node_id=env.get("FLAME_NODE_ID") or None,
             node_role=_role(env),
             jwks_url=_url(env, "FLAME_JWKS_URL") if env.get("FLAME_JWKS_URL") else None,
+            disclosure_policy=(env.get("FLAME_DISCLOSURE_POLICY") or "").strip() or None,
         )
 
 

@@ -21,7 +21,7 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -105,6 +105,14 @@ class HubAdapterClient(ServiceClient):
         return [DataSourceInfo.from_service(s) for s in data]
 
 
+class DataObserver(Protocol):
+    """Told of the data a node reads (the disclosure guard: record count and identifiers)."""
+
+    def observe_s3(self, key: str, data: bytes) -> None: ...
+
+    def observe_fhir(self, resources: Sequence[Mapping[str, Any]]) -> None: ...
+
+
 class KongClient(ServiceClient):
     """Kong's data proxy: FHIR and S3 sources of this node, with ``apikey: DATA_SOURCE_TOKEN``."""
 
@@ -123,6 +131,8 @@ class KongClient(ServiceClient):
             )
         super().__init__(http, base_url, **kwargs)
         self._data_key = data_key
+        #: told of every table and FHIR search read (the node's disclosure guard learns its data)
+        self.observer: DataObserver | None = None
         if len(data_key) >= MIN_SECRET_LENGTH:  # shorter strings cannot be redacted without garbling text
             register_secret(data_key)
 
@@ -171,7 +181,7 @@ class KongClient(ServiceClient):
             pages.append(page)
             link = next_link(page)
             if link is None:
-                return pages
+                return self._observed(pages)
             tail = fhir_tail(link)
             if tail in seen:
                 raise ProtocolError(
@@ -187,7 +197,12 @@ class KongClient(ServiceClient):
                     page_limit,
                     sum(len(p.get("entry") or []) for p in pages),
                 )
-                return pages
+                return self._observed(pages)
+
+    def _observed(self, pages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.observer is not None:
+            self.observer.observe_fhir(bundle_resources(pages))
+        return pages
 
     async def fhir(
         self, source_name: str, query: str, *, page_limit: int | None = DEFAULT_PAGE_LIMIT
@@ -274,7 +289,10 @@ class KongClient(ServiceClient):
         if not key:
             raise ValueError("an S3 key must not be empty")
         path = f"/{quote(source_name, safe='')}/s3/{quote(key, safe='/~')}"
-        return (await self._get(path)).content
+        content = (await self._get(path)).content
+        if self.observer is not None:
+            self.observer.observe_s3(key, content)
+        return content
 
     async def s3_objects(
         self, source_name: str, keys: Iterable[str] | None = None, *, concurrency: int = S3_CONCURRENCY

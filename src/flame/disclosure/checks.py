@@ -14,8 +14,9 @@ numbers) and judges each part by the node's :class:`~flame.disclosure.policy.Dis
 ``identifier-pattern``
     A string matching one of the policy's identifier patterns (e-mail address, insurance number).
 ``min-records``
-    A typed statistic (a dict with an integer ``"n"``, as :func:`~flame.protocols.aggregation.summarise`
-    makes it; a histogram or contingency table) over fewer than ``min_records`` records.
+    A typed statistic (a dict with an integer ``"n"`` next to the numbers it summarises, as
+    :func:`~flame.protocols.aggregation.summarise` makes it; a histogram or contingency table) over
+    fewer than ``min_records`` records.
 ``min-cell-count``
     A count table (histogram, contingency table, or an integer pandas object that is not row-level,
     such as ``pd.crosstab`` or ``value_counts``) with a cell between 1 and ``min_cell_count - 1``;
@@ -340,7 +341,8 @@ class _Walker:
         if {"counts", "rows", "columns"} <= keys:
             return self.walk_contingency(value, path)
         raw_n = value.get("n")
-        typed = _is_int(raw_n)
+        # a statistic: an integer "n" next to numbers it summarises ({"n": 7} alone is just a number)
+        typed = _is_int(raw_n) and any(_numeric_leaf(v) for k, v in value.items() if k != "n")
         if typed:
             n = int(raw_n)  # type: ignore[arg-type]
             kind = _stat_kind(keys)

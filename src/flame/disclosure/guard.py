@@ -81,13 +81,25 @@ class DisclosureGuard:
 
     # -- releases ------------------------------------------------------------------------------------
 
-    async def release(self, value: Any, *, channel: str, destination: Sequence[str], path: str = "") -> Any:
+    async def release(
+        self,
+        value: Any,
+        *,
+        channel: str,
+        destination: Sequence[str],
+        path: str | None = None,
+        spend: float = 0.0,
+    ) -> Any:
         """Check ``value`` on its way out through ``channel`` to ``destination``; returns what may leave.
 
-        Raises :class:`DisclosureRefusedError` (the rule, the field path) when the policy refuses it.
+        ``path`` names the payload's root in field paths (default: the channel); ``spend`` is epsilon
+        that a service adds noise for after this release (local DP on the storage service), charged
+        to the project's budget like the central DP requests in ``value``. Raises
+        :class:`DisclosureRefusedError` (the rule, the field path) when the policy refuses it.
         """
         async with self._lock:
-            return await self._release(value, channel, list(destination), path or channel)
+            root = channel if path is None else path
+            return await self._release(value, channel, list(destination), root, float(spend))
 
     async def release_message(
         self, body: Mapping[str, Any], *, category: str, receivers: Sequence[str]
@@ -103,9 +115,7 @@ class DisclosureGuard:
                 decoded = True
             except (binascii.Error, ValueError, PayloadError):
                 decoded = False
-        released = await self.release(
-            view, channel=f"message:{category}", destination=receivers, path=category
-        )
+        released = await self.release(view, channel=f"message:{category}", destination=receivers, path="")
         if decoded:
             if released["payload"] is view["payload"]:
                 released["payload"] = encoded
@@ -113,7 +123,9 @@ class DisclosureGuard:
                 released["payload"] = base64.b64encode(codec.encode(released["payload"])).decode("ascii")
         return dict(released)
 
-    async def _release(self, value: Any, channel: str, destination: list[str], path: str) -> Any:
+    async def _release(
+        self, value: Any, channel: str, destination: list[str], path: str, spend: float
+    ) -> Any:
         draws: list[tuple[str, dp.Release]] = []
 
         def on_dp(where: str, request: Any) -> Any:
@@ -125,8 +137,10 @@ class DisclosureGuard:
         entries = await self.ledger.entries()
         findings = list(inspection.findings)
         findings += differencing.check(inspection.statistics, entries, self.policy)
-        epsilon = sum(r.epsilon for _, r in draws)
+        epsilon = sum(r.epsilon for _, r in draws) + spend
         delta = sum(r.delta for _, r in draws)
+        if spend:
+            draws.append((path or "<payload>", dp.Release(None, spend, 0.0, float("nan"))))
         if draws:
             used_epsilon, used_delta = spent(entries)
             budget = dp.Budget(

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -278,6 +278,29 @@ def policy_from_env(environ: Mapping[str, str] | None = None) -> DisclosurePolic
     return load_policy_file(path)
 
 
+def policy_files(options: Iterable[str], node_names: Iterable[str]) -> dict[str, str]:
+    """``flame sim --policy`` values (``FILE`` for every node, ``NODE=FILE`` for one) as node -> file.
+
+    Each file is read and checked now, so a bad one is a usage error before anything starts; a later
+    ``NODE=FILE`` replaces an earlier ``FILE`` for that node. Raises :class:`ConfigurationError`.
+    """
+    names = list(node_names)
+    chosen: dict[str, str] = {}
+    for option in options:
+        node, sep, file = option.partition("=")
+        if not sep:
+            node, file = "", option
+        if node and node not in names:
+            raise ConfigurationError(
+                f"--policy {option}", f"names no node {node!r}", f"one of {', '.join(names)}, or just FILE"
+            )
+        path = str(Path(file).resolve())
+        load_policy_file(path)
+        for name in [node] if node else names:
+            chosen[name] = path
+    return chosen
+
+
 __all__ = [
     "DEFAULT_IDENTIFIER_COLUMNS",
     "DEFAULT_IDENTIFIER_PATTERNS",
@@ -285,5 +308,6 @@ __all__ = [
     "DisclosurePolicy",
     "load_policy_file",
     "normalise_name",
+    "policy_files",
     "policy_from_env",
 ]

@@ -36,7 +36,13 @@ async def pack(node: AsyncNode, receivers: Sequence[str], value: Any, inline_lim
     """The payload fields of a message carrying ``value`` to ``receivers``."""
     encoded = codec.encode(value)
     if len(encoded) <= inline_limit:
-        return {"payload": base64.b64encode(encoded).decode("ascii")}
+        return {"payload": base64.b64encode(encoded).decode("ascii")}  # judged in node.send_message
+    # stored as intermediate data, it leaves here: the node's disclosure guard judges it first
+    released = await node.disclosure.release(
+        value, channel="intermediate", destination=receivers, path="payload"
+    )
+    if released is not value:
+        encoded = codec.encode(released)
     ids = {}
     for receiver in receivers:
         ref = await node.storage.save_intermediate(encoded, receiver)

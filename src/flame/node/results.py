@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flame import codec
 from flame.clients.storage import LocalRef, StorageClient, TagOption, default_filename
 from flame.errors import PayloadError
+
+if TYPE_CHECKING:
+    from flame.disclosure.guard import DisclosureGuard
 
 OutputType = Literal["str", "bytes", "pickle", "codec"]
 EXTENSIONS: dict[str, str] = {"str": ".txt", "bytes": ".bin", "pickle": ".pkl", "codec": ".flame"}
@@ -45,8 +48,10 @@ def serialise(result: Any, output_type: OutputType) -> bytes:
 class Results:
     """Final and local results of one node, through its storage client."""
 
-    def __init__(self, storage: StorageClient) -> None:
+    def __init__(self, storage: StorageClient, guard: DisclosureGuard | None = None) -> None:
         self.storage = storage
+        #: the node's disclosure guard; the final result passes it before it goes to the hub
+        self.guard = guard
 
     async def submit_final(
         self,
@@ -63,6 +68,14 @@ class Results:
         ``_1``, ``_2``, ... before its extension). ``local_dp={"epsilon": e, "sensitivity": s}`` adds
         Laplace noise of scale s/e to a single finite number in the storage service.
         """
+        if self.guard is not None:
+            result = await self.guard.release(
+                result,
+                channel="final/localdp" if local_dp is not None else "final",
+                destination=["hub"],
+                path="result",
+                spend=_local_dp_spend(local_dp),
+            )
         if local_dp is not None:
             return [await self._submit_localdp(result, local_dp, filename)]
         items: Sequence[Any] = result if multiple_results and isinstance(result, list | tuple) else [result]
@@ -99,6 +112,16 @@ class Results:
     async def tags(self) -> list[str]:
         """The tags of local results of this project."""
         return await self.storage.tags()
+
+
+def _local_dp_spend(local_dp: dict[str, float] | None) -> float:
+    """The epsilon local DP on the storage service spends of the project's budget (0 without)."""
+    if local_dp is None:
+        return 0.0
+    try:
+        return float(local_dp["epsilon"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0  # _submit_localdp refuses it with a clear message
 
 
 def _file_names(filename: str | None, count: int, extension: str) -> list[str]:

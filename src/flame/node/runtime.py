@@ -25,6 +25,8 @@ from flame.clients.message_broker import MessageBrokerClient, Participant
 from flame.clients.po import LogType, PodOrchestratorClient
 from flame.clients.storage import StorageClient
 from flame.config import NodeConfig
+from flame.disclosure.guard import DisclosureGuard
+from flame.disclosure.policy import DisclosurePolicy, load_policy_file
 from flame.errors import (
     FlameError,
     FlameTimeoutError,
@@ -109,6 +111,15 @@ class AsyncNode:
         )
         self.storage = StorageClient(self.http, urls.storage, **common)
         self.results = Results(self.storage)
+        #: the node's disclosure guard: every payload leaving the node passes it (flame.disclosure)
+        policy = self.config.disclosure_policy
+        self.disclosure = DisclosureGuard(
+            load_policy_file(policy) if policy else DisclosurePolicy(),
+            storage=self.storage,
+            log=self.log,
+            analysis_id=self.config.analysis_id,
+        )
+        self.results.guard = self.disclosure
         self.po = PodOrchestratorClient(self.http, urls.po, analysis_id=self.config.analysis_id, **common)
         self.data: DataAPI | None = None
         if self.config.has_data_access:
@@ -122,6 +133,7 @@ class AsyncNode:
                 rng=self._rng,
             )
             self.data = DataAPI(hub, kong, self.config.project_id)
+            kong.observer = self.disclosure
         self.inbox = Inbox()
         self.messenger = Messenger(self.broker, self.config.node_id or "", self.inbox)
         self.api_app = create_api(self)
@@ -252,6 +264,7 @@ class AsyncNode:
         self.node_id = self.config.node_id or me["nodeId"]
         self.role = self.config.node_role or me["nodeType"]
         self.messenger.node_id = self.node_id
+        self.disclosure.node_id = self.node_id
         # the participants first: the webhook takes messages only from them, and deliveries start as
         # soon as the subscription exists
         self.participants = await self.broker.participants()
@@ -360,12 +373,17 @@ class AsyncNode:
         attempt_timeout: float | None = None,
         max_attempts: int | None = None,
     ) -> tuple[list[str], list[str]]:
-        """Send ``body`` reliably; returns ``(acknowledged, not_acknowledged)``."""
+        """Send ``body`` reliably; returns ``(acknowledged, not_acknowledged)``.
+
+        The body passes the node's disclosure guard first (:class:`~flame.errors.DisclosureRefusedError`
+        and nothing sent if the policy refuses it).
+        """
         self._require_started()
+        released = await self.disclosure.release_message(body, category=category, receivers=receivers)
         return await self.messenger.send(
             receivers,
             category,
-            body,
+            released,
             timeout=self.timeouts.send if timeout is None else timeout,
             attempt_timeout=self.timeouts.attempt if attempt_timeout is None else attempt_timeout,
             max_attempts=max_attempts,
@@ -425,6 +443,9 @@ class AsyncNode:
     ) -> tuple[list[str], list[str]]:
         """Store ``data`` (encoded with :mod:`flame.codec`) once per receiver and message the ids."""
         self._require_started()
+        data = await self.disclosure.release(
+            data, channel="intermediate", destination=receivers, path=category
+        )
         payload = codec.encode(data)
         refs = await asyncio.gather(
             *(self.storage.save_intermediate(payload, receiver) for receiver in receivers)

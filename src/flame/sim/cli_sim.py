@@ -63,7 +63,8 @@ from rich.text import Text
 
 from flame import __version__, codec
 from flame.config import NO_DATA_ACCESS
-from flame.errors import FlameError
+from flame.disclosure.policy import policy_files
+from flame.errors import ConfigurationError, FlameError
 from flame.federated import Aggregator, Analyzer, FederationOptions
 from flame.node.messaging import DEFAULT_ATTEMPT_TIMEOUT
 from flame.node.runtime import Timeouts
@@ -293,6 +294,8 @@ class SimConfig:
     max_rounds: int | None = None
     timeout: float = DEFAULT_TIMEOUT
     time_scale: float = 1.0
+    #: ``--policy`` values: ``FILE`` (every node) or ``NODE=FILE``
+    policies: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Raise :class:`SimUsageError` for options that do not fit together."""
@@ -1013,7 +1016,8 @@ async def run_simulation(
         )
         try:
             faults.validate(stack.nodes)
-        except FaultSpecError:
+            stack.disclosure_policies.update(policy_files(config.policies, stack.nodes))
+        except (FaultSpecError, ConfigurationError):
             await within(stack.aclose(), CANCEL_GRACE, None)
             raise
         progress.stack = stack
@@ -1274,6 +1278,7 @@ def sim_command(args: Any) -> int:
         max_rounds=args.max_rounds,
         timeout=args.timeout,
         time_scale=args.time_scale,
+        policies=tuple(getattr(args, "policy", None) or ()),
     )
     try:
         config.check()
@@ -1285,8 +1290,8 @@ def sim_command(args: Any) -> int:
     live = not args.no_live and console.is_terminal
     try:
         outcome = run_async(run_simulation(config, loaded, console=console, live=live))
-    except FaultSpecError as exc:  # a node name the run does not have: known once the nodes are
-        return _usage_error(console, exc)
+    except (FaultSpecError, ConfigurationError) as exc:  # a node name the run does not have, a bad
+        return _usage_error(console, exc)  # --policy file: known once the nodes are
     print_summary(outcome, console)
     report_path = args.report if args.report is not None else default_report_path()
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -721,6 +721,10 @@ class FlameCoreSDK:
             if tag is not None:
                 raise ValueError("tags apply to local data only (location='local')")
             receivers = list(dict.fromkeys(remote_node_ids))
+            data = self._call(  # it leaves the node: the node's disclosure guard judges it first
+                self._node.disclosure.release(data, channel="intermediate", destination=receivers),
+                "checking intermediate data against the disclosure policy",
+            )
             payloads = {r: self._payload.encode_for(r, data) for r in receivers}
 
             async def upload() -> dict[str, dict[str, str]]:
