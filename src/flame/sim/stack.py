@@ -107,6 +107,8 @@ class FlameStack:
         for node in self.nodes.values():
             node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
         self._restart_listeners: list[RestartListener] = []
+        #: node name -> its disclosure policy file (``flame sim --policy``), in the node's environment
+        self.disclosure_policies: dict[str, str] = {}
         self._analysis_clients: dict[str, httpx.AsyncClient] = {}
         self._node_http: dict[str, httpx.AsyncClient] = {}
         self._node_ports: dict[str, int] = {}
@@ -193,6 +195,8 @@ class FlameStack:
             per_node_url = self.base_url is not None
         if per_node_url:
             env["FLAME_BASE_URL"] = self.node_base_url(name)
+        if name in self.disclosure_policies:
+            env["FLAME_DISCLOSURE_POLICY"] = self.disclosure_policies[name]
         return env
 
     def node_base_url(self, name: str) -> str:
