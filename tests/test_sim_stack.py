@@ -320,12 +320,18 @@ async def test_po_loop_restarts_a_starting_node_whose_healthz_hangs() -> None:
 
 
 async def test_po_marks_an_executing_node_failed_when_healthz_fails() -> None:
-    settings = StackSettings.fast(po_enabled=False)
+    # the real PO's rule: an executing node whose /healthz does not answer within the check's window
+    # is failed and stopped, not restarted; a node that answers "stuck" is restarted
+    settings = StackSettings.fast(po_enabled=False, po_healthz_timeout=50.0)
     stack = FlameStack.create(1, settings=settings)
     async with stack:
-        fake = FakeAnalysis(status="stuck")
+        fake = FakeAnalysis(hang=5.0)
         stack.attach_analysis("node-1", fake.app)
         stack.po.record("node-1").status = "executing"
+        stack.po.record("node-1").executing = True
         await stack.po.check(stack.node("node-1"))
         assert stack.po.status("node-1") == "failed"
         assert await stack.po.wait_for_status("node-1", ("failed",), timeout=1) == "failed"
+        assert "no answer to /healthz for 0.5 s" in (stack.po.record("node-1").error or "")
+        assert stack.node("node-1").restart_counter == 0
+        assert stack.analysis_client("node-1") is None  # its pod was stopped

@@ -1,11 +1,34 @@
-"""The emulated pod orchestrator (WIRE.md section 5).
+"""The emulated pod orchestrator (WIRE.md section 5): every node's state, in one place.
 
 It receives each node's streamed logs, status and progress (``POST /po/stream_logs``), and on every
 period it calls each running analysis' ``/healthz``, pushes ``/partner_status`` with the other nodes'
 statuses, and pushes ``/token_refresh`` with a fresh token when the reported
-``token_remaining_time`` falls under the threshold. A node whose ``/healthz`` does not answer in time,
-or answers ``stuck``, is restarted while it is starting (at most ``max_restarts`` times), as the real
-PO does, and marked ``failed`` otherwise.
+``token_remaining_time`` falls under the threshold.
+
+Health rule, as PrivateAIM's node-pod-orchestration (``status/status.py``) has it:
+
+- One check calls ``/healthz`` and, while it gets no answer (connection error, 5xx, timeout), calls
+  again every ``po_healthz_retry`` (1 s) until ``po_healthz_timeout`` (10 s) has passed since the
+  check began. Only then does the check count as failed: a pod unreachable for less than that is
+  not noticed at all.
+- The deployment is ``started`` until a check (or the analysis' own status) says ``executing``.
+- A node that answers ``stuck``, or a ``started`` node whose check failed, is restarted: the pod
+  goes, a new deployment (``analysis-{id}-{n+1}``) starts with a new token. After ``po_max_restarts``
+  (10) restarts of one node it is marked ``failed`` instead.
+- An ``executing`` node whose check failed (or that answers ``failed``) is marked ``failed`` and its
+  pod stopped: it is not restarted.
+
+One deviation: an answer ``starting`` or ``started`` counts as "still starting" (no action), where the
+real PO would count it as failed; the emulator runs the PO's period a hundred times faster than the
+platform, shorter than a Python runtime needs to start.
+
+The orchestrator also keeps each node's *incarnations* (one per pod): the runners (in-process and
+process mode) report :meth:`PodOrchestrator.incarnation_started` and
+:meth:`~PodOrchestrator.incarnation_ended`, recorded as ``po.incarnation.start`` / ``.stop`` events.
+An incarnation that ends with an error before its node finished marks the node ``failed`` at once,
+with that error, so whoever waits on :meth:`~PodOrchestrator.wait_changed` sees it without waiting for
+a timeout. At most one incarnation of a node runs at a time: :meth:`FlameStack.restart_node` holds the
+node's incarnation lock while the runner stops the old one and starts the next.
 """
 
 from __future__ import annotations
@@ -44,22 +67,31 @@ class LogEntry(BaseModel):
 class NodeRecord:
     """What the PO knows of one node's analysis."""
 
+    #: the last status the node reported, or the PO's verdict (``failed``)
     status: str = "starting"
     progress: int = 0
     logs: list[dict[str, Any]] = field(default_factory=list)
     restarts: int = 0
     token_refreshes: int = 0
     last_health: dict[str, Any] | None = None
+    #: why the node failed (the PO's verdict, or the error its incarnation ended with)
+    error: str | None = None
+    #: whether the current deployment was seen ``executing`` (the real PO's database status)
+    executing: bool = False
+    #: number of the newest incarnation (0: none started yet), and whether it runs now
+    incarnation: int = 0
+    running: bool = False
 
 
 class PodOrchestrator:
     """The PO of every node in the stack; :meth:`run` is its periodic loop."""
 
-    def __init__(self, stack: FlameStack, max_restarts: int = 10) -> None:
+    def __init__(self, stack: FlameStack, max_restarts: int | None = None) -> None:
         self.stack = stack
-        self.max_restarts = max_restarts
+        self.max_restarts = stack.settings.po_max_restarts if max_restarts is None else max_restarts
         self.records: dict[str, NodeRecord] = {name: NodeRecord() for name in stack.nodes}
-        self._changed = asyncio.Condition()
+        self._version = 0
+        self._event = asyncio.Event()
         self._stopped = asyncio.Event()
 
     def record(self, name: str) -> NodeRecord:
@@ -72,23 +104,121 @@ class PodOrchestrator:
     def statuses(self) -> dict[str, str]:
         return {name: record.status for name, record in self.records.items()}
 
+    def failed(self) -> dict[str, str]:
+        """Nodes marked ``failed``, with the reason (the last log line if the node said no more)."""
+        out: dict[str, str] = {}
+        for name, record in self.records.items():
+            if record.status == "failed":
+                last = record.logs[-1].get("log") if record.logs else None
+                out[name] = record.error or (
+                    f"reported failed; last log: {last}" if last else "reported failed"
+                )
+        return out
+
     async def wait_for_status(self, name: str, statuses: tuple[str, ...], timeout: float) -> str:
         """Wait until node ``name`` reports one of ``statuses``; TimeoutError otherwise."""
-        async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: self.records[name].status in statuses), timeout
-            )
+
+        async def reached() -> None:
+            while self.records[name].status not in statuses:
+                await self._event.wait()
+
+        await asyncio.wait_for(reached(), timeout)
         return self.records[name].status
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    @property
+    def version(self) -> int:
+        """Counts every change of any record (for :meth:`wait_changed`)."""
+        return self._version
+
+    async def wait_changed(self, seen: int, timeout: float | None = None) -> int:
+        """Wait until :attr:`version` differs from ``seen`` (bounded by ``timeout``); the new version."""
+
+        async def changed() -> None:
+            while self._version == seen:
+                await self._event.wait()
+
+        await asyncio.wait_for(changed(), timeout)
+        return self._version
+
+    def _bump(self) -> None:
+        """A record changed: wake every waiter."""
+        self._version += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    # -- incarnations ---------------------------------------------------------------------------------
+
+    def incarnation_started(self, name: str) -> int:
+        """A new incarnation (pod) of node ``name`` starts; returns its number (1, 2, ...)."""
+        record = self.records[name]
+        if record.running:
+            # the runners stop the old incarnation first: this would be a bug, and the tests look for it
+            self.stack.events.record("po.incarnation.overlap", name, running=record.incarnation)
+        record.incarnation += 1
+        record.running = True
+        record.error = None
+        record.executing = False
+        record.status = "starting"
+        node = self.stack.node(name)
+        self.stack.events.record(
+            "po.incarnation.start", name, incarnation=record.incarnation, deployment=node.deployment_name
+        )
+        self._bump()
+        return record.incarnation
+
+    def incarnation_ended(
+        self,
+        name: str,
+        incarnation: int,
+        *,
+        status: str | None = None,
+        error: str | None = None,
+        stopped: bool = False,
+    ) -> None:
+        """Incarnation ``incarnation`` of node ``name`` ended, with its last status and its error if any.
+
+        ``stopped``: the platform ended it (a restart, the end of the run), so it says nothing about
+        the node. Otherwise, when the node's newest incarnation ended with an error (or a status other
+        than ``executed``), the node is marked ``failed`` with that error, now.
+        """
+        record = self.records[name]
+        current = incarnation == record.incarnation
+        self.stack.events.record(
+            "po.incarnation.stop",
+            name,
+            incarnation=incarnation,
+            status=status,
+            error=error,
+            stopped=stopped,
+            current=current,
+        )
+        if not current:
+            return
+        record.running = False
+        if not stopped and record.status not in FINAL_STATUSES:
+            if status == "executed" and error is None:
+                record.status = "executed"
+            else:
+                record.status = "failed"
+                record.error = error or (
+                    "the analysis ended without reporting executed"
+                    if status is None
+                    else f"the analysis ended with status {status!r}"
+                )
+                self.stack.events.record("po.failed", name, reason=record.error)
+        elif not stopped and record.status == "failed" and error is not None and record.error is None:
+            record.error = error
+        self._bump()
+
+    # -- logs -----------------------------------------------------------------------------------------
 
     async def receive_log(self, node: SimNode, entry: LogEntry) -> None:
         record = self.records[node.name]
         record.logs.append(entry.model_dump())
-        if entry.status in STATUSES:
+        if entry.status in STATUSES and record.status not in FINAL_STATUSES:
             record.status = entry.status
+        if entry.status == "executing":
+            record.executing = True
         if entry.progress < record.progress:
             self.stack.events.record(
                 "po.progress_decreased", node.name, was=record.progress, now=entry.progress
@@ -97,7 +227,9 @@ class PodOrchestrator:
         self.stack.events.record(
             "po.log", node.name, log_type=entry.log_type, status=entry.status, progress=entry.progress
         )
-        await self._notify()
+        self._bump()
+
+    # -- the periodic checks --------------------------------------------------------------------------
 
     async def run(self) -> None:
         """The periodic loop: health, partner status and token refresh for every running node."""
@@ -115,30 +247,67 @@ class PodOrchestrator:
         """End :meth:`run` at once (its next wake-up)."""
         self._stopped.set()
 
+    async def _healthz(self, node: SimNode) -> tuple[dict[str, Any] | None, str]:
+        """``/healthz`` of ``node``, retried until the health timeout: (answer, "") or (None, why not)."""
+        settings = self.stack.settings
+        client = self.stack.node_http(node.name)
+        url = f"http://{node.host}/analysis/healthz"
+        window = settings.scaled(settings.po_healthz_timeout)
+        retry = settings.scaled(settings.po_healthz_retry)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        attempts = 0
+        while True:
+            attempts += 1
+            left = max(deadline - loop.time(), 0.001)
+            try:
+                # wait_for as well: httpx timeouts do not apply to in-process (ASGI) requests
+                answer = await asyncio.wait_for(client.get(url, timeout=left), left)
+                answer.raise_for_status()
+                health = answer.json()
+                if isinstance(health, dict):
+                    return health, ""
+                why = "healthz answered no JSON object"
+            except (httpx.HTTPError, ValueError, asyncio.TimeoutError) as exc:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if loop.time() + retry >= deadline or self._stopped.is_set():
+                return None, f"no answer to /healthz for {window:g} s ({attempts} attempts; last: {why})"
+            # the real PO asks again every second: a remote poll, ended early by the stop
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), retry)
+
     async def check(self, node: SimNode) -> None:
-        """One round of the PO's checks for one node."""
+        """One round of the PO's checks for one node (see the module docstring for the rule)."""
         record = self.records[node.name]
         if record.status in FINAL_STATUSES or self.stack.analysis_client(node.name) is None:
             return
-        settings = self.stack.settings
-        client = self.stack.node_http(node.name)
-        base = f"http://{node.host}/analysis"
-        timeout = settings.scaled(settings.po_healthz_timeout)
-        try:
-            # wait_for as well: httpx timeouts do not apply to in-process (ASGI) requests
-            answer = await asyncio.wait_for(client.get(f"{base}/healthz", timeout=timeout), timeout)
-            answer.raise_for_status()
-            health = answer.json()
-        except (httpx.HTTPError, ValueError, asyncio.TimeoutError) as exc:
-            await self._unhealthy(node, f"healthz failed: {type(exc).__name__}")
+        deployment = node.deployment_name
+        health, why = await self._healthz(node)
+        if node.deployment_name != deployment or record.status in FINAL_STATUSES:
+            return  # restarted or ended meanwhile: this check is about a pod that is gone
+        reported = health.get("status") if health is not None else None
+        if health is not None:
+            record.last_health = health
+        if reported == "executing":
+            record.executing = True
+        if reported == "stuck":
+            await self._restart_or_fail(node, "reported stuck")
             return
-        record.last_health = health
-        if health.get("status") == "stuck":
-            await self._unhealthy(node, "reported stuck")
+        if health is None or reported in ("failed", "stopped"):
+            reason = why or f"healthz reported {reported}"
+            if record.executing:
+                await self._fail(node, reason)
+            else:
+                await self._restart_or_fail(node, reason)
             return
+        assert health is not None
         partners = {
             n.node_id: self.records[n.name].status for n in self.stack.nodes.values() if n is not node
         }
+        settings = self.stack.settings
+        timeout = settings.scaled(settings.po_healthz_timeout)
+        client = self.stack.node_http(node.name)
+        base = f"http://{node.host}/analysis"
         with contextlib.suppress(httpx.HTTPError, asyncio.TimeoutError):
             await asyncio.wait_for(
                 client.post(f"{base}/partner_status", json={"partner_status": partners}, timeout=timeout),
@@ -164,17 +333,32 @@ class PodOrchestrator:
             status = None
         self.stack.events.record("po.token_refresh", node.name, status=status)
 
-    async def _unhealthy(self, node: SimNode, reason: str) -> None:
+    async def _restart_or_fail(self, node: SimNode, reason: str) -> None:
         record = self.records[node.name]
-        if record.status in ("starting", "stuck") and record.restarts < self.max_restarts:
-            record.restarts += 1
-            self.stack.events.record("po.restart", node.name, reason=reason)
-            record.status = "starting"
-            await self.stack.restart_node(node.name, reason=reason)
-        else:
-            record.status = "failed"
-            self.stack.events.record("po.failed", node.name, reason=reason)
-        await self._notify()
+        if record.restarts >= self.max_restarts:
+            await self._fail(node, f"{reason}; not restarted again after {record.restarts} restart(s)")
+            return
+        record.restarts += 1
+        self.stack.events.record("po.restart", node.name, reason=reason, restarts=record.restarts)
+        await self.stack.restart_node(node.name, reason=reason)
+        self._bump()
+
+    async def _fail(self, node: SimNode, reason: str) -> None:
+        """Mark ``node`` failed and stop its pod (its analysis API is no longer reachable)."""
+        record = self.records[node.name]
+        record.status = "failed"
+        record.error = f"the pod orchestrator stopped the analysis: {reason}"
+        self.stack.events.record("po.failed", node.name, reason=reason)
+        self.stack.attach_analysis(node.name, None)
+        self._bump()
+
+    def deployment_restarted(self, name: str) -> None:
+        """A new deployment of node ``name`` starts (called by the stack's restart): ``started`` again."""
+        record = self.records[name]
+        record.executing = False
+        record.status = "starting"
+        record.error = None
+        self._bump()
 
 
 def create_app(stack: FlameStack) -> FastAPI:

@@ -24,15 +24,19 @@ class StackSettings:
     delivery_timeout: float = 10.0
     #: Period of the pod orchestrator's health, partner-status and token checks (seconds).
     po_period: float = 10.0
-    #: A node whose /healthz takes longer than this is marked failed (seconds).
+    #: How long one health check asks a node's /healthz before it counts as failed (seconds).
     po_healthz_timeout: float = 10.0
+    #: Within one health check, the pause before asking /healthz again after no answer (seconds).
+    po_healthz_retry: float = 1.0
+    #: Restarts of one node by the pod orchestrator, after which it marks the node failed instead.
+    po_max_restarts: int = 10
     #: The PO pushes a new token when the remaining lifetime falls under this (seconds).
     po_token_threshold: float = 21.0
     #: Whether the pod orchestrator runs its periodic loop at all.
     po_enabled: bool = True
     #: Lifetime of minted Keycloak tokens (seconds); FLAME sees 300 to 1800.
     token_lifetime: float = 1800.0
-    #: Multiplies every delay and period above except the token lifetime.
+    #: Multiplies every delay and period above except the token lifetime and the restart count.
     time_scale: float = 1.0
 
     def scaled(self, seconds: float) -> float:

@@ -109,6 +109,7 @@ class FlameStack:
         self._restart_listeners: list[RestartListener] = []
         #: node name -> its disclosure policy file (``flame sim --policy``), in the node's environment
         self.disclosure_policies: dict[str, str] = {}
+        self._incarnation_locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.nodes}
         self._analysis_clients: dict[str, httpx.AsyncClient] = {}
         self._node_http: dict[str, httpx.AsyncClient] = {}
         self._node_ports: dict[str, int] = {}
@@ -240,29 +241,37 @@ class FlameStack:
         """Call ``listener(node, env)`` whenever a node is restarted."""
         self._restart_listeners.append(listener)
 
+    def incarnation_lock(self, name: str) -> asyncio.Lock:
+        """Held while node ``name``'s pod is replaced: a runner that starts an incarnation takes it too."""
+        return self._incarnation_locks[self.node(name).name]
+
     async def restart_node(self, name: str, reason: str = "requested") -> dict[str, str]:
         """Restart node ``name`` as the pod orchestrator does: new deployment, new token, memory lost.
 
         The old ``nginx-...`` host stops resolving; subscriptions the old pod made stay at the broker
-        (as on FLAME) and their deliveries fail. Returns the new environment.
+        (as on FLAME) and their deliveries fail. The restart listeners (the runners) stop the old
+        incarnation before they start the next, under the node's :meth:`incarnation_lock`, so
+        restarts of one node never overlap. Returns the new environment.
         """
         node = self.node(name)
-        with node.lock:
-            node.restart_counter += 1
-            node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
-        self.attach_analysis(name, None)
-        old_server = self._node_servers.pop(name, None)
-        if old_server is not None:
-            self._port_to_node.pop(old_server.port, None)
-            self._serve_node(name)
-            await old_server.aclose()
-        self.events.record("node.restart", name, deployment=node.deployment_name, reason=reason)
-        env = self.env(name)
-        for listener in list(self._restart_listeners):
-            result = listener(node, env)
-            if asyncio.iscoroutine(result):
-                await result
-        return env
+        async with self._incarnation_locks[name]:
+            with node.lock:
+                node.restart_counter += 1
+                node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
+            self.attach_analysis(name, None)
+            self.po.deployment_restarted(name)
+            old_server = self._node_servers.pop(name, None)
+            if old_server is not None:
+                self._port_to_node.pop(old_server.port, None)
+                self._serve_node(name)
+                await old_server.aclose()
+            self.events.record("node.restart", name, deployment=node.deployment_name, reason=reason)
+            env = self.env(name)
+            for listener in list(self._restart_listeners):
+                result = listener(node, env)
+                if asyncio.iscoroutine(result):
+                    await result
+            return env
 
     # -- clients ------------------------------------------------------------------------------------
 
