@@ -51,7 +51,8 @@ Behaviour copied from PrivateAIM/node-storage-service where WIRE.md leaves it op
   them) are served like the forms without the slash; no route redirects.
 - ``PUT /final/localdp``: the file must be one finite number (Python ``float`` syntax, UTF-8, at most
   4 KiB), ``epsilon`` and ``sensitivity`` finite and > 0 (400 otherwise; a non-number is 422). The noise is
-  exact Laplace on a fine grid (see :func:`sample_laplace`); the result file holds ``repr`` of the float.
+  drawn by OpenDP's Laplace mechanism (as PrivateAIM's result service does; :func:`sample_laplace` is an
+  exact reference sampler kept for tests); the result file holds ``repr`` of the float.
 
 Uploads are streamed: Starlette spools a multipart file to disk above 1 MiB and the backend copies from
 that file. Events: ``storage.upload`` (node, area, size, object_id), ``storage.final`` (filename, size,
@@ -79,6 +80,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from flame.disclosure.dp import laplace_noise
 from flame.sim import intermediate_crypto
 from flame.sim.auth import current_node, service_claims
 from flame.sim.backends import check_key
@@ -438,7 +440,8 @@ def create_app(stack: FlameStack) -> FastAPI:
         if not (math.isfinite(sensitivity) and sensitivity > 0):
             raise HTTPException(400, "sensitivity must be a finite number greater than 0.")
         service.require_bucket(analysis_id, "Result")
-        noisy = await asyncio.to_thread(sample_laplace, value, Fraction(sensitivity) / Fraction(epsilon))
+        # OpenDP's Laplace mechanism, as PrivateAIM's result service uses (sample_laplace: a reference)
+        noisy = await asyncio.to_thread(laplace_noise, value, sensitivity / epsilon)
         content = repr(noisy).encode()
         await service.put_bytes(final_prefix(analysis_id) + filename, content)
         service.record("storage.upload", node, area="final", size=len(content), filename=filename)
