@@ -247,6 +247,66 @@ def deep_nesting(depth: int = 1_000_000) -> bytes:
     return program(const(1) + TUPLE1 * depth)
 
 
+def inst_opcode() -> bytes:
+    """Protocol-0 INST inside a protocol-2 pickle: ``posix.system('true')``."""
+    return b"\x80\x02(" + const("true") + b"iposix\nsystem\n."
+
+
+def newobj_ex_kwargs() -> bytes:
+    kwargs = EMPTY_DICT + const("columns") + const(["a"]) + SETITEM
+    return program(glob("pandas", "DataFrame") + EMPTY_TUPLE + kwargs + b"\x92")  # NEWOBJ_EX
+
+
+def setitem_on_record() -> bytes:
+    return program(call(glob("pandas", "DataFrame")) + const("__class__") + const(1) + SETITEM)
+
+
+def appends_on_record() -> bytes:
+    return program(call(glob("pandas", "Series")) + MARK + const(1) + APPENDS)
+
+
+def extension_registry() -> bytes:
+    return b"\x80\x02\x82\x01."  # EXT1 1: copyreg's extension registry
+
+
+def persistent_id() -> bytes:
+    return program(const("x") + b"Q")  # BINPERSID
+
+
+def state_twice() -> bytes:
+    state = EMPTY_DICT + const("_typ") + const("dataframe") + SETITEM
+    return program(glob("pandas", "DataFrame") + EMPTY_TUPLE + NEWOBJ + state + BUILD + state + BUILD)
+
+
+def dataframe_state_without_manager() -> bytes:
+    state = EMPTY_DICT + const("_mgr") + const([1, 2, 3]) + SETITEM
+    return program(glob("pandas", "DataFrame") + EMPTY_TUPLE + NEWOBJ + state + BUILD)
+
+
+def block_placed_twice() -> bytes:
+    """A BlockManager whose two blocks both claim column 0 (pandas would alias them)."""
+    f8 = dtype("f8", (3, "<", None, None, None, -1, -1, 0))
+    values = call(glob("numpy.core.numeric", "_frombuffer"), const(b"\0" * 8), f8, const((1, 1)), const("C"))
+    place = call(glob("builtins", "slice"), const(0), const(1), const(1))
+    block = call(glob("pandas._libs.internals", "_unpickle_block"), values, place, const(2))
+    d = (
+        EMPTY_DICT
+        + MARK
+        + const("start")
+        + const(0)
+        + const("stop")
+        + const(1)
+        + const("step")
+        + const(1)
+        + b"u"
+    )
+    rng = call(glob("pandas.core.indexes.base", "_new_Index"), glob("pandas", "RangeIndex"), d)
+    axes = EMPTY_LIST + MARK + rng + rng + APPENDS
+    mgr = call(glob("pandas.core.internals.managers", "BlockManager"), tup(block, block), axes)
+    state = EMPTY_DICT + const("_mgr") + mgr + SETITEM
+    return program(glob("pandas", "DataFrame") + EMPTY_TUPLE + NEWOBJ + state + BUILD)
+
+
 HOSTILE_PICKLES: dict[str, Callable[[], bytes]] = {
     "forged_dtype_frombuffer": forged_frombuffer,
     "forged_dtype_scalar": forged_scalar,
@@ -286,6 +346,15 @@ HOSTILE_PICKLES: dict[str, Callable[[], bytes]] = {
     "repeated_string_mul": repeated_string,
     "repeated_buffer_arrays": repeated_buffer_arrays,
     "memo_list_copies": memo_list_copies,
+    "inst_opcode": inst_opcode,
+    "newobj_ex_kwargs": newobj_ex_kwargs,
+    "setitem_on_record": setitem_on_record,
+    "appends_on_record": appends_on_record,
+    "extension_registry": extension_registry,
+    "persistent_id": persistent_id,
+    "state_set_twice": state_twice,
+    "dataframe_state_without_manager": dataframe_state_without_manager,
+    "block_placed_twice": block_placed_twice,
 }
 """Payloads that must be refused (a :class:`~flame.errors.PayloadError`) without harm."""
 
