@@ -814,6 +814,7 @@ def _interop_objects() -> dict[str, Any]:
     objs |= {"0d": np.array(3.5), "empty": np.zeros((0, 3)), "strided": np.arange(10)[::2]}
     text = np.array([["a", "b", "c"], ["d", None, (1, 2)]], dtype=object)
     objs |= {"obj2d": text, "obj2dF": np.asfortranarray(text), "objT": text.T}
+    objs |= {"long_str": np.array(["x" * 3000, "y"]), "long_str_scalar": np.str_("z" * 3000)}
     objs |= {"nat": np.datetime64("NaT"), "str_": np.str_("abc"), "bool_": np.bool_(True)}
     df = pd.DataFrame(
         {

@@ -1235,7 +1235,7 @@ _OFFSETS = frozenset(
 _PICKLE_MAX_DEPTH = 100
 _DATETIME_UNITS = {7: "s", 8: "ms", 9: "us", 10: "ns"}
 _TIME_UNITS = frozenset({"Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps", "fs", "as", "generic"})
-_SIMPLE_DTYPE = re.compile(r"([biufcMmOSU])(\d{0,3})")
+_SIMPLE_DTYPE = re.compile(r"([biufcMmOSU])(\d{0,9})")
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
 
@@ -1992,7 +1992,7 @@ class _Rebuilder:
         state = rec.state
         if type(state) is not dict:
             raise _refuse("an ArrowStringArray of unknown layout")
-        chunked = self.value(state.get("_pa_array"), depth)
+        chunked = self.value(state.get("_pa_array", state.get("_data")), depth)  # pandas 2.0: _data
         dtype = self.value(state.get("_dtype"), depth)
         if dtype is None:
             dtype = _string_dtype("pyarrow", "nan" if rec.kind.endswith("NumpySemantics") else "NA")
