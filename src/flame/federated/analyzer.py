@@ -82,6 +82,10 @@ class AnalysisClient:
         self._key_holder: secure.KeyHolder | None = None
         self._store: checkpoint.Checkpoints | None = None
         self._escrow: str | None = None
+        #: secure mode: the encrypted update of a round, so every resend carries the very same
+        #: ciphertexts (the key holder decrypts a round's sums once, and again only if identical)
+        self._encrypted: tuple[int, Any] | None = None
+        self._encrypting = asyncio.Lock()
 
     @property
     def aggregator_id(self) -> str:
@@ -147,10 +151,7 @@ class AnalysisClient:
     async def send_results(self, round: int, parameters: Any) -> None:
         """Send this node's parameters of ``round`` to the aggregator, reliably."""
         if self._secure is not None:
-            assert self._public_key is not None
-            parameters = await asyncio.to_thread(
-                secure.encrypt_update, parameters, self._public_key, self._secure
-            )
+            parameters = await self._encrypt(round, parameters)
         payload = await messages.pack(self.node, [self.aggregator_id], parameters, self.options.inline_limit)
         body = {"analysis_id": self.node.config.analysis_id, "round": round, **payload}
         if self._escrow is not None:
@@ -161,6 +162,17 @@ class AnalysisClient:
         )
         if not acked:
             self.node.log(f"round {round}: the aggregator did not acknowledge the parameters yet", "warn")
+
+    async def _encrypt(self, round: int, parameters: Any) -> Any:
+        """The update of ``round`` with its secure fields encrypted: once per round, then the same."""
+        assert self._secure is not None and self._public_key is not None
+        async with self._encrypting:
+            if self._encrypted is None or self._encrypted[0] != round:
+                encrypted = await asyncio.to_thread(
+                    secure.encrypt_update, parameters, self._public_key, self._secure
+                )
+                self._encrypted = (round, encrypted)
+            return self._encrypted[1]
 
     async def await_aggregation(self, round: int) -> Aggregate | None:
         """Wait for the aggregate of ``round`` or later; None when the aggregator ended the analysis.
