@@ -1,9 +1,13 @@
-"""Client of the node storage service (WIRE.md section 3).
+"""Client of the node storage service of a FLAME node.
 
 Final results go to the hub (``/final``, ``/final/localdp``); intermediate objects travel between nodes
 through the hub, encrypted by the storage service for their one receiver and deleted after their first
 read (``/intermediate``); local results stay on the node, project-scoped, optionally grouped under tags
 (``/local``). Bodies are bytes: the runtime encodes them with :mod:`flame.codec` first.
+
+An analysis cannot delete or untag a local result: the service's only ``DELETE /local`` removes a
+whole project and answers only the hub adapter, once the project is gone from the hub. What must not
+outlive one analysis is sealed before it is stored (:mod:`flame.federated.checkpoint`).
 
 Every absolute URL the service returns is built from its own Host header without the sidecar's
 ``/storage`` prefix, so it is re-based onto this client's base URL (:func:`~flame.clients.base.rebase`)
@@ -38,7 +42,7 @@ from flame.errors import (
     StorageArgumentError,
 )
 
-#: A valid tag: the whole string matches (WIRE.md section 3).
+#: A valid tag, as the storage service checks it: the whole string matches.
 TAG_PATTERN = re.compile(r"[a-z0-9]{1,2}|[a-z0-9][a-z0-9-]{0,30}[a-z0-9]")
 
 TagOption = Literal["all", "first", "last"]

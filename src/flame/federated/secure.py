@@ -9,7 +9,7 @@ arrays), packed with :mod:`flame.protocols.paillier`. The aggregator adds the ci
 without decrypting and sends only the encrypted sums, with their contributor counts, to the key holder,
 which refuses a request with fewer contributors than the quorum, decrypts and returns the sums. The
 key holder never sees another node's ciphertexts, the aggregator never holds the private key; their
-collusion is the residual risk (DESIGN.md).
+collusion is the residual risk (threshold decryption removes it).
 
 The author's aggregator gets :class:`SecureUpdates`: each node's update without the secure fields, and
 the decrypted totals; :func:`total` reads a field's sum the same way in plain and secure mode, so the
