@@ -55,6 +55,7 @@ __all__ = [
     "DecryptionRefused",
     "Decryptor",
     "Ledger",
+    "MissingCommitment",
     "commitment",
     "context",
     "isolated_nodes",
@@ -66,6 +67,10 @@ _VERSION = 1
 
 class DecryptionRefused(FederationError):
     """A decryptor refused a decryption request: the message names the rule that refused it."""
+
+
+class MissingCommitment(DecryptionRefused):
+    """A contribution without the node's commitment: refused, but it may still be on its way."""
 
 
 def _lp(digest: Any, *parts: str | int | bytes) -> None:
@@ -276,7 +281,7 @@ class Decryptor:
             blob = request.contributions[node]
             received = self.ledger.commitments.get((request.round, request.field, node))
             if not received:
-                raise DecryptionRefused(
+                raise MissingCommitment(
                     f"no commitment from {node} for round {request.round}, field {request.field!r}"
                 )
             if commitment(self.analysis_id, request.round, request.field, node, blob) not in received:

@@ -1,8 +1,10 @@
 """Paillier encryption for secure aggregation: keys, packed fixed-point vectors, encrypted sums.
 
-The analysis nodes encrypt their vectors under the key holder's public key, the aggregator adds the
-ciphertexts without decrypting (:func:`aggregate`), and the key holder decrypts only the sum
-(:func:`decrypt`). See ``DESIGN.md``, "Secure aggregation".
+The analysis nodes encrypt their vectors under the analysis' public key and the aggregator adds the
+ciphertexts without decrypting (:func:`aggregate`). In the federation nobody holds the private key:
+it is shared among the analysis nodes (:mod:`flame.protocols.threshold_paillier`), which decrypt
+only sums they checked (:mod:`flame.federated.decryptor`; threat model in ``docs/threat-model.md``).
+:class:`PrivateKey` and :func:`decrypt` are the single-key scheme the threshold one builds on.
 
 Scheme (Paillier 1999, with g = n + 1 as in python-paillier)
 ------------------------------------------------------------
@@ -50,7 +52,7 @@ Wire format (fixed-width binary, big-endian, never decimal text)
 * Public key: ``b"FLPK"``, version, key id (SHA-256 of ``n``'s bytes, first 16 bytes), byte length
   of ``n``, flag "has h", then ``n`` and ``h`` (as wide as ``n^2``).
 * Private key: ``b"FLSK"``, version, key id, byte length of a prime, ``p``, ``q``, then the public
-  key's bytes. Keep it in the key holder's node storage only.
+  key's bytes. Never store or send it in a federation: use threshold shares there.
 * Encrypted vector: ``b"FLPV"``, version, key id, layout (``f``, ``B``, ``K``, slots), length,
   contributors, ciphertext width, then each ciphertext as wide as ``n^2`` (512 bytes for 2048 bits).
 
@@ -60,9 +62,10 @@ Interoperability: ``phe.PaillierPublicKey(n)`` encrypts raw integers that :func:
 and ``phe.PaillierPrivateKey(phe_public_key, p, q).raw_decrypt`` decrypts :func:`_encrypt`'s
 ciphertexts (``EncryptedNumber(phe_public_key, c, exponent=0)`` for phe's number API).
 
-Caveats for the protocol layer: the contributor count in a vector is not authenticated, and a key
-holder that decrypts whatever it is sent is a decryption oracle for the aggregator: decrypt only the
-round's aggregate.
+Caveats for the protocol layer: the contributor count in a vector is not authenticated (whoever
+decrypts must count contributors itself), and a decryptor that decrypts whatever it is sent is a
+decryption oracle for the aggregator: :mod:`flame.federated.decryptor` decrypts only sums of
+individually committed ciphertexts, under the rules stated there.
 """
 
 from __future__ import annotations

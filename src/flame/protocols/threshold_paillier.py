@@ -70,6 +70,7 @@ from flame.protocols.paillier import DEFAULT_KEY_BITS, MIN_KEY_BITS, PaillierErr
 __all__ = [
     "KeyShare",
     "PartialDecryption",
+    "ProofError",
     "ThresholdPublicKey",
     "combine",
     "combine_vector",
@@ -488,11 +489,14 @@ def combine(
     ciphertexts: Sequence[int | Mpz],
     partials: Iterable[PartialDecryption],
     context: bytes = b"",
+    *,
+    verify: bool = True,
 ) -> list[int]:
     """The plaintexts of ``ciphertexts`` from partial decryptions of at least ``threshold`` decryptors.
 
     Each part's proof is checked; parts that fail are skipped (and named in the error if fewer than
     ``threshold`` good ones remain). Raises :class:`PaillierError` without enough good parts.
+    ``verify=False`` skips the proofs of parts the caller verified already (:func:`verify_partial`).
     """
     cts = _check_ciphertexts(public, ciphertexts)
     good: dict[int, PartialDecryption] = {}
@@ -503,7 +507,10 @@ def combine(
         if partial.index in good:
             continue
         try:
-            verify_partial(public, cts, partial, context)
+            if verify:
+                verify_partial(public, cts, partial, context)
+            elif len(partial.parts) != len(cts):
+                raise ProofError(f"decryptor {partial.index} sent parts of other ciphertexts")
         except PaillierError as exc:
             bad.append(str(exc))
             continue
@@ -539,10 +546,12 @@ def combine_vector(
     vector: paillier.EncryptedVector,
     partials: Iterable[PartialDecryption],
     context: bytes = b"",
+    *,
+    verify: bool = True,
 ) -> FloatArray:
     """The float64 sum that ``vector`` encrypts, from ``threshold`` partial decryptions (see :func:`combine`)."""
     if vector.public_key.n != public.public_key.n:
         raise PaillierError("the vector is encrypted under another key than this threshold key")
-    plaintexts = combine(public, vector._cts, partials, context)
+    plaintexts = combine(public, vector._cts, partials, context, verify=verify)
     sums = paillier._unpack(plaintexts, vector.slots, vector.layout.slot_bits)[: vector.length]
     return vector.layout.decode(sums, vector.contributors)
