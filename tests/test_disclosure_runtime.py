@@ -55,7 +55,7 @@ async def test_an_analysis_tightens_the_policy_but_cannot_loosen_it(stack: Flame
     try:
         aggregator = stack.node("aggregator").node_id
         node.disclosure.tighten(min_records=300)
-        with pytest.raises(DisclosureRefusedError, match="rule min-records at age.n"):
+        with pytest.raises(DisclosureRefusedError, match=r"rule min-records at age\.n"):
             await node.send_message([aggregator], "stats", {"age": summarise([float(a) for a in range(200)])})
         with pytest.raises(ConfigurationError, match="loosen"):
             node.disclosure.tighten(min_records=5)
