@@ -286,6 +286,14 @@ def test_zero_size_dtypes_are_refused() -> None:
             decode(payload)
 
 
+def test_empty_strings_of_zero_size_dtypes_still_roundtrip() -> None:
+    for value in (np.bytes_(b""), np.str_("")):
+        out = decode(encode(value))
+        assert out == value and type(out) is type(value)
+    empty = np.empty((0, 4), dtype="S0")
+    assert decode(encode(empty)).shape == (0, 4)
+
+
 def test_shape_products_are_checked_without_overflow() -> None:
     with pytest.raises(PayloadError, match=r"invalid array shape|needs"):
         decode(H.codec_huge_shape_product())

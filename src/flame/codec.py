@@ -548,7 +548,8 @@ class _Encoder:
         dtype = obj.dtype
         if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
             raise PayloadError(f"cannot encode a NumPy scalar of dtype {dtype}; convert it to a Python value")
-        return self._ext(_EXT_NPSCALAR, [dtype.str, obj.tobytes()])
+        # an empty np.bytes_/np.str_ has a zero-size dtype but tobytes() gives one NUL: send none
+        return self._ext(_EXT_NPSCALAR, [dtype.str, obj.tobytes() if dtype.itemsize else b""])
 
     # ---- pandas -----------------------------------------------------------------------------
 
@@ -772,6 +773,10 @@ class _Decoder:
                 f"needs {needed} bytes, not {nbytes}"
             )
         order: Literal["C", "F"] = "F" if fortran else "C"
+        if dtype.itemsize == 0 and math.prod(shape):  # NumPy would still allocate a byte per element
+            raise PayloadError(
+                f"refused an array of zero-size NumPy dtype {dtype_str!r} with elements in a FLAME codec payload"
+            )
         if nbytes == 0:
             empty: NDArray = np.empty(tuple(shape), dtype=dtype, order=order)
             return empty
@@ -936,8 +941,6 @@ def _safe_dtype(text: Any) -> np.dtype[Any]:
             f"refused a NumPy dtype {text!r} in a FLAME codec payload: object and structured dtypes are "
             "never decoded. The sender must convert the array to a numeric dtype"
         )
-    if dtype.itemsize == 0:  # NumPy would still allocate a byte per element
-        raise PayloadError(f"refused the zero-size NumPy dtype {text!r} in a FLAME codec payload")
     return dtype
 
 
@@ -946,8 +949,8 @@ def _scalar_from(meta: Any) -> Any:
     dtype = _safe_dtype(dtype_str)
     if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
         raise PayloadError("malformed FLAME codec payload: invalid NumPy scalar")
-    if dtype.itemsize == 0:
-        return np.zeros((), dtype=dtype)[()]
+    if dtype.itemsize == 0:  # an empty np.bytes_ / np.str_
+        return dtype.type()
     return np.frombuffer(raw, dtype=dtype)[0]
 
 
