@@ -191,3 +191,30 @@ def test_an_integer_n_alone_is_a_number_not_a_statistic() -> None:
     assert rules({"n": 1}) == set()  # a sequence number in a message
     assert rules({"n": 1, "from": "node-2"}) == set()
     assert rules({"n": 1, "total": 42.0}) == {("min-records", "update.n")}
+
+
+async def test_differencing_600_then_599_is_refused_600_then_590_is_not() -> None:
+    from flame.disclosure import DisclosureGuard
+    from flame.errors import DisclosureRefusedError
+
+    guard = DisclosureGuard(DisclosurePolicy())  # ledger in memory
+    ages = np.arange(600, dtype=float) % 70 + 20
+    await guard.release({"age": summarise(ages)}, channel="final", destination=["hub"], path="result")
+    with pytest.raises(DisclosureRefusedError) as refused:
+        await guard.release({"age": summarise(ages[1:])}, channel="final", destination=["hub"], path="result")
+    assert (refused.value.rule, refused.value.path) == ("differencing", "result.age")
+    # ten records apart is not one patient isolated; the refused release was not recorded as released
+    await guard.release({"age": summarise(ages[10:])}, channel="final", destination=["hub"], path="result")
+    assert [r.outcome for r in guard.records] == ["released", "refused", "released"]
+    # another field or kind is another statistic
+    await guard.release({"bmi": summarise(ages[1:])}, channel="final", destination=["hub"], path="result")
+
+
+def test_large_tables_are_counted_without_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flame.disclosure import checks
+
+    frame, _ = hospital(300)
+    monkeypatch.setattr(checks, "LARGE_OBJECT", 100)
+    local = LocalData()
+    local.observe_bytes("big.csv", frame.to_csv(index=False).encode(), POLICY.identifier_columns)
+    assert local.records == 300 and local.identifiers == set()

@@ -29,8 +29,9 @@ Numbers the checks cannot judge (a float outside any typed statistic) pass and a
 ``unjudged`` in the audit, as are bytes that are not text and objects of unknown types.
 
 The node's knowledge of its data (:class:`LocalData`) is gathered as the runtime reads it: the largest
-number of records of any table or FHIR search, and the values of identifier-like columns and FHIR ids.
-It lives in memory only and is never written anywhere.
+number of records of any table or FHIR search, and the values of identifier-like columns and FHIR ids
+(tables above :data:`LARGE_OBJECT` are only counted, so their identifiers are not known). It lives in
+memory only and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ Outcome = Literal["refused", "suppressed", "warned", "unjudged", "dp"]
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
 #: How many unjudged paths an inspection lists by name (the rest are counted).
 UNJUDGED_LISTED = 50
+#: Tables larger than this (bytes) are only counted, not parsed for identifiers, when the node reads them.
+LARGE_OBJECT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ class LocalData:
         from flame.clients.data_api import read_dataframe
 
         if not key.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet", ".pq")):
+            return
+        if len(data) > LARGE_OBJECT and key.lower().endswith((".csv", ".tsv")):
+            # parsing a large table here would hold up the node's event loop: count its lines only
+            self.records = max(self.records, data.count(b"\n") - 1)
             return
         try:
             frame = read_dataframe(data, key)
