@@ -50,9 +50,11 @@ def test_local_data_counts_records_and_collects_identifiers() -> None:
     _, local = hospital(600)
     assert local.records == 600
     assert "h1-p00042" in local.identifiers
-    local.observe_fhir([{"resourceType": "Patient", "id": "p7", "identifier": [{"value": "KH-1"}]}])
-    assert {"p7", "Patient/p7", "KH-1"} <= local.identifiers
+    local.observe_fhir([{"resourceType": "Patient", "id": "p777", "identifier": [{"value": "KH-1"}]}])
+    assert {"p777", "Patient/p777", "KH-1"} <= local.identifiers
     assert local.records == 600  # the largest data set counts
+    local.observe_fhir([{"resourceType": "Patient", "id": "p7"}])
+    assert "p7" not in local.identifiers  # too short to tell from ordinary text
 
 
 # -- leaky payloads -----------------------------------------------------------------------------------

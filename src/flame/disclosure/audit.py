@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 LEDGER_TAG = "flame-disclosure-ledger"
 #: Format version of a ledger entry.
 LEDGER_VERSION = 1
+#: Ledger entries read at once when an analysis loads the project's ledger.
+LOAD_CONCURRENCY = 8
 
 
 def digest(data: bytes) -> str:
@@ -110,8 +112,16 @@ class Ledger:
             raise FlameError(f"the disclosure ledger cannot be read from node storage: {exc}") from exc
         if LEDGER_TAG not in tags:
             return []
+        storage = self.storage
+        listed = await storage.tagged(LEDGER_TAG)
+        gate = asyncio.Semaphore(LOAD_CONCURRENCY)
+
+        async def read(item: Any) -> bytes:
+            async with gate:
+                return await storage.read_local(item)
+
         entries = []
-        for raw in await self.storage.read_tagged(LEDGER_TAG, "all"):
+        for raw in await asyncio.gather(*(read(item) for item in listed)):
             try:
                 entry = json.loads(raw)
             except (ValueError, UnicodeDecodeError):

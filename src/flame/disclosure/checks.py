@@ -53,6 +53,8 @@ Outcome = Literal["refused", "suppressed", "warned", "unjudged", "dp"]
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
 #: How many unjudged paths an inspection lists by name (the rest are counted).
 UNJUDGED_LISTED = 50
+#: Shorter identifier values ("7", "A1") are not matched: they occur in ordinary text and numbers.
+MIN_IDENTIFIER_LENGTH = 4
 #: Tables larger than this (bytes) are only counted, not parsed for identifiers, when the node reads them.
 LARGE_OBJECT = 16 * 1024 * 1024
 
@@ -110,7 +112,8 @@ class LocalData:
             self.records = max(self.records, len(frame))
             for name in frame.columns:
                 if normalise_name(name) in columns:
-                    self.identifiers.update(str(v) for v in frame[name].dropna().unique() if str(v))
+                    values = (str(v) for v in frame[name].dropna().unique())
+                    self.identifiers.update(v for v in values if len(v) >= MIN_IDENTIFIER_LENGTH)
         except Exception:
             return
 
@@ -137,14 +140,14 @@ class LocalData:
             for resource in resources:
                 count += 1
                 rid = resource.get("id")
-                if isinstance(rid, str) and rid:
+                if isinstance(rid, str) and len(rid) >= MIN_IDENTIFIER_LENGTH:
                     self.identifiers.add(rid)
                     rtype = resource.get("resourceType")
                     if isinstance(rtype, str):
                         self.identifiers.add(f"{rtype}/{rid}")
                 for ident in resource.get("identifier") or ():
                     value = ident.get("value") if isinstance(ident, Mapping) else None
-                    if isinstance(value, str) and value:
+                    if isinstance(value, str) and len(value) >= MIN_IDENTIFIER_LENGTH:
                         self.identifiers.add(value)
         except Exception:
             pass
