@@ -1628,10 +1628,8 @@ class _Rebuilder:
             if items is None or len(items) != count:
                 raise _refuse("an object array not pickled as a list of its items")
             self.charge_elements(count)
-            values = [self.value(item, depth) for item in items]
-            arr: NDArray = np.empty(count, dtype=object)
-            for i, item in enumerate(values):
-                arr[i] = item
+            values = [item if type(item) in _PLAIN else self.value(item, depth) for item in items]
+            arr: NDArray = np.fromiter(values, dtype=object, count=count)  # sequences stay items
             # NumPy pickles object items in C order whatever the layout; the flag only asks for Fortran
             arr = arr.reshape(shape)
             return np.asfortranarray(arr) if fortran else arr
