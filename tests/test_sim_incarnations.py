@@ -190,7 +190,28 @@ async def test_node_offline_while_executing_is_failed_by_the_orchestrator(
         or run.outcomes["aggregator"].status != "executed"
     )
     assert await stack.final_results() == {}
+    assert stack.events.select("node.stop", node="node-1")  # its pod was stopped
     assert_one_incarnation_at_a_time(stack)
+
+
+async def test_node_failed_by_the_orchestrator_is_stopped_and_the_quorum_goes_on(
+    stacks: list[FlameStack], data_root: Path
+) -> None:
+    settings = StackSettings.fast(po_healthz_timeout=100.0)
+    stack = new_stack(stacks, data_root, settings=settings)
+    analyzer = _offline_at_round(stack, "node-1", 2, math.inf)
+    options = FederationOptions(max_rounds=3, quorum=2, round_deadline=3.0, send_timeout=10.0)
+    run = await run_federation(stack, analyzer, SumAggregator, options, timeout=60, timeouts=FAST_TIMEOUTS)
+    # node-1's incarnation was ended by the orchestrator's stop, not left waiting for aggregates
+    assert run.seconds < 20.0, run.report()
+    assert run.outcomes["node-1"].status == "failed"
+    assert "pod orchestrator stopped the analysis" in (run.outcomes["node-1"].error or ""), run.report()
+    for name in ("aggregator", "node-2", "node-3"):
+        assert run.outcomes[name].status == "executed", run.report()
+    assert run.result == await final_value(stack)
+    assert_one_incarnation_at_a_time(stack)
+    (stop,) = stack.events.select("po.incarnation.stop", node="node-1")
+    assert stop.detail["stopped"] is True
 
 
 async def test_restart_limit_then_failure() -> None:

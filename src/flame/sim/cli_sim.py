@@ -687,6 +687,8 @@ class ProcessFederation:
         #: redacts each node's own secrets (and any JWT or Bearer value) from what its process prints
         self.redactor = RedactTokensFilter()
         stack.on_restart(self._restarted)
+        # the orchestrator stopped a failed node's pod: its process goes, no new one starts
+        stack.on_stop(lambda node, reason: self._kill(node.name))
 
     def environment(self, env: dict[str, str], port: int) -> dict[str, str]:
         """A node process' environment: the container's variables, the API port, and what an image has."""

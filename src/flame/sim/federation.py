@@ -148,6 +148,7 @@ class Federation:
         self._restarting: set[str] = set()
         self._changed = asyncio.Event()
         stack.on_restart(self._restarted)
+        stack.on_stop(self._pod_stopped)
 
     def _fresh(self, obj: Any) -> Any:
         return obj() if isinstance(obj, type) else copy.deepcopy(obj)
@@ -199,13 +200,7 @@ class Federation:
         while True:
             self._changed.clear()
             seen = po.version
-            failed = po.failed()
-            for name in failed:
-                # the orchestrator stopped this node's pod: its incarnation goes too
-                task = self._tasks.get(name)
-                if task is not None and not task.done() and task not in self._stopping:
-                    self._stop(task, f"the pod orchestrator marked {name} failed: {failed[name]}")
-            reason = cannot_finish(self.stack, self.options, failed)
+            reason = cannot_finish(self.stack, self.options, po.failed())
             if reason is not None:
                 return reason
             current = [t for t in self._tasks.values() if not t.done()]
@@ -331,6 +326,12 @@ class Federation:
                     error=error,
                     stopped=cancelled or me in self._stopping,
                 )
+
+    async def _pod_stopped(self, node: SimNode, reason: str) -> None:
+        """The orchestrator stopped the node's pod: its incarnation ends (bounded), none follows."""
+        task = self._tasks.get(node.name)
+        if task is not None and not task.done():
+            await self._stop_and_wait(task, reason, STOP_TIMEOUT)
 
     async def _restarted(self, node: SimNode, env: dict[str, str]) -> None:
         """The pod was restarted (under the node's incarnation lock): stop the old incarnation, start anew.

@@ -349,8 +349,8 @@ class PodOrchestrator:
         record.status = "failed"
         record.error = f"the pod orchestrator stopped the analysis: {reason}"
         self.stack.events.record("po.failed", node.name, reason=reason)
-        self.stack.attach_analysis(node.name, None)
         self._bump()
+        await self.stack.stop_node(node.name, record.error)
 
     def deployment_restarted(self, name: str) -> None:
         """A new deployment of node ``name`` starts (called by the stack's restart): ``started`` again."""

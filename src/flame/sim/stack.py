@@ -56,6 +56,7 @@ _ALLOWED = {
 }
 
 RestartListener = Callable[[SimNode, dict[str, str]], Any]
+StopListener = Callable[[SimNode, str], Any]
 
 
 class FlameStack:
@@ -107,6 +108,7 @@ class FlameStack:
         for node in self.nodes.values():
             node.token = node.issuer.mint(self.analysis_id, self.settings.token_lifetime)
         self._restart_listeners: list[RestartListener] = []
+        self._stop_listeners: list[StopListener] = []
         #: node name -> its disclosure policy file (``flame sim --policy``), in the node's environment
         self.disclosure_policies: dict[str, str] = {}
         self._incarnation_locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.nodes}
@@ -240,6 +242,25 @@ class FlameStack:
     def on_restart(self, listener: RestartListener) -> None:
         """Call ``listener(node, env)`` whenever a node is restarted."""
         self._restart_listeners.append(listener)
+
+    def on_stop(self, listener: StopListener) -> None:
+        """Call ``listener(node, reason)`` whenever a node's pod is stopped (not restarted)."""
+        self._stop_listeners.append(listener)
+
+    async def stop_node(self, name: str, reason: str) -> None:
+        """Stop node ``name``'s pod, as the pod orchestrator stops a failed analysis: no new one starts.
+
+        Its analysis API stops being reachable, and the stop listeners (the runners) end the running
+        incarnation, under the node's :meth:`incarnation_lock`.
+        """
+        node = self.node(name)
+        async with self._incarnation_locks[name]:
+            self.attach_analysis(name, None)
+            self.events.record("node.stop", name, deployment=node.deployment_name, reason=reason)
+            for listener in list(self._stop_listeners):
+                result = listener(node, reason)
+                if asyncio.iscoroutine(result):
+                    await result
 
     def incarnation_lock(self, name: str) -> asyncio.Lock:
         """Held while node ``name``'s pod is replaced: a runner that starts an incarnation takes it too."""
