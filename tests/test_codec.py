@@ -874,6 +874,19 @@ def test_trusted_pickles_decode_like_pickle_loads(protocol: int) -> None:
             assert repr(out) == repr(ref), name
 
 
+def test_index_frequencies_load_or_are_dropped() -> None:
+    for freq in ("D", "h", "W", "B", "ME", "2QS-FEB", "YE"):
+        index = pd.date_range("2020", periods=4, freq=freq)
+        out = decode(pickle.dumps(index, protocol=4), allow_pickle=True)
+        pd.testing.assert_index_equal(out, index, exact=True)
+        assert out.freq == index.freq, freq
+    # an offset we do not rebuild (custom business days carry calendars) is dropped, not refused
+    index = pd.date_range("2020", periods=4, freq=pd.offsets.CustomBusinessDay(weekmask="Mon Wed"))
+    out = decode(pickle.dumps(index, protocol=4), allow_pickle=True)
+    pd.testing.assert_index_equal(out, index, exact=True, check_freq=False)
+    assert out.freq is None
+
+
 def test_numpy_1_module_paths_load() -> None:
     """NumPy 1.x pickles name numpy.core.multiarray; protocol 2 spells globals as text lines."""
     value = {"a": np.arange(3.0), "s": np.float32(2.5), "df": pd.DataFrame({"x": [1, 2]})}

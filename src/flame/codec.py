@@ -99,7 +99,9 @@ zone from ``zoneinfo`` / ``datetime.timezone``.
 Budgets stop memo reuse from multiplying memory: all rebuilt array bytes together may not exceed the
 pickle's own size (nor ``max_bytes``), and all elements that calls such as ``frozenset(list)`` copy
 may not exceed it either; an object referenced twice is rebuilt once. Nesting deeper than 100 levels
-is refused. Not rebuilt (refused): other dateutil time zones, Period/Interval/Sparse data, ``attrs`` and subclasses; date offsets other than simple ``(n, normalize)`` ones are refused too.
+is refused. Not rebuilt (refused): other dateutil time zones, Period/Interval/Sparse data and
+subclasses; ``attrs`` are not kept. An index frequency is rebuilt for the common pandas offsets
+(``Day``, ``Week``, ``MonthEnd``, ...) from small integer arguments, and otherwise dropped (``None``).
 """
 
 from __future__ import annotations
@@ -1231,10 +1233,20 @@ _OTHER_GLOBALS = frozenset(
 # the frequency of a DatetimeIndex: pandas offsets rebuilt from (n, normalize) only
 _OFFSETS = frozenset(
     {
-        *("Day", "Hour", "Minute", "Second", "Milli", "Micro", "Nano", "BusinessDay"),
-        *("MonthEnd", "MonthBegin", "QuarterEnd", "QuarterBegin", "YearEnd", "YearBegin"),
+        *("Day", "Hour", "Minute", "Second", "Milli", "Micro", "Nano", "BusinessDay", "Week"),
+        *(
+            "MonthEnd",
+            "MonthBegin",
+            "BusinessMonthEnd",
+            "BusinessMonthBegin",
+            "SemiMonthEnd",
+            "SemiMonthBegin",
+        ),
+        *("QuarterEnd", "QuarterBegin", "BQuarterEnd", "BQuarterBegin"),
+        *("YearEnd", "YearBegin", "BYearEnd", "BYearBegin"),
     }
 )
+_OFFSET_NAME = re.compile(r"[A-Z][A-Za-z]{1,40}")
 _PICKLE_MAX_DEPTH = 100
 _DATETIME_UNITS = {7: "s", 8: "ms", 9: "us", 10: "ns"}
 _TIME_UNITS = frozenset({"Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps", "fs", "as", "generic"})
@@ -1256,8 +1268,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             kind = f"pandas.{name}"
         if kind is None and f"{module}.{name}" in _OTHER_GLOBALS:
             kind = f"{module}.{name}".replace("zoneinfo._zoneinfo.", "zoneinfo.")
-        if kind is None and module == "pandas._libs.tslibs.offsets" and name in _OFFSETS:
-            kind = f"offset.{name}"
+        if kind is None and module == "pandas._libs.tslibs.offsets" and _OFFSET_NAME.fullmatch(name):
+            kind = f"offset.{name}"  # rebuilt if in _OFFSETS, else dropped as an index's freq
         scalar_type = vars(np).get(name) if module == "numpy" else None  # no module __getattr__
         if kind is None and isinstance(scalar_type, type) and issubclass(scalar_type, np.generic):
             kind = f"numpy.type.{name}"  # a NumPy scalar type as a value
@@ -1898,7 +1910,7 @@ class _Rebuilder:
         ):
             raise _refuse(f"an index of class {kind}")
         data = self.value(d.get("data"), depth)
-        freq = self.value(d.get("freq"), depth) if rec.kind != "pandas._new_Index" else None
+        freq = self.freq(d.get("freq"), depth) if rec.kind != "pandas._new_Index" else None
         if isinstance(data, np.ndarray):
             if data.ndim != 1:
                 raise _refuse("an index of more than one dimension")
@@ -2068,11 +2080,30 @@ class _Rebuilder:
         self.args(rec, depth, (0, 1))
         return _pandas().NaT
 
+    def freq(self, obj: Any, depth: int) -> Any:
+        """An index's frequency: metadata, so one we do not rebuild is dropped (None), not refused."""
+        if type(obj) is _Record and obj.kind.startswith("offset."):
+            try:
+                return self.value(obj, depth)
+            except PickleRefusedError:
+                return None
+        return obj if obj is None or type(obj) is str else self.value(obj, depth)
+
     def offset(self, rec: _Record, depth: int) -> Any:
-        args = self.args(rec, depth, (0, 1, 2))
-        if not all(type(a) in (int, bool) for a in args) or (args and not -(10**6) <= args[0] <= 10**6):
-            raise _refuse(f"a {rec.kind} of unknown layout")
-        return getattr(_pandas().offsets, rec.kind.removeprefix("offset."))(*args)
+        """A pandas date offset from ``(n, normalize, *small extras)``, e.g. ``Week(1, False, 6)``."""
+        name = rec.kind.removeprefix("offset.")
+        args = self.args(rec, depth, (0, 1, 2, 3))
+        extras_ok = all(
+            a is None or type(a) is _dt.timedelta or (type(a) is int and -400 < a < 400) for a in args[2:]
+        )
+        if (
+            name not in _OFFSETS
+            or (args and (type(args[0]) is not int or not -(10**6) <= args[0] <= 10**6))
+            or (len(args) > 1 and type(args[1]) is not bool)
+            or not extras_ok
+        ):
+            raise _refuse(f"the date offset {name}{tuple(args)!r}")
+        return getattr(_pandas().offsets, name)(*args)
 
 
 _BUILTIN_TYPES: dict[str, type] = {
