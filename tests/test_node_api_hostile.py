@@ -291,3 +291,81 @@ async def test_webhook_before_the_participants_are_known_asks_the_broker_to_retr
         assert len(node.inbox) == 0
     finally:
         await node.stop()
+
+
+# -- finding 5: request limits -------------------------------------------------------------------------------
+
+POST_ENDPOINTS = ("/webhook", "/token_refresh", "/partner_status")
+
+
+def nested(depth: int) -> bytes:
+    """JSON arrays nested ``depth`` deep: ``[[[...]]]``."""
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.fixture
+async def lone_node() -> AsyncIterator[AsyncNode]:
+    """A node runtime that is not started: its API app answers, nothing else runs."""
+    stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False), seed=3)
+    node = AsyncNode(NodeConfig.from_env(stack.env("node-1")), serve_api=False, timeouts=FAST)
+    yield node
+    await node.stop()
+
+
+async def test_an_oversized_body_is_refused_with_413_before_it_is_read_whole(
+    lone_node: AsyncNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    chunk = b" " * 1_048_576
+    pulled = 0
+
+    async def hundred_megabytes() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        yield b'{"meta": {"id": "x", "sender": "y", "category": "z"}, "blob": "'
+        for _ in range(100):
+            pulled += 1
+            yield chunk
+        yield b'"}'
+
+    transport = httpx.ASGITransport(app=lone_node.api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analysis") as client:
+        answer = await client.post("/webhook", content=hundred_megabytes())
+        assert answer.status_code == 413, answer.text
+        assert pulled <= 8, f"{pulled} MB were read before the refusal"
+        # a declared length over the limit is refused without reading the body
+        for path in POST_ENDPOINTS:
+            answer = await client.post(path, content=b"{}", headers={"Content-Length": "104857600"})
+            assert answer.status_code == 413, (path, answer.text)
+    assert "413" in caplog.text or "too large" in caplog.text
+
+
+@pytest.mark.parametrize("depth", [65, 900, 1000, 100_000])
+async def test_deeply_nested_json_is_refused_with_400_on_every_endpoint(
+    lone_node: AsyncNode, depth: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = httpx.ASGITransport(app=lone_node.api_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analysis") as client:
+        for path in POST_ENDPOINTS:
+            for body in (
+                nested(depth),
+                b'{"meta": ' + nested(depth) + b"}",
+                b'{"token": ' + nested(depth) + b"}",
+            ):
+                answer = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+                assert answer.status_code == 400, (path, depth, answer.status_code)
+                assert "deep" in answer.json()["detail"]
+    assert "nested" in caplog.text or "deep" in caplog.text
+
+
+async def test_the_api_publishes_its_openapi_schema(lone_node: AsyncNode) -> None:
+    transport = httpx.ASGITransport(app=lone_node.api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analysis") as client:
+        schema = (await client.get("/openapi.json")).json()
+    paths = schema["paths"]
+    assert set(paths) >= {"/webhook", "/healthz", "/token_refresh", "/partner_status"}
+    for path in POST_ENDPOINTS:
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        name = body["$ref"].rsplit("/", 1)[-1]
+        assert name in schema["components"]["schemas"], name
+        assert {"200", "400", "413"} <= set(paths[path]["post"]["responses"])
+    health = paths["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert health["$ref"].endswith("/Health")

@@ -1,4 +1,4 @@
-"""Reading, decoding and checking the node's tokens (WIRE.md sections 1 and 5).
+"""Reading, decoding and checking the node's tokens.
 
 ``KEYCLOAK_TOKEN`` is an RS256 JWT from the node's Keycloak (realm ``flame``) whose ``client_id``/``azp``
 is the analysis id. Its payload is decoded as **Base64url** (not standard Base64). The pod orchestrator

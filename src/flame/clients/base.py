@@ -93,7 +93,7 @@ def rebase(url: str, base: str) -> str:
     """Keep the path tail and query of an absolute ``url`` a service returned, under ``base``.
 
     The storage service builds absolute URLs from its own Host header, without the ``/storage``
-    prefix of the sidecar (WIRE.md section 1), so they cannot be followed as they are.
+    prefix of the sidecar, so they cannot be followed as they are.
     """
     parts = urlsplit(url)
     tail = parts.path or "/"

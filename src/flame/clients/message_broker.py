@@ -1,4 +1,4 @@
-"""Client of the node's message broker (WIRE.md section 2)."""
+"""Client of the node's message broker."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class MessageBrokerClient(ServiceClient):
 
     async def send(self, recipients: list[str], message: Any) -> None:
         """Hand a message to the broker for ``recipients`` (202). Delivery is not confirmed by this."""
-        # A retried POST may deliver twice; receivers de-duplicate by meta.id (WIRE.md section 2.1).
+        # A retried POST may deliver twice; receivers de-duplicate by meta.id (the envelope).
         await self.request(
             "POST",
             self._path("/messages"),

@@ -1,20 +1,38 @@
-"""The analysis' own REST API (WIRE.md section 5): webhook, health, token refresh, partner status.
+"""The analysis' own REST API: webhook, health, token refresh, partner status.
 
 Served by uvicorn on port 8000 on a FLAME node and mounted in-process in local runs. It runs on the
 runtime's event loop, not in the user's thread, so ``/healthz`` answers at once even while the
 analysis computes. Malformed bodies get a 4xx and change nothing.
+
+Only the node's message broker and pod orchestrator can reach this API (through the sidecar), but it
+still treats every body as hostile input, with bounds a security review can check:
+
+- a body is read as a stream and refused with 413 as soon as it passes the endpoint's limit (a
+  ``Content-Length`` over it is refused before reading anything): :attr:`ApiLimits.webhook_bytes`
+  for deliveries, :attr:`ApiLimits.control_bytes` for the orchestrator's calls;
+- JSON nested deeper than :attr:`ApiLimits.max_depth` is refused with 400, whether the parser itself
+  gives up or the parsed value is too deep (nothing recursive ever sees it);
+- every refusal is logged (without the body).
+
+The schema of the four endpoints is published at ``/openapi.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.requests import ClientDisconnect
 
 from flame.errors import ProtocolError, ServiceError, TokenError
+from flame.node import envelope
 from flame.node.messaging import NotReadyError
 
 if TYPE_CHECKING:
@@ -22,14 +40,132 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Default limit of a webhook body (bytes). The SDK sends messages of at most
+#: :data:`flame.node.envelope.MAX_MESSAGE_BYTES` (700 KB of compact UTF-8 JSON; the hub relays nothing
+#: over 1 MB); re-encoded with ASCII escapes such a message grows to at most about 2.1 MB.
+DEFAULT_WEBHOOK_BYTES = 4 * 1024 * 1024
+#: Default limit of a token refresh or partner status body (bytes): a token is 1 to 2 KB, the
+#: statuses of 1,000 partners about 60 KB.
+DEFAULT_CONTROL_BYTES = 256 * 1024
 
-def create_api(node: AsyncNode) -> FastAPI:
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Bounds of the analysis API's request bodies."""
+
+    #: largest ``POST /webhook`` body (bytes)
+    webhook_bytes: int = DEFAULT_WEBHOOK_BYTES
+    #: largest ``POST /token_refresh`` and ``POST /partner_status`` body (bytes)
+    control_bytes: int = DEFAULT_CONTROL_BYTES
+    #: deepest JSON nesting accepted (the SDK sends nothing deeper either)
+    max_depth: int = envelope.MAX_DEPTH
+
+    def __post_init__(self) -> None:
+        if min(self.webhook_bytes, self.control_bytes, self.max_depth) < 1:
+            raise ValueError("ApiLimits: every limit must be positive")
+
+
+# -- the schema (what /openapi.json publishes; the handlers check the same) --------------------------------
+
+
+class MessageMeta(BaseModel):
+    """The envelope every message carries under ``meta``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, description="unique per message; resends reuse it")
+    sender: str = Field(min_length=1, description="node id of the sender (a participant)")
+    category: str = Field(min_length=1)
+    akn_id: str | None = Field(None, description="set by the receiver: marks an acknowledgement")
+    type: str | None = None
+    status: str | None = None
+    created_at: str | None = None
+    arrived_at: str | None = None
+    number: int | None = None
+
+
+class WebhookMessage(BaseModel):
+    """A message of the analysis as the broker delivers it: the sender's body plus ``meta``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    meta: MessageMeta
+
+
+class Received(BaseModel):
+    status: Literal["received"]
+
+
+class Health(BaseModel):
+    status: str = Field(description="the node's status: starting, started, executing, executed, ...")
+    token_remaining_time: int = Field(ge=0, description="seconds the current token is still good for")
+
+
+class TokenRefresh(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    token: str = Field(min_length=1, description="the new Keycloak token (an RS256 JWT)")
+
+
+class TokenRefreshed(BaseModel):
+    message: str
+
+
+class PartnerStatus(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    partner_status: dict[str, str] = Field(description="node id -> status")
+
+
+class OwnStatus(BaseModel):
+    status: str
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="what was wrong and what to do")
+
+
+_MODELS: tuple[type[BaseModel], ...] = (WebhookMessage, TokenRefresh, PartnerStatus, Problem)
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    meanings = {
+        400: "not JSON, nested too deep, or not what the endpoint takes",
+        413: "the body is larger than the endpoint's limit",
+        422: "valid JSON of the wrong shape",
+        503: "cannot be handled now; send it again later",
+    }
+    return {status: {"model": Problem, "description": meanings[status]} for status in statuses}
+
+
+# -- the app -----------------------------------------------------------------------------------------------
+
+
+def create_api(node: AsyncNode, limits: ApiLimits | None = None) -> FastAPI:
     """The FastAPI app of one node's analysis API."""
-    app = FastAPI(title="FLAME analysis", openapi_url=None, docs_url=None, redoc_url=None)
+    bounds = limits or ApiLimits()
+    app = FastAPI(
+        title="FLAME analysis",
+        summary="The REST API an analysis serves to its node's message broker and pod orchestrator.",
+        version="1",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
 
-    @app.post("/webhook")
+    @app.post(
+        "/webhook",
+        response_model=Received,
+        responses=_problems(400, 413, 503),
+        openapi_extra=_body(WebhookMessage),
+    )
     async def webhook(request: Request) -> JSONResponse:
-        body = await _json(request)
+        body = await _read_json(request, bounds.webhook_bytes, bounds.max_depth)
         if isinstance(body, JSONResponse):
             return body
         try:
@@ -41,17 +177,25 @@ def create_api(node: AsyncNode) -> FastAPI:
             return JSONResponse({"detail": str(exc)}, status_code=400)
         return JSONResponse({"status": "received"})
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, Any]:
         return {"status": node.status, "token_remaining_time": node.token_remaining_time()}
 
-    @app.post("/token_refresh")
+    @app.post(
+        "/token_refresh",
+        response_model=TokenRefreshed,
+        responses=_problems(400, 413, 503),
+        openapi_extra=_body(TokenRefresh),
+    )
     async def token_refresh(request: Request) -> JSONResponse:
-        body = await _json(request)
+        body = await _read_json(request, bounds.control_bytes, bounds.max_depth)
         if isinstance(body, JSONResponse):
             return body
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token.strip():
+        try:
+            token = TokenRefresh.model_validate(body).token.strip()
+        except ValidationError:
+            token = ""
+        if not token:
             return JSONResponse({"detail": 'no token in the body; send {"token": "<JWT>"}'}, status_code=400)
         try:
             await node.refresh_token(token)
@@ -67,27 +211,80 @@ def create_api(node: AsyncNode) -> FastAPI:
         log.info("token refreshed by the pod orchestrator")
         return JSONResponse({"message": "Token refreshed successfully"})
 
-    @app.post("/partner_status")
+    @app.post(
+        "/partner_status",
+        response_model=OwnStatus,
+        responses=_problems(400, 413, 422),
+        openapi_extra=_body(PartnerStatus),
+    )
     async def partner_status(request: Request) -> JSONResponse:
-        body = await _json(request)
+        body = await _read_json(request, bounds.control_bytes, bounds.max_depth)
         if isinstance(body, JSONResponse):
             return body
-        statuses = body.get("partner_status") if isinstance(body, dict) else None
-        if not isinstance(statuses, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in statuses.items()
-        ):
+        try:
+            statuses = PartnerStatus.model_validate(body).partner_status
+        except ValidationError:
             return JSONResponse(
                 {"detail": 'expected {"partner_status": {"<node id>": "<status>"}}'}, status_code=422
             )
         node.adopt_partner_status(statuses)
         return JSONResponse({"status": node.status})
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            _, definitions = models_json_schema(
+                [(model, "validation") for model in _MODELS], ref_template="#/components/schemas/{model}"
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-async def _json(request: Request) -> Any:
-    raw = await request.body()
+async def _read_json(request: Request, limit: int, max_depth: int) -> Any:
+    """The body as JSON, or the 4xx answer: read in chunks, never more than ``limit`` bytes kept."""
+    where = request.url.path
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        log.warning("refused a %s body of %s bytes (limit %d): too large", where, declared.strip(), limit)
+        return _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return JSONResponse({"detail": "the body is not JSON"}, status_code=400)
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                log.warning("refused a %s body of more than %d bytes: too large", where, limit)
+                return _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        return JSONResponse({"detail": "the client went away before the body was complete"}, status_code=400)
+    raw = b"".join(chunks)
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        return _too_deep(where, max_depth)
+    except ValueError:  # includes UnicodeDecodeError and over-long integers
+        return JSONResponse({"detail": "the body is not JSON (UTF-8)"}, status_code=400)
+    if envelope.json_depth(value, max_depth) > max_depth:
+        return _too_deep(where, max_depth)
+    return value
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"the body is larger than {limit} bytes; send bulk data through storage"}, status_code=413
+    )
+
+
+def _too_deep(where: str, max_depth: int) -> JSONResponse:
+    log.warning("refused a %s body nested deeper than %d levels", where, max_depth)
+    return JSONResponse(
+        {"detail": f"the JSON is nested too deep (more than {max_depth} levels)"}, status_code=400
+    )
+
+
+__all__ = ["DEFAULT_CONTROL_BYTES", "DEFAULT_WEBHOOK_BYTES", "ApiLimits", "create_api"]

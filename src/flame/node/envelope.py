@@ -1,4 +1,4 @@
-"""The message envelope of FLAME's SDK: the reserved ``meta`` object (WIRE.md section 2.1).
+"""The message envelope of FLAME's SDK: the reserved ``meta`` object.
 
 Every message body carries ``meta``; the user body must not use that key. Our nodes and nodes running
 PrivateAIM's SDK read each other's envelopes, so the fields, their spelling and their formats are
@@ -22,6 +22,9 @@ INTERMEDIATE_DATA = "intermediate_data"
 
 #: The largest message body sent through the broker (bytes of JSON); bulk data goes through storage.
 MAX_MESSAGE_BYTES = 700_000
+#: The deepest nesting of a message (``meta`` and the body count as levels 1 and up); deeper JSON is
+#: refused when sending and when receiving.
+MAX_DEPTH = 64
 
 _META_FIELDS = ("type", "category", "id", "akn_id", "status", "sender", "created_at", "arrived_at", "number")
 
@@ -100,6 +103,31 @@ def parse_meta(body: Any) -> Meta:
     return Meta(id=meta["id"], sender=meta["sender"], category=meta["category"], akn_id=akn)
 
 
+def json_depth(value: Any, limit: int | None = None) -> int:
+    """How deeply ``value`` nests lists and dicts (a scalar is 0, ``[]`` is 1); no recursion.
+
+    Stops counting once past ``limit`` (the result is then ``limit + 1``), so a hostile value costs
+    no more than it took to parse.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if limit is not None and deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children if isinstance(child, dict | list | tuple))
+    return deepest
+
+
 def encoded_size(message: dict[str, Any]) -> int:
     """Bytes of the message as the broker carries it (compact JSON)."""
     import json
@@ -110,11 +138,13 @@ def encoded_size(message: dict[str, Any]) -> int:
 __all__ = [
     "ANALYSIS_FINISHED",
     "INTERMEDIATE_DATA",
+    "MAX_DEPTH",
     "MAX_MESSAGE_BYTES",
     "READY_CHECK",
     "Meta",
     "acknowledgement",
     "encoded_size",
+    "json_depth",
     "local_time",
     "message_id",
     "outgoing",

@@ -1,4 +1,4 @@
-"""Reliable messaging over the broker (WIRE.md section 2.1), interoperable with PrivateAIM's SDK.
+"""Reliable messaging over the broker, interoperable with PrivateAIM's SDK.
 
 The broker delivers at most once per attempt, drops on errors and persists nothing. On top of it:
 every message carries the ``meta`` envelope; a receiver stores a message once (de-duplicated by
@@ -78,6 +78,11 @@ class Messenger:
     def envelope(self, body: dict[str, Any], category: str) -> dict[str, Any]:
         """A new outgoing message: a copy of ``body`` with a fresh ``meta``; checked for size."""
         message = envelope.outgoing(body, sender=self.node_id, category=category, number=next(self._numbers))
+        if envelope.json_depth(message, envelope.MAX_DEPTH) > envelope.MAX_DEPTH:
+            raise PayloadError(
+                f"the message nests more than {envelope.MAX_DEPTH} levels deep, which receivers refuse; "
+                "flatten it, or send it as intermediate data through storage (send_intermediate_data)"
+            )
         size = envelope.encoded_size(message)
         if size > envelope.MAX_MESSAGE_BYTES:
             raise PayloadError(

@@ -37,7 +37,7 @@ from flame.errors import (
     TokenSignatureError,
 )
 from flame.node import envelope
-from flame.node.api import create_api
+from flame.node.api import ApiLimits, create_api
 from flame.node.inbox import Inbox, Message
 from flame.node.loop import LoopThread
 from flame.node.messaging import (
@@ -78,7 +78,8 @@ class AsyncNode:
     """One analysis container's connection to its FLAME node (async API).
 
     ``transport`` replaces the network (a local federation passes the emulated stack's in-process
-    transport); ``serve_api`` serves the analysis REST API with uvicorn (on a node: port 8000).
+    transport); ``serve_api`` serves the analysis REST API with uvicorn (on a node: port 8000);
+    ``api_limits`` bounds its request bodies (:class:`~flame.node.api.ApiLimits`).
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class AsyncNode:
         requires_data: bool | None = None,
         serve_api: bool = True,
         api_host: str | None = None,
+        api_limits: ApiLimits | None = None,
     ) -> None:
         install_redaction()
         self.config = config or NodeConfig.from_env()
@@ -136,7 +138,7 @@ class AsyncNode:
             kong.observer = self.disclosure
         self.inbox = Inbox()
         self.messenger = Messenger(self.broker, self.config.node_id or "", self.inbox)
-        self.api_app = create_api(self)
+        self.api_app = create_api(self, api_limits)
         self.node_id: str = self.config.node_id or ""
         self.role: str = self.config.node_role or ""
         self.participants: list[Participant] = []
