@@ -93,6 +93,7 @@ async def test_aggregator_start_up_failure_ends_the_run_at_once(
         assert run.outcomes[name].status != "executed"
         assert "the aggregator (aggregator) failed" in (run.outcomes[name].error or ""), run.report()
     assert await stack.final_results() == {}
+    assert run.stopped == "the aggregator (aggregator) failed" == run.report()["stopped"]
     assert_one_incarnation_at_a_time(stack)
 
 

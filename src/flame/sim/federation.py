@@ -88,6 +88,8 @@ class FederationRun:
     seconds: float
     rounds: list[dict[str, Any]] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
+    #: why the run stopped the nodes still running, when a failure decided it (None: every node ended)
+    stopped: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,6 +113,7 @@ class FederationRun:
             "rounds": self.rounds,
             "final_results": {name: len(data) for name, data in self.final_results.items()},
             "events": self.events,
+            **({"stopped": self.stopped} if self.stopped is not None else {}),
         }
 
 
@@ -180,6 +183,7 @@ class Federation:
             seconds=time.monotonic() - started,
             rounds=self._rounds(),
             events=dict(sorted(Counter(e.kind for e in self.stack.events).items())),
+            stopped=self.stopped,
         )
 
     def _rounds(self) -> list[dict[str, Any]]:
