@@ -15,8 +15,9 @@ Health rule, as PrivateAIM's node-pod-orchestration (``status/status.py``) has i
 - A node that answers ``stuck``, or a ``started`` node whose check failed, is restarted: the pod
   goes, a new deployment (``analysis-{id}-{n+1}``) starts with a new token. After ``po_max_restarts``
   (10) restarts of one node it is marked ``failed`` instead.
-- An ``executing`` node whose check failed (or that answers ``failed``) is marked ``failed`` and its
-  pod stopped: it is not restarted.
+- An ``executing`` node whose check failed is marked ``failed`` and its pod stopped
+  (:meth:`FlameStack.stop_node`): it is not restarted. One that answers ``failed`` is marked
+  ``failed`` and left to end by itself (the real PO stops it at its next check, 10 s later).
 
 One deviation: an answer ``starting`` or ``started`` counts as "still starting" (no action), where the
 real PO would count it as failed; the emulator runs the PO's period a hundred times faster than the
@@ -247,6 +248,14 @@ class PodOrchestrator:
         """End :meth:`run` at once (its next wake-up)."""
         self._stopped.set()
 
+    def _gone(self, node: SimNode, deployment: str) -> bool:
+        """Whether the pod a check began on was replaced, stopped or finished since."""
+        return (
+            node.deployment_name != deployment
+            or self.records[node.name].status in FINAL_STATUSES
+            or self.stack.analysis_client(node.name) is None
+        )
+
     async def _healthz(self, node: SimNode) -> tuple[dict[str, Any] | None, str]:
         """``/healthz`` of ``node``, retried until the health timeout: (answer, "") or (None, why not)."""
         settings = self.stack.settings
@@ -254,6 +263,7 @@ class PodOrchestrator:
         url = f"http://{node.host}/analysis/healthz"
         window = settings.scaled(settings.po_healthz_timeout)
         retry = settings.scaled(settings.po_healthz_retry)
+        deployment = node.deployment_name
         loop = asyncio.get_running_loop()
         deadline = loop.time() + window
         attempts = 0
@@ -270,7 +280,7 @@ class PodOrchestrator:
                 why = "healthz answered no JSON object"
             except (httpx.HTTPError, ValueError, asyncio.TimeoutError) as exc:
                 why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if loop.time() + retry >= deadline or self._stopped.is_set():
+            if loop.time() + retry >= deadline or self._stopped.is_set() or self._gone(node, deployment):
                 return None, f"no answer to /healthz for {window:g} s ({attempts} attempts; last: {why})"
             # the real PO asks again every second: a remote poll, ended early by the stop
             with contextlib.suppress(asyncio.TimeoutError):
@@ -283,8 +293,8 @@ class PodOrchestrator:
             return
         deployment = node.deployment_name
         health, why = await self._healthz(node)
-        if node.deployment_name != deployment or record.status in FINAL_STATUSES:
-            return  # restarted or ended meanwhile: this check is about a pod that is gone
+        if self._gone(node, deployment):
+            return  # restarted, stopped or ended meanwhile: this check is about a pod that is gone
         reported = health.get("status") if health is not None else None
         if health is not None:
             record.last_health = health
@@ -295,10 +305,17 @@ class PodOrchestrator:
             return
         if health is None or reported in ("failed", "stopped"):
             reason = why or f"healthz reported {reported}"
-            if record.executing:
+            if not record.executing:
+                await self._restart_or_fail(node, reason)
+            elif health is None:
                 await self._fail(node, reason)
             else:
-                await self._restart_or_fail(node, reason)
+                # the analysis says itself that it is over: it ends on its own (an aggregator that
+                # failed still tells its partners); the real PO's 10 s period leaves it that time
+                record.status = "failed"
+                record.error = record.error or f"the analysis reported {reported}"
+                self.stack.events.record("po.failed", node.name, reason=reason)
+                self._bump()
             return
         assert health is not None
         partners = {
