@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -100,10 +101,43 @@ async def test_a_lost_cancellation_still_ends_the_sending_task(
     release.set()
     # let the request complete while the sending task has not resumed yet, then cancel it: the
     # cancellation arrives exactly as the answer does
-    sender = next(t for t in asyncio.all_tasks() if t is not task and "send" in repr(t.get_coro()))
-    while not sender.done():
+    senders = [
+        t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "AsyncClient.send"
+    ]
+    assert len(senders) == 1, senders  # the request, run by asyncio.wait_for as a task of its own
+    for _ in range(1000):
+        if senders[0].done():
+            break
         await asyncio.sleep(0)
+    assert senders[0].done() and not task.done()
     task.cancel()
     await asyncio.wait({task}, timeout=2.0)
     assert task.done()
     await reporter.aclose(1.0)
+
+
+# -- the rest of a node's shutdown: background tasks -------------------------------------------------------------------
+
+
+async def test_background_tasks_close_is_bounded_for_a_task_that_ignores_cancellation() -> None:
+    from flame.node.tasks import BackgroundTasks
+
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    tasks = BackgroundTasks()
+    task = tasks.spawn(stubborn())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    closing = asyncio.ensure_future(tasks.aclose(grace=0.1))
+    try:
+        await asyncio.wait({closing}, timeout=3.0)  # not wait_for: it would wait for the cancel too
+        assert closing.done(), "closing the background tasks did not end"
+        assert time.monotonic() - started < 0.1 + CANCEL_GRACE + 0.5
+    finally:
+        release.set()
+        await asyncio.wait({task, closing}, timeout=1.0)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: How long closing waits for cancelled tasks to end (seconds).
+CANCEL_GRACE = 1.0
 
 
 class BackgroundTasks:
@@ -30,11 +36,23 @@ class BackgroundTasks:
         return not self._tasks
 
     async def aclose(self, grace: float = 0.0) -> None:
-        """Let running tasks finish for up to ``grace`` seconds, then cancel the rest and wait for them."""
+        """Let running tasks finish for up to ``grace`` seconds, then cancel the rest and wait for them.
+
+        The wait after the cancel is bounded too (:data:`CANCEL_GRACE`): before Python 3.12 a
+        cancellation can be swallowed by ``asyncio.wait_for``, and a task that goes on must not hold the
+        node's shutdown; it is left behind with a warning.
+        """
         if self._tasks and grace > 0:
             await asyncio.wait(list(self._tasks), timeout=grace)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+            for task in pending:
+                task.cancel()  # once more: the first request may have been lost
+            if pending:
+                log.warning("%d background task(s) did not end when cancelled; left behind", len(pending))
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: ended with an error while closing is no news
