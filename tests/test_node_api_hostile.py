@@ -8,6 +8,8 @@ nested bodies; a token the services stop accepting mid-run; a broker outage at s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,12 +19,15 @@ import httpx
 import jwt
 import pytest
 
+from flame.clients.base import RetryPolicy
 from flame.config import NodeConfig
+from flame.errors import ServiceUnavailableError
 from flame.federated import FederationOptions
 from flame.node import AsyncNode, Timeouts
-from flame.sim.faults import FaultPlan, parse_faults
+from flame.sim.faults import FaultPlan, ServiceOutage, parse_faults
 from flame.sim.federation import run_federation
-from flame.sim.launch import Mode
+from flame.sim.launch import Mode, node_config
+from flame.sim.proxy import SidecarTransport
 from flame.sim.settings import StackSettings
 from flame.sim.stack import FlameStack
 from tests.helpers_tokens import (
@@ -369,3 +374,88 @@ async def test_the_api_publishes_its_openapi_schema(lone_node: AsyncNode) -> Non
         assert {"200", "400", "413"} <= set(paths[path]["post"]["responses"])
     health = paths["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert health["$ref"].endswith("/Health")
+
+
+# -- finding 8, first half: start-up requests are retried ----------------------------------------------------
+
+PATIENT = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2, token_wait=0.3)
+
+
+class LosingSubscriptions(httpx.AsyncBaseTransport):
+    """The network between a node and its broker: the first ``lose`` subscription POSTs fail with 503.
+
+    ``taken``: the broker made the subscription but its answer was lost on the way back (the worst
+    case for a retry); otherwise the broker never saw the request.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, lose: int, *, taken: bool) -> None:
+        self.inner = inner
+        self.lose = lose
+        self.taken = taken
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        subscribing = request.method == "POST" and request.url.path.endswith("/messages/subscriptions")
+        if subscribing and self.lose > 0:
+            self.lose -= 1
+            if self.taken:
+                answer = await self.inner.handle_async_request(request)
+                await answer.aread()
+            return httpx.Response(503, json={"error": "Service Unavailable"})
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("taken", [False, True])
+async def test_start_retries_the_subscription_and_subscribes_once(
+    federation: MakeFederation, taken: bool
+) -> None:
+    fed = await federation()
+    stack = fed.stack
+    aggregator = await fed.start("aggregator", retry=PATIENT)
+    inner = SidecarTransport(stack.app, stack.resolver("node-1"))
+    node_1 = AsyncNode(
+        node_config(stack, "node-1", "inprocess"),
+        transport=LosingSubscriptions(inner, 2, taken=taken),
+        serve_api=False,
+        timeouts=FAST,
+        retry=PATIENT,
+    )
+    stack.attach_analysis("node-1", node_1.api_app)
+    fed.nodes["node-1"] = node_1
+    await node_1.start()
+    assert node_1.status == "started"
+    subscriptions = list(stack.node("node-1").subscriptions.values())
+    assert [s["webhookUrl"] for s in subscriptions] == [node_1.config.urls.webhook]
+    assert await aggregator.send_message([node_1.node_id], "c", {"v": 1}) == ([node_1.node_id], [])
+    assert len(node_1.inbox) == 1
+
+
+async def test_a_start_that_fails_after_the_retries_reports_failed(federation: MakeFederation) -> None:
+    fed = await federation(faults=FaultPlan([ServiceOutage("message-broker", start=0.0, end=60.0)]))
+    with pytest.raises(ServiceUnavailableError) as caught:
+        await fed.start("node-1", retry=PATIENT)
+    assert caught.value.service == "message-broker"
+    await fed.stack.po.wait_for_status("node-1", ("failed",), 5.0)
+
+
+# -- stopping is bounded ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "served"])
+async def test_stop_returns_in_bounded_time_when_the_services_hang(
+    federation: MakeFederation, mode: Mode
+) -> None:
+    fed = await federation(mode=mode)
+    node_1 = await fed.start("node-1", timeouts=dataclasses.replace(FAST, request=30.0, shutdown=0.5))
+    await fed.start("aggregator")
+    # a listening socket that never answers: the broker and the pod orchestrator hang from now on
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(16)
+        url = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
+        node_1.broker.base_url = node_1.po.base_url = url
+        node_1.log("a line the pod orchestrator will never get")
+        began = time.monotonic()
+        await node_1.stop("executed")
+        took = time.monotonic() - began
+    assert took < 5 * 0.5 + 3.0, f"stop took {took:.1f} s"
+    assert node_1.http.is_closed

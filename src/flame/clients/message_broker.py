@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, Literal, TypedDict
 
 from flame.clients.base import ServiceClient
-from flame.errors import ProtocolError
+from flame.errors import ProtocolError, ServiceUnavailableError
+
+log = logging.getLogger(__name__)
 
 
 class Participant(TypedDict):
@@ -67,12 +71,50 @@ class MessageBrokerClient(ServiceClient):
         return body  # type: ignore[return-value]
 
     async def subscribe(self, webhook_url: str) -> Subscription:
-        """Subscribe ``webhook_url`` for the analysis' messages (not de-duplicated by the broker)."""
-        response = await self.request(
-            "POST", self._path("/messages/subscriptions"), json={"webhookUrl": webhook_url}, expected=(201,)
-        )
-        body: Subscription = response.json()
-        return body
+        """Subscribe ``webhook_url`` for the analysis' messages, retried like an idempotent request.
+
+        The broker does not de-duplicate subscriptions (every POST adds one, and each would deliver
+        every message once more), so a POST that failed is not simply repeated: before each retry the
+        subscriptions are listed, and one already made for ``webhook_url`` (the POST was taken, its
+        answer lost) is used instead. Raises :class:`ServiceUnavailableError` after the last attempt.
+        """
+        delays = self.retry.delays(self._rng)
+        look_first = False
+        while True:
+            try:
+                if look_first:
+                    existing = await self._subscription_for(webhook_url)
+                    if existing is not None:
+                        log.info("the broker had taken the subscription whose answer was lost; using it")
+                        return existing
+                response = await self.request(
+                    "POST",
+                    self._path("/messages/subscriptions"),
+                    json={"webhookUrl": webhook_url},
+                    expected=(201,),
+                    retry=False,
+                )
+                body: Subscription = response.json()
+                return body
+            except ServiceUnavailableError as exc:
+                failure = exc
+            delay = next(delays, None)
+            if delay is None:
+                raise failure
+            log.info("subscribing failed (%s); retrying in %.2f s", failure, delay)
+            await asyncio.sleep(delay)
+            look_first = True
+
+    async def _subscription_for(self, webhook_url: str) -> Subscription | None:
+        """The analysis' subscription of ``webhook_url``, if there is one (asked once, not retried)."""
+        response = await self.request("GET", self._path("/messages/subscriptions"), retry=False)
+        found = response.json()
+        if not isinstance(found, list):
+            raise ProtocolError(f"message-broker: the subscriptions are not a list: {found!r:.200}")
+        for subscription in found:
+            if isinstance(subscription, dict) and subscription.get("webhookUrl") == webhook_url:
+                return subscription  # type: ignore[return-value]
+        return None
 
     async def unsubscribe(self, subscription_id: str) -> None:
         await self.request(

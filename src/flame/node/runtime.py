@@ -244,11 +244,15 @@ class AsyncNode:
             raise FlameError("this node runtime was stopped; create a new one to start again")
         try:
             return await self._start()
-        except BaseException:
+        except BaseException as exc:
             # The caller gets no running node back: release what this attempt set up (the log task,
-            # the served API, a webhook subscription) instead of leaving it running on the loop.
+            # the served API, a webhook subscription) instead of leaving it running on the loop. A
+            # start that failed (every request retried first) tells the pod orchestrator so.
+            failed = isinstance(exc, Exception) and self.reporter is not None
+            if failed:
+                self.log(f"the node could not start: {exc}", "error")
             with contextlib.suppress(Exception):
-                await self.stop()
+                await self.stop("failed" if failed else None)
             raise
 
     async def _start(self) -> AsyncNode:
@@ -308,21 +312,29 @@ class AsyncNode:
             delay = min(delay * 2, 2.0)
 
     async def stop(self, status: Status | None = None) -> None:
-        """Leave the node: final status, flush logs, remove the webhook subscription, close clients."""
-        if status is not None:
+        """Leave the node: final status, flush logs, remove the webhook subscription, close clients.
+
+        Bounded: each step gets ``timeouts.shutdown`` seconds (plus a second for cancelling it), and
+        a step that fails or hangs is logged and left behind, so the steps after it still run.
+        """
+        if status is not None and self.reporter is not None:
             self.set_status(status)
+        elif status in FINAL_STATUSES:
+            self.finished.set()
+        bound = self.timeouts.shutdown
         if self._subscription is not None:
-            with contextlib.suppress(FlameError):
-                await asyncio.wait_for(self.broker.unsubscribe(self._subscription), self.timeouts.shutdown)
+            await _bounded(self.broker.unsubscribe(self._subscription), bound, "removing the subscription")
             self._subscription = None
-        await self.messenger.aclose()
+        await _bounded(
+            self.messenger.aclose(grace=min(5.0, bound)), bound, "sending the last acknowledgements"
+        )
         if self.reporter is not None:
-            await self.reporter.aclose(self.timeouts.shutdown)
+            await _bounded(self.reporter.aclose(bound), bound, "flushing logs to the pod orchestrator")
         if self._server is not None:
-            await self._server.aclose(self.timeouts.shutdown)
+            await _bounded(self._server.aclose(bound), bound, "stopping the API server")
             self._server = None
             self.api_url = None
-        await self.http.aclose()
+        await _bounded(self.http.aclose(), bound, "closing the connections")
         self._started = False
 
     async def __aenter__(self) -> AsyncNode:
@@ -493,6 +505,21 @@ class AsyncNode:
     def _require_started(self) -> None:
         if not self._started:
             raise FlameError("the node is not started; call start() first")
+
+
+async def _bounded(step: Coroutine[Any, Any, Any], seconds: float, what: str) -> None:
+    """Run one shutdown step for at most ``seconds`` (+1 s to cancel it); log instead of raising."""
+    task = asyncio.ensure_future(step)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+    if not done:
+        log.warning("shutdown: %s did not finish within %g s; left behind", what, seconds)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown: %s failed: %s", what, task.exception())
 
 
 _LEVELS = {
