@@ -149,6 +149,8 @@ class Federation:
         #: incarnations in their clean-up (not cancelled again), and nodes in the middle of a restart
         self._cleaning: set[asyncio.Task[None]] = set()
         self._restarting: set[str] = set()
+        #: set once the run is ending: a restart then starts no new incarnation
+        self._closing = False
         self._changed = asyncio.Event()
         stack.on_restart(self._restarted)
         stack.on_stop(self._pod_stopped)
@@ -166,10 +168,15 @@ class Federation:
                 self._launch(name)
         try:
             reason = await asyncio.wait_for(self._until_decided(), timeout)
+        except asyncio.CancelledError:
+            self._closing = True  # whoever cancelled the run stops its nodes; no restart starts one
+            raise
         except asyncio.TimeoutError:
+            self._closing = True
             waiting = [n for n, t in self._tasks.items() if not t.done()]
             await self._stop_all(f"the federation did not finish within {timeout or 0.0:g} s")
             raise FlameTimeoutError("the federation to finish", timeout or 0.0, waiting) from None
+        self._closing = True
         if reason is not None:
             self.stopped = reason
             pending = [t for t in self._tasks.values() if not t.done()]
@@ -346,7 +353,7 @@ class Federation:
         """
         name = node.name
         task = self._tasks.get(name)
-        if task is None:
+        if task is None or self._closing:
             return
         self._restarting.add(name)
         try:
@@ -359,7 +366,8 @@ class Federation:
                     name, self.stack.po.record(name).incarnation, status="failed", error=outcome.error
                 )
                 return
-            self._launch(name)
+            if not self._closing:
+                self._launch(name)
         finally:
             self._restarting.discard(name)
             self._changed.set()
