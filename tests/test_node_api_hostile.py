@@ -459,3 +459,28 @@ async def test_stop_returns_in_bounded_time_when_the_services_hang(
         took = time.monotonic() - began
     assert took < 5 * 0.5 + 3.0, f"stop took {took:.1f} s"
     assert node_1.http.is_closed
+
+
+@pytest.mark.integration
+async def test_a_run_starting_during_a_broker_outage_finishes(tmp_path: Path) -> None:
+    stack = FlameStack.create(
+        3,
+        data_root=sum_data(tmp_path),
+        settings=StackSettings.fast(po_healthz_timeout=500.0),
+        faults=parse_faults("outage=message-broker@0-1"),
+    )
+    options = FederationOptions(max_rounds=2, round_deadline=20.0, send_timeout=10.0)
+    try:
+        run = await run_federation(
+            stack,
+            SumAnalyzer,
+            SumAggregator,
+            options,
+            timeout=60.0,
+            timeouts=Timeouts(startup=5.0, attempt=0.15, shutdown=1.0),
+        )
+    finally:
+        await stack.aclose()
+    assert stack.events.select("fault.outage", service="message-broker")
+    assert run.ok, run.report()
+    assert run.result == expected_total([ALL3] * 2)

@@ -823,3 +823,41 @@ def test_token_module_logs_no_token(
         store.swap(token)
     assert caplog.records
     assert_no_segment(caplog.text, token)
+
+
+def test_a_failed_key_set_fetch_is_an_outage_not_a_bad_token(
+    good_token: str, server: JWKSServer, clock: FakeClock
+) -> None:
+    """Right after a failed fetch (within the refetch interval) a token is not called badly signed."""
+    cache = JWKSCache(server.url, timeout=2.0, min_refetch_interval=10.0, clock=clock)
+    server.status = 503
+    with pytest.raises(ServiceUnavailableError):
+        check_token(good_token, ANALYSIS, jwks_cache=cache)
+    server.status = 200
+    server.reset_count()
+    with pytest.raises(ServiceUnavailableError, match="try again"):
+        check_token(good_token, ANALYSIS, jwks_cache=cache)
+    assert server.requests == 0  # the rate limit still holds
+    clock.now += 10.0
+    assert check_token(good_token, ANALYSIS, jwks_cache=cache).analysis_id == ANALYSIS
+
+
+async def test_token_store_rejection_and_waiting_for_a_new_token(key: rsa.RSAPrivateKey) -> None:
+    first = mint(key, "k1", claims_for(ANALYSIS, lifetime=600))
+    second = mint(key, "k1", claims_for(ANALYSIS, lifetime=300))
+    store = TokenStore(first)
+    version = store.version
+    assert 590 <= (store.seconds_remaining() or 0) <= 600
+    assert not store.mark_rejected(second)  # not the current token: nothing changes
+    assert store.mark_rejected(first) and store.rejected
+    assert store.seconds_remaining() == 0
+    assert not await store.wait_for_change(version, 0.05)
+    # a swap from another thread wakes the waiter at once
+    timer = threading.Timer(0.05, store.swap, args=(second,))
+    timer.start()
+    began = time.monotonic()
+    assert await store.wait_for_change(version, 5.0)
+    assert time.monotonic() - began < 2.0
+    timer.join()
+    assert not store.rejected and store.get() == second
+    assert 290 <= (store.seconds_remaining() or 0) <= 300
