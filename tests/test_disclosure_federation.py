@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -243,3 +243,37 @@ async def test_honest_analysis_is_released_and_audited_in_log_stream_and_ledger(
             json.loads(line.split(" ", 2)[2])["digest"] for line in lines
         ]
         assert all("mean" not in json.dumps(e["statistics"]) for e in ledger)  # no released values
+
+
+class StrictAnalysis(Analysis):
+    #: the analysis tightens the node's policy for itself (it could not loosen it)
+    disclosure_policy: ClassVar[dict[str, int]] = {"min_records": 300}
+
+
+async def test_an_analysis_tightens_the_policy_with_a_class_attribute() -> None:
+    result = await federate_with(
+        StrictAnalysis(lambda df: {"age": summarise(df["age"].to_numpy(dtype=float))})
+    )
+    assert "rule min-records at payload.age.n" in refused(result)  # node-1 holds 200 patients
+
+
+class LooseAnalysis(Analysis):
+    disclosure_policy: ClassVar[dict[str, int]] = {"min_records": 2}
+
+
+async def test_an_analysis_that_loosens_the_policy_fails_before_it_sends() -> None:
+    run, stack = await federate_with(
+        LooseAnalysis(lambda df: {"age": summarise(df["age"].to_numpy(dtype=float))})
+    )
+    assert run.outcomes["node-1"].status == "failed"
+    assert "min_records" in (run.outcomes["node-1"].error or "") and "loosen" in (
+        run.outcomes["node-1"].error or ""
+    )
+    assert sent_by(stack, "node-1") == 0 and run.final_results == {}
+
+
+async def federate_with(analysis: flame.Analyzer) -> tuple[FederationRun, FlameStack]:
+    stack = FlameStack.create(1, data_root=DATA, settings=StackSettings.fast())
+    async with stack:
+        run = await run_federation(stack, analysis, Keep(), FAST, timeout=60)
+    return run, stack

@@ -26,6 +26,10 @@ async def run_node(
     """
     node.set_status("executing")
     try:
+        for side in (analyzer, aggregator):  # ``disclosure_policy = {...}``: tighten, never loosen
+            settings = getattr(side, "disclosure_policy", None)
+            if settings:
+                node.disclosure.tighten(settings)
         if node.is_aggregator:
             return await aggregator.execute(node, options, analyzer=analyzer)
         return await AnalysisClient(node, analyzer, options).execute()
