@@ -511,6 +511,10 @@ def summarise(values: npt.ArrayLike, axis: int | None = 0) -> Summary:
     every digit. ``mean_residual = sum(d) / n`` makes ``mean + mean_residual`` the local mean to
     about twice float64 precision; sending it lets the aggregator combine nodes without losing the
     digits of ``mean`` that a float64 cannot hold (see :func:`pooled_mean_variance`).
+
+    The summary is a typed statistic: ``n`` travels with it, and the node's disclosure guard refuses
+    to let a summary of fewer than ``min_records`` observations (default 5) leave the node, so
+    ``summarise([42.0])`` never reaches the aggregator.
     """
     what = "summarise"
     try:
