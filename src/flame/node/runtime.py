@@ -193,7 +193,7 @@ class AsyncNode:
         if jwks_url is None:
             claims = check_token(token, analysis_id)
             try:
-                me = await self.broker.self_participant(token=token, timeout=self.timeouts.request)
+                me = await self.broker.self_participant(token=token, timeout=min(self.timeouts.request, 10.0))
             except ServiceError as exc:
                 if exc.status in (401, 403):
                     raise TokenSignatureError(
