@@ -379,3 +379,35 @@ async def test_flame_sim_node_process_that_raises_at_import_ends_the_run_at_once
     # the orchestrator knew it first: the node's record is failed with the process' output
     records = [r for r in outcome.stack_info["nodes"].values() if r["po_status"] == "failed"]
     assert records, outcome.stack_info
+
+
+@pytest.mark.process
+async def test_process_mode_restarts_never_overlap(tmp_path: Path) -> None:
+    from flame.sim.cli_sim import ProcessFederation
+
+    analysis = tmp_path / "analysis.py"
+    analysis.write_text(SUM_FILE)
+    faults = FaultPlan(
+        [NodeRestart("node-1", at=0.0), NodeRestart("node-2", at=1.0), NodeRestart("node-2", at=1.01)]
+    )
+    stack = FlameStack.create(2, data_root=_sim_data(tmp_path / "data"), faults=faults)
+    processes = ProcessFederation(stack, analysis)
+    try:
+        await processes.start()
+        await asyncio.wait_for(processes.wait(), 90)
+    finally:
+        await processes.stop()
+        results = await stack.final_results()
+        counts = assert_one_incarnation_at_a_time(stack)
+        await stack.aclose()
+    assert list(results.values()) == [b"5"], results
+    assert counts["aggregator"] == 1
+    # node-1: its launch was replaced by the restart at 0 (one process, the new deployment)
+    assert [(r.exit_code, r.killed, r.deployment[-2:]) for r in processes.records["node-1"]] == [
+        (0, False, "-1")
+    ]
+    assert counts["node-1"] == 1
+    # node-2: each restart killed the running process before the next one started
+    assert counts["node-2"] == len(processes.records["node-2"])
+    for earlier, later in zip(processes.records["node-2"], processes.records["node-2"][1:], strict=False):
+        assert earlier.ended is not None and earlier.ended <= later.started
