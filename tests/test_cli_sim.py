@@ -776,7 +776,7 @@ def test_the_help_documents_exit_codes_and_fault_forms_that_parse(capsys: pytest
     text = capsys.readouterr().out
     assert "124" in text and "--timeout ran out" in text
     examples = re.findall(r"^\s+([a-z]+=\S+)", text, re.MULTILINE)
-    assert len(examples) == 7
+    assert len(examples) == 8
     for spec in examples:
         parse_faults(spec).validate(["aggregator", "node-1", "node-2", "node-3"])
 

@@ -19,11 +19,12 @@ fault rules (--faults; times in seconds since the stack started):
   drop=0.2                 drop 20 % of deliveries (also duplicate=P, reorder=P)
   drop=0.2@node-1>aggregator   only from node-1 to the aggregator (node-1> or >aggregator: one end)
   delay=0.3:0.05           delay 30 % of deliveries by 0.05 s (reorder=P:SECONDS: shuffle window)
-  outage=storage@2-4       every node's storage answers 503 from 2 s to 4 s (@2-4@node-1: one node;
+  outage=storage@2-4       every node's storage answers 503 from 2 s to 4 s (@2: to the end;
                            services: message-broker, storage, hub-adapter, kong, po)
+  outage=storage@2-4@node-1   only node-1's storage
   expire=node-1@3          node-1's tokens expire at 3 s
   restart=node-2@5         node-2's pod is restarted at 5 s
-  offline=node-1@2-6       node-1 is unreachable from 2 s to 6 s (node-1@2-: until the end)
+  offline=node-1@2-6       node-1 is unreachable from 2 s to 6 s (node-1@2: until the end)
   Probabilities lie in [0, 1], times are finite and not negative, a window starts before it ends,
   and nodes are aggregator, node-1 ... node-N; anything else is refused with exit code 2.
 

@@ -136,7 +136,9 @@ class FaultPlan:
             for name in names:
                 if name is not None and name not in known:
                     text = self._texts.get(id(rule), repr(rule))
-                    raise FaultSpecError(text, f"there is no node {name!r} in this run", expected)
+                    raise FaultSpecError(
+                        text, f"there is no node {name!r} in this run", expected, unreadable=False
+                    )
 
     def delivery(self, sender: str | None, receiver: str, now: float) -> DeliveryDecision:
         """Decide the fate of one delivery of a message from ``sender`` to ``receiver`` at ``now``."""
@@ -198,9 +200,9 @@ class FaultSpecError(ConfigurationError, ValueError):
     looks like. Also a :class:`ValueError`, as the parser raised before.
     """
 
-    def __init__(self, rule: str, problem: str, expected: str) -> None:
+    def __init__(self, rule: str, problem: str, expected: str, *, unreadable: bool = True) -> None:
         self.rule = rule
-        super().__init__(f"fault rule {rule!r}", problem, expected)
+        super().__init__(f"{'cannot read ' if unreadable else ''}fault rule {rule!r}", problem, expected)
 
 
 _FORMS = {
@@ -208,10 +210,11 @@ _FORMS = {
     "duplicate": "duplicate=P or duplicate=P@SENDER>RECEIVER, P a probability in [0, 1]",
     "reorder": "reorder=P or reorder=P:SECONDS (the shuffle window, > 0), optionally @SENDER>RECEIVER",
     "delay": "delay=P or delay=P:SECONDS (the added delay, > 0), optionally @SENDER>RECEIVER, e.g. delay=0.3:0.05",
-    "outage": f"outage=SERVICE@START-END or outage=SERVICE@START-END@NODE, SERVICE one of {', '.join(_SERVICES)}",
+    "outage": f"outage=SERVICE@START-END or outage=SERVICE@START-END@NODE (START alone: to the end), "
+    f"SERVICE one of {', '.join(_SERVICES)}",
     "expire": "expire=NODE@SECONDS, e.g. expire=node-1@3",
     "restart": "restart=NODE@SECONDS, e.g. restart=node-2@5",
-    "offline": "offline=NODE@START-END (or NODE@START- for the rest of the run), e.g. offline=node-1@2-6",
+    "offline": "offline=NODE@START-END (NODE@START: for the rest of the run), e.g. offline=node-1@2-6",
 }
 _KINDS = ", ".join(_FORMS)
 
@@ -225,11 +228,12 @@ def parse_faults(spec: str, seed: int = 0) -> FaultPlan:
                                           ``a`` / to ``b``)
     ``duplicate=0.1``, ``reorder=0.5``    duplicate / reorder a share of deliveries
     ``delay=0.3:0.05``                    delay 30 % of deliveries by 0.05 s
-    ``outage=message-broker@2-4``         the broker of every node answers 503 from 2 s to 4 s
+    ``outage=message-broker@2-4``         the broker of every node answers 503 from 2 s to 4 s (``@2``:
+                                          from 2 s to the end of the run)
     ``outage=storage@2-4@a``              only node ``a``'s storage
     ``expire=a@3``                        node ``a``'s tokens expire at 3 s
     ``restart=a@5``                       node ``a`` is restarted at 5 s
-    ``offline=a@2-6``                     node ``a`` is unreachable from 2 s to 6 s (``a@2-``: to the end)
+    ``offline=a@2-6``                     node ``a`` is unreachable from 2 s to 6 s (``a@2``: to the end)
     ===================================== ==================================================
 
     Probabilities lie in [0, 1]; times and durations are finite and not negative; a window starts
@@ -273,7 +277,7 @@ def _parse_rule(raw: str) -> Rule:
     # offline
     if len(parts) != 2:
         raise FaultSpecError(raw, "offline takes a node and a window, as NODE@START-END", form)
-    start, end = _window(raw, parts[1], form, open_end=True)
+    start, end = _window(raw, parts[1], form)
     return NodeOffline(node=_node(raw, parts[0], form), start=start, end=end)
 
 
@@ -333,12 +337,11 @@ def _number(raw: str, text: str, what: str, form: str) -> float:
     return value
 
 
-def _window(raw: str, text: str, form: str, *, open_end: bool = False) -> tuple[float, float]:
-    start_text, dash, end_text = text.partition("-")
-    if not dash:
-        raise FaultSpecError(raw, f"the window {text!r} is not START-END", form)
+def _window(raw: str, text: str, form: str) -> tuple[float, float]:
+    """``START-END``, or ``START`` / ``START-`` for a window lasting to the end of the run."""
+    start_text, _, end_text = text.partition("-")
     start = _number(raw, start_text.strip(), "the window's start", form)
-    if not end_text.strip() and open_end:
+    if not end_text.strip():
         return start, math.inf
     end = _number(raw, end_text.strip(), "the window's end", form)
     if not start < end:
