@@ -220,3 +220,19 @@ def test_large_tables_are_counted_without_parsing(monkeypatch: pytest.MonkeyPatc
     local = LocalData()
     local.observe_bytes("big.csv", frame.to_csv(index=False).encode(), POLICY.identifier_columns)
     assert local.records == 300 and local.identifiers == set()
+
+
+async def test_a_payload_the_checks_cannot_judge_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flame.disclosure import DisclosureGuard, checks
+    from flame.errors import DisclosureRefusedError
+
+    frame = pd.DataFrame({"count": pd.array([3, None, 7], dtype="Int64")})  # nullable integers
+    assert any(rule == "min-cell-count" for rule, _ in rules({"frame": frame}))
+
+    def broken(self: object, frame: object, path: str) -> object:
+        raise RuntimeError("a pandas edge case")
+
+    monkeypatch.setattr(checks._Walker, "walk_frame", broken)
+    guard = DisclosureGuard(DisclosurePolicy(mode="warn"))  # refused even in warn mode: nothing judged
+    with pytest.raises(DisclosureRefusedError, match="rule uninspectable at result"):
+        await guard.release({"frame": frame}, channel="final", destination=["hub"], path="result")

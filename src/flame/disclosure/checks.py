@@ -466,8 +466,8 @@ class _Walker:
         self.check_strings(path + ".index", [str(i) for i in frame.index if isinstance(i, str)])
         kinds = {dtype.kind for dtype in frame.dtypes}
         if frame.size and kinds <= {"i", "u"}:
-            values = frame.to_numpy()
-            if (values >= 0).all():
+            values = frame.to_numpy(dtype=np.float64, na_value=np.nan)  # nullable Int64 too
+            if (values[np.isfinite(values)] >= 0).all():
                 checked = self.check_table(path, values, "count-table")
                 if checked is not values:
                     return frame.__class__(checked, index=frame.index, columns=frame.columns)
@@ -489,8 +489,8 @@ class _Walker:
             self.check_strings(path, series.astype(object).tolist())
         self.check_strings(path + ".index", [i for i in series.index if isinstance(i, str)])
         if len(series) and series.dtype.kind in "iu":
-            values = series.to_numpy()
-            if (values >= 0).all():
+            values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            if (values[np.isfinite(values)] >= 0).all():
                 checked = self.check_table(path, values, "count-table")
                 if checked is not values:
                     return series.__class__(checked, index=series.index, name=series.name)

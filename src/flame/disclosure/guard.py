@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from flame import codec
 from flame.disclosure import differencing, dp
 from flame.disclosure.audit import Ledger, ReleaseRecord, spent
-from flame.disclosure.checks import Finding, LocalData, inspect
+from flame.disclosure.checks import Finding, Inspection, LocalData, inspect
 from flame.disclosure.policy import DisclosurePolicy, policy_from_env
-from flame.errors import DisclosureRefusedError, PayloadError
+from flame.errors import DisclosureRefusedError, FlameError, PayloadError
 
 if TYPE_CHECKING:
     from flame.clients.storage import StorageClient
@@ -133,7 +133,24 @@ class DisclosureGuard:
             draws.append((where, release))
             return release.value
 
-        inspection = inspect(value, self.policy, self.local, path=path, on_dp=on_dp, dp_types=(dp.DPRequest,))
+        try:
+            inspection = inspect(
+                value, self.policy, self.local, path=path, on_dp=on_dp, dp_types=(dp.DPRequest,)
+            )
+        except FlameError:
+            raise  # a malformed DP request and the like: the analysis's error, already clear
+        except Exception as exc:  # the checks could not judge it: fail closed
+            draws.clear()
+            inspection = Inspection(value=value)
+            inspection.findings.append(
+                Finding(
+                    "uninspectable",
+                    path or "<payload>",
+                    "refused",  # not even in warn mode: nothing was judged
+                    f"the checks could not judge this payload ({type(exc).__name__}: {exc}); "
+                    "send plain numbers, arrays, DataFrames or typed statistics",
+                )
+            )
         entries = await self.ledger.entries()
         findings = list(inspection.findings)
         findings += differencing.check(inspection.statistics, entries, self.policy)
