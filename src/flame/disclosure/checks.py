@@ -114,7 +114,7 @@ class LocalData:
                 if normalise_name(name) in columns:
                     values = (str(v) for v in frame[name].dropna().unique())
                     self.identifiers.update(v for v in values if len(v) >= MIN_IDENTIFIER_LENGTH)
-        except Exception:
+        except Exception:  # observing must never break the analysis's reading of its data
             return
 
     def observe_bytes(self, key: str, data: bytes, columns: frozenset[str]) -> None:
@@ -129,7 +129,7 @@ class LocalData:
             return
         try:
             frame = read_dataframe(data, key)
-        except Exception:
+        except Exception:  # not a table after all; the analysis may read it otherwise
             return
         self.observe_frame(frame, columns)
 
@@ -149,7 +149,7 @@ class LocalData:
                     value = ident.get("value") if isinstance(ident, Mapping) else None
                     if isinstance(value, str) and len(value) >= MIN_IDENTIFIER_LENGTH:
                         self.identifiers.add(value)
-        except Exception:
+        except Exception:  # a malformed resource: what was counted so far still counts
             pass
         self.records = max(self.records, count)
 

@@ -228,7 +228,7 @@ class DisclosureGuard:
 def _digest(value: Any) -> str:
     try:
         data = codec.encode(value)
-    except Exception:
+    except Exception:  # a final result for pickle output may hold types the codec does not carry
         data = repr(value).encode("utf-8", "replace")
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
