@@ -851,3 +851,33 @@ def test_tokens_a_node_process_prints_are_redacted_everywhere(
     assert "my token is [REDACTED]" in tails and "Bearer [REDACTED]" in tails
     assert "data key: [REDACTED]" in tails and "calling the hub with [REDACTED]" in tails
     assert "[REDACTED]" in out  # node-1's output, shown in the errors, redacted too
+
+
+def test_an_error_quoting_a_token_is_redacted_in_process(
+    project: tuple[Path, Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, data, _ = project
+    analysis = write(
+        tmp_path / "quotes.py",
+        """
+        import flame
+
+        class Quotes(flame.Analyzer):
+            def analyze(self, data, aggregate, round):
+                raise RuntimeError("hub refused Authorization: Bearer abc.def-ghi and eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln")
+
+        class Sum(flame.Aggregator):
+            def aggregate(self, updates, round, previous):
+                return sum(updates.values())
+
+        if __name__ == "__main__":
+            flame.run(Quotes(), Sum())
+        """,
+    )
+    report_path = tmp_path / "report.json"
+    code, out, _ = sim(capsys, analysis, "--data", data, "--no-live", "--report", report_path)
+    assert code == 1
+    text = report_path.read_text()
+    for leaked in ("abc.def-ghi", "eyJhbGciOiJSUzI1NiJ9", "eyJzdWIiOiJ4In0"):
+        assert leaked not in text and leaked not in out
+    assert "Bearer [REDACTED]" in text

@@ -69,7 +69,7 @@ from flame.federated import Aggregator, Analyzer, FederationOptions
 from flame.node.messaging import DEFAULT_ATTEMPT_TIMEOUT
 from flame.node.runtime import Timeouts
 from flame.node.status import FINAL_STATUSES
-from flame.redact import MIN_SECRET_LENGTH, RedactTokensFilter
+from flame.redact import MIN_SECRET_LENGTH, RedactTokensFilter, redact
 from flame.runner import set_run_hook
 from flame.sim.display import LinePrinter, LiveDisplay
 from flame.sim.faults import FaultPlan, FaultSpecError, parse_faults
@@ -965,6 +965,12 @@ def _stack_info(stack: FlameStack) -> dict[str, Any]:
 _NOTABLE_EVENTS = ("node.restart", "po.restart", "po.failed", "fault.restart", "fault.token_expiry")
 
 
+def _notable(stack: FlameStack, limit: int = 1000) -> list[dict[str, Any]]:
+    """The stack's notable events for the report, their texts redacted (a reason can quote an error)."""
+    events = [e for e in stack.events.to_list() if e["kind"] in _NOTABLE_EVENTS][:limit]
+    return [{k: redact(v) if isinstance(v, str) else v for k, v in e.items()} for e in events]
+
+
 async def run_simulation(
     config: SimConfig,
     loaded: LoadedAnalysis | None = None,
@@ -1072,7 +1078,7 @@ async def _simulate(
             if printer is not None:
                 printer.flush()
         info = _stack_info(stack)
-        notable = [e for e in stack.events.to_list() if e["kind"] in _NOTABLE_EVENTS][:1000]
+        notable = _notable(stack)
     finally:
         await within(stack.aclose(), SHUTDOWN_GRACE, None)
     timings["run"] = time.monotonic() - clock
@@ -1094,11 +1100,13 @@ async def _simulate(
 
 
 def _errors(run: FederationRun, reason: str | None) -> list[str]:
+    """The run's errors, redacted: an exception's message can quote a token (in-process mode too)."""
     errors: list[str] = []
     if reason is not None:
         errors.append(f"stopped: {reason}")
     for outcome in run.outcomes.values():
         if outcome.error:
+            outcome.error = redact(outcome.error)
             errors.append(f"{outcome.name} ({outcome.role}, {outcome.status}): {outcome.error}")
     if not run.final_results and not errors:
         errors.append("no final result reached the hub")
@@ -1141,7 +1149,7 @@ def _abandoned(
         faults=about.faults,
         started_at=about.started_at,
         processes=progress.processes.records if progress.processes is not None else {},
-        notable_events=[e for e in stack.events.to_list() if e["kind"] in _NOTABLE_EVENTS][:1000],
+        notable_events=_notable(stack),
         stopped_reason=reason,
         timed_out=True,
     )

@@ -25,6 +25,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from flame.redact import redact
+
 if TYPE_CHECKING:
     from flame.sim.stack import FlameStack
 
@@ -217,7 +219,7 @@ class LinePrinter:
         for event in itertools.islice(self.stack.events, self._event_cursor, None):
             self._event_cursor += 1
             if event.kind in _NOTABLE:
-                detail = ", ".join(f"{k}={v}" for k, v in event.detail.items() if k != "deployment")
+                detail = redact(", ".join(f"{k}={v}" for k, v in event.detail.items() if k != "deployment"))
                 self._line(elapsed, event.node or "stack", event.kind, detail)
         for name, record in self.stack.po.records.items():
             logs = record.logs
