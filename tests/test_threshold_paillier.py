@@ -217,3 +217,16 @@ def test_lagrange_coefficients_are_integers_times_delta() -> None:
     for subset in itertools.combinations(range(1, 6), 3):
         total = sum(_lagrange(list(subset), i, delta) for i in subset)
         assert total == delta  # interpolating the constant polynomial 1
+
+
+@pytest.mark.parametrize("count", [1, 31, 200])
+def test_the_bucket_multi_exponentiation_equals_the_product_of_powers(count: int) -> None:
+    from flame.protocols.threshold_paillier import _multi_exp
+
+    modulus = gmpy2.mpz(P) * Q
+    rng = np.random.default_rng(count)
+    bases = [gmpy2.mpz(int(x)) for x in rng.integers(2, 2**62, count)]
+    exponents = [int(x) | 1 for x in rng.integers(1, 2**62, count)]
+    exponents[0] = 2**127 + 5
+    expected = math.prod(int(gmpy2.powmod(b, e, modulus)) for b, e in zip(bases, exponents, strict=True))
+    assert _multi_exp(bases, exponents, modulus) == expected % modulus

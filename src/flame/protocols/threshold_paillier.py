@@ -398,12 +398,46 @@ def _batch(
     """``C = prod c_j^rho_j`` and ``D = prod c_{i,j}^rho_j`` with ``rho_j`` hashed from everything."""
     nsq = public.public_key._nsq
     seed = _hash_ints(b"flame-tp-batch", context, public.key_id, index, *ciphertexts, *parts)
-    big_c, big_d = gmpy2.mpz(1), gmpy2.mpz(1)
-    for j, (c, ci) in enumerate(zip(ciphertexts, parts, strict=True)):
-        rho = int.from_bytes(_hash_ints(b"flame-tp-rho", seed, j)[: _RHO_BITS // 8], "big") | 1
-        big_c = big_c * gmpy2.powmod(c, rho, nsq) % nsq
-        big_d = big_d * gmpy2.powmod(ci, rho, nsq) % nsq
-    return big_c, big_d
+    rhos = [
+        int.from_bytes(_hash_ints(b"flame-tp-rho", seed, j)[: _RHO_BITS // 8], "big") | 1
+        for j in range(len(ciphertexts))
+    ]
+    return _multi_exp(ciphertexts, rhos, nsq), _multi_exp(parts, rhos, nsq)
+
+
+def _multi_exp(bases: Sequence[Mpz], exponents: Sequence[int], modulus: Mpz, window: int = 8) -> Mpz:
+    """``prod bases[j]^exponents[j] mod modulus`` by Pippenger's bucket method.
+
+    Per ``window`` bits of the exponents: one multiplication per base into its bucket, two per bucket
+    to sum them; about ten times fewer multiplications than one ``powmod`` per base for 128-bit
+    exponents and thousands of bases.
+    """
+    if len(bases) < 32:  # too few bases to pay for the buckets
+        acc = gmpy2.mpz(1)
+        for base, exponent in zip(bases, exponents, strict=True):
+            acc = acc * gmpy2.powmod(base, exponent, modulus) % modulus
+        return acc
+    mask = (1 << window) - 1
+    top = max(exponents, default=0).bit_length()
+    acc = gmpy2.mpz(1)
+    for shift in range((top - 1) // window * window, -1, -window):
+        acc = gmpy2.powmod(acc, 1 << window, modulus)
+        buckets: list[Mpz | None] = [None] * (mask + 1)
+        for base, exponent in zip(bases, exponents, strict=True):
+            digit = (exponent >> shift) & mask
+            if digit:
+                held = buckets[digit]
+                buckets[digit] = base if held is None else held * base % modulus
+        running: Mpz | None = None
+        total = gmpy2.mpz(1)
+        for digit in range(mask, 0, -1):
+            held = buckets[digit]
+            if held is not None:
+                running = held if running is None else running * held % modulus
+            if running is not None:
+                total = total * running % modulus
+        acc = acc * total % modulus
+    return acc
 
 
 def _challenge(
