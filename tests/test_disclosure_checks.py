@@ -236,3 +236,22 @@ async def test_a_payload_the_checks_cannot_judge_is_refused(monkeypatch: pytest.
     guard = DisclosureGuard(DisclosurePolicy(mode="warn"))  # refused even in warn mode: nothing judged
     with pytest.raises(DisclosureRefusedError, match="rule uninspectable at result"):
         await guard.release({"frame": frame}, channel="final", destination=["hub"], path="result")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" * 2_000_000, "a." * 1_000_000, "-" * 2_000_000, "ab@" * 700_000, "a@b-" * 500_000],
+    ids=["letters", "dotted", "dashes", "at-signs", "at-dash"],
+)
+def test_identifier_patterns_scan_long_strings_in_linear_time(text: str) -> None:
+    """A 2 MB string without an address is judged at once (the old e-mail pattern was quadratic: hours)."""
+    import time
+
+    started = time.perf_counter()
+    assert rules({"blob": text}) == set()
+    assert time.perf_counter() - started < 10  # a hang guard, not a speed target
+
+
+def test_an_address_inside_a_long_string_is_still_found() -> None:
+    text = "x" * 500_000 + " contact max.mustermann@uk-hospital.de " + "y" * 500_000
+    assert rules({"note": text}) == {("identifier-pattern", "update.note")}

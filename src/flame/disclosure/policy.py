@@ -86,7 +86,9 @@ DEFAULT_IDENTIFIER_COLUMNS: frozenset[str] = frozenset(
 
 #: Values that look like direct identifiers wherever they occur in a payload.
 DEFAULT_IDENTIFIER_PATTERNS: tuple[str, ...] = (
-    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",  # e-mail address
+    # e-mail address; starts only where a run of address characters starts and bounds each part, so a
+    # long string without an "@" is scanned in linear time, not quadratic
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b",
     r"\b[A-Z][0-9]{9}\b",  # German health insurance number (KVNR)
     r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",  # US social security number
 )
