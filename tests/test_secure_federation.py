@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from typing import Any
@@ -13,20 +14,23 @@ import pytest
 import flame
 from flame import codec
 from flame.federated import messages
+from flame.federated import secure as secure_module
 from flame.federated.secure import (
-    DECRYPT,
     DECRYPTED,
-    KeyHolder,
+    PUBLIC_KEY,
+    DecryptorService,
     SecureAggregation,
     SecureUpdates,
     total,
 )
-from flame.node.inbox import Inbox, Message
+from flame.node.inbox import Message
 from flame.node.runtime import Timeouts
 from flame.protocols import paillier
+from flame.protocols import threshold_paillier as tp
 from flame.sim import FlameStack, StackSettings
 from flame.sim.cli_sim import load_analysis
-from flame.sim.faults import FaultPlan, NodeRestart
+from flame.sim.events import Event
+from flame.sim.faults import FaultPlan, NodeOffline
 from flame.sim.federation import Federation, FederationRun, run_federation
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -65,11 +69,40 @@ async def test_secure_logistic_regression_equals_the_plain_fit() -> None:
     )
 
 
-async def test_secure_run_survives_a_restart_of_the_key_holder() -> None:
-    # node-1 has the lowest node id of the analysis nodes: it holds the key
-    restarted = await run_example("secure_logistic_regression", FaultPlan([NodeRestart("node-1", at=0.8)]))
-    plain = await run_example("logistic_regression")
+async def test_secure_run_survives_a_restart_of_the_dealer_after_it_decrypted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """node-1 (the lowest analysis node id) dealt the key; restarted after its first decryption, it
+    reloads its share and its ledger from node storage, and the fit equals the plain one."""
+    loaded = load_analysis(EXAMPLES / "secure_logistic_regression" / "analysis.py")
+    stack = FlameStack.create(3, data_root=DATA, settings=StackSettings.fast())
+    uploads = 0
+    restarts: list[asyncio.Task[Any]] = []
+    record = stack.events.record
+
+    def recording(kind: str, node: str | None = None, **detail: Any) -> Event:
+        nonlocal uploads
+        event = record(kind, node, **detail)
+        if kind == "storage.upload" and node == "node-1" and str(detail.get("tag", "")).startswith("pk-"):
+            uploads += 1  # the share, the empty ledger, then the ledger after round 1's decryption
+            if uploads == 3 and not restarts:
+                now = stack.now()
+                stack.faults.add(NodeOffline("node-1", now, now + 0.2))
+                restarts.append(asyncio.ensure_future(stack.restart_node("node-1", "test")))
+        return event
+
+    stack.events.record = recording  # type: ignore[method-assign]
+    with caplog.at_level("INFO"):
+        async with stack:
+            restarted = await run_federation(
+                stack, loaded.analyzer, loaded.aggregator, loaded.options, timeout=120
+            )
+            await asyncio.gather(*restarts)
+    assert restarts and restarted.ok, restarted.report()
     assert restarted.outcomes["node-1"].incarnations == 2
+    assert any("key share and ledger loaded from node storage" in m for m in caplog.messages)
+    assert sum("dealing a 2048-bit key" in m for m in caplog.messages) == 1
+    plain = await run_example("logistic_regression")
     np.testing.assert_allclose(
         list(restarted.result["coefficients"].values()),
         list(plain.result["coefficients"].values()),
@@ -77,9 +110,10 @@ async def test_secure_run_survives_a_restart_of_the_key_holder() -> None:
     )
 
 
-# -- what the aggregator sees ------------------------------------------------------------------------------
+# -- what each party holds ----------------------------------------------------------------------------------
 
 SECRETS = {"node-1": 1111.123456789, "node-2": -2222.987654321, "node-3": 3333.55555}
+OPTIONS = SecureAggregation(("secret",), key_bits=2048, layout=paillier.Layout(frac_bits=20, bound=2**13))
 
 
 class SecretValue(flame.Analyzer):
@@ -95,6 +129,12 @@ class SumOfSecrets(flame.Aggregator):
         assert isinstance(updates, SecureUpdates)
         assert all(set(update) == {"plain"} for update in updates.values())
         return {"secret": total(updates, "secret").tolist(), "plain": total(updates, "plain")}
+
+
+def write_secrets(root: Path) -> None:
+    for name, value in SECRETS.items():
+        (root / name / "s3").mkdir(parents=True)
+        pd.DataFrame({"value": [value]}).to_csv(root / name / "s3" / "secret.csv", index=False)
 
 
 def _floats(value: Any) -> list[float]:
@@ -115,138 +155,96 @@ def _payloads(message: Message) -> list[Any]:
     found = []
     if "payload" in body:
         found.append(codec.decode(base64.b64decode(body["payload"])))
-    for key in ("sums", "public_key"):
-        if isinstance(body.get(key), str):
-            found.append(codec.decode(bytes.fromhex(body[key])))
+    if isinstance(body.get("public_key"), str):
+        found.append(codec.decode(bytes.fromhex(body["public_key"])))
     return found
 
 
-async def test_the_aggregator_holds_no_private_key_and_no_single_nodes_plaintext(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    holders: list[KeyHolder] = []
-    original_init = KeyHolder.__init__
+def _held(value: Any, depth: int = 0) -> list[Any]:
+    """Every object reachable from ``value`` through attributes, dicts and sequences (bounded)."""
+    if depth > 4:
+        return []
+    found = [value]
+    if isinstance(value, dict):
+        items: list[Any] = list(value.values())
+    elif isinstance(value, list | tuple | set):
+        items = list(value)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        items = list(vars(value).values())
+    else:
+        items = []
+    for item in items:
+        found += _held(item, depth + 1)
+    return found
 
-    def recording_init(self: KeyHolder, *args: Any, **kwargs: Any) -> None:
+
+async def test_what_each_party_holds_at_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aggregator: no key material, no single node's value; each decryptor: only its own share."""
+    services: list[DecryptorService] = []
+    original_init = DecryptorService.__init__
+
+    def recording_init(self: DecryptorService, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        holders.append(self)
+        services.append(self)
 
-    monkeypatch.setattr(KeyHolder, "__init__", recording_init)
-    for name, value in SECRETS.items():
-        (tmp_path / name / "s3").mkdir(parents=True)
-        pd.DataFrame({"value": [value]}).to_csv(tmp_path / name / "s3" / "secret.csv", index=False)
-    options = flame.FederationOptions(
-        max_rounds=1,
-        secure=SecureAggregation(
-            ("secret",), key_bits=2048, layout=paillier.Layout(frac_bits=20, bound=2**13)
-        ),
-    )
+    monkeypatch.setattr(DecryptorService, "__init__", recording_init)
+    aggregator_nodes: list[Any] = []
+    honest = secure_module.secure_round
+
+    async def recording_round(node: Any, *args: Any, **kwargs: Any) -> Any:
+        aggregator_nodes.append(node)
+        return await honest(node, *args, **kwargs)
+
+    monkeypatch.setattr(secure_module, "secure_round", recording_round)
+    write_secrets(tmp_path)
+    options = flame.FederationOptions(max_rounds=1, secure=OPTIONS)
     stack = FlameStack.create(3, data_root=tmp_path, settings=StackSettings.fast())
     async with stack:
         federation = Federation(stack, SecretValue(), SumOfSecrets(), options)
-        run = await federation.run(timeout=60)
+        run = await federation.run(timeout=90)
         assert run.ok, run.report()
-        aggregator_node = federation.runtimes["aggregator"]
-        key_holder_node = federation.runtimes["node-1"]
-        received = aggregator_node.inbox.messages("all")
-        aggregator_obj = federation.aggregators[-1]
-    expected = sum(SECRETS.values())
-    assert run.result["secret"][0] == pytest.approx(expected, abs=1e-4)
+    [aggregator_node] = aggregator_nodes
+    received = aggregator_node.inbox.messages("all")
+    aggregator_obj = federation.aggregators[-1]
+    assert run.result["secret"][0] == pytest.approx(sum(SECRETS.values()), abs=1e-4)
     assert run.result["plain"] == 3
-    # everything the aggregator received, decoded
+    # everything the aggregator received, decoded: no single node's value
     seen = [f for message in received for payload in _payloads(message) for f in _floats(payload)]
     for value in SECRETS.values():
         assert not any(abs(f - value) < 1e-3 or abs(f - value / 7.0) < 1e-3 for f in seen)
     categories = {m.category for m in received}
-    assert messages.UPDATE in categories and DECRYPTED in categories
-    # no private key material anywhere the aggregator holds
-    private_keys = [v for v in vars(aggregator_obj).values() if isinstance(v, paillier.PrivateKey)]
-    private_keys += [v for v in vars(aggregator_node).values() if isinstance(v, paillier.PrivateKey)]
-    assert private_keys == []
-    [holder] = holders
-    assert holder.node is key_holder_node
+    assert messages.UPDATE in categories and DECRYPTED in categories and PUBLIC_KEY in categories
+    # no key material in the aggregator's objects
+    held = _held(aggregator_obj) + _held(vars(aggregator_node))
+    assert not [v for v in held if isinstance(v, tp.KeyShare | paillier.PrivateKey)]
+    # each analysis node: one service, one share, its own index, and nothing of the others'
+    assert len({s.node.node_id for s in services}) == len(services) == 3
+    indices = set()
+    for service in services:
+        assert service.decryptor is not None
+        share = service.decryptor.share
+        indices.add(share.index)
+        assert share.index == service.decryptors.index(service.node.node_id) + 1
+        shares = [v for v in _held(service) if isinstance(v, tp.KeyShare)]
+        assert {id(s) for s in shares} == {id(share)}
+        assert not [v for v in _held(service) if isinstance(v, paillier.PrivateKey)]
+        assert service.decryptor.ledger.compositions() == [tuple(service.decryptors)]
+    assert indices == {1, 2, 3}
+    # no share appears in what the aggregator received
     blob = b"".join(repr(m.body).encode() for m in received)
-    for prime in (holder.private_key.p, holder.private_key.q):
-        assert str(prime).encode() not in blob
-        assert prime.to_bytes((prime.bit_length() + 7) // 8, "big").hex().encode() not in blob
-    allowed = {messages.UPDATE, DECRYPTED, "flame-secure-key", "ready_check", "analysis_finished"}
-    assert categories <= allowed, categories - allowed
-
-
-# -- the key holder's refusals ------------------------------------------------------------------------------
-
-
-class StubNode:
-    """Just enough of a node for the key holder: identity, participants, inbox, outbox, log."""
-
-    def __init__(self) -> None:
-        self.node_id = "key-holder"
-        self.participants = [
-            {"nodeId": "aggregator", "nodeType": "aggregator"},
-            *({"nodeId": f"n{i}", "nodeType": "default"} for i in range(3)),
-        ]
-        self.config = type("Config", (), {"analysis_id": "analysis-1"})()
-        self.inbox = Inbox()
-        self.sent: list[dict[str, Any]] = []
-
-    def log(self, text: str, log_type: str = "info") -> None:
-        pass
-
-    async def send_message(self, receivers: list[str], category: str, body: dict[str, Any], **_: Any) -> Any:
-        self.sent.append(body)
-        return receivers, []
-
-
-async def _request(node: StubNode, vector: paillier.EncryptedVector, round: int, number: int) -> None:
-    body = {
-        "analysis_id": "analysis-1",
-        "round": round,
-        "sums": codec.encode({"x": vector.to_payload()}).hex(),
-        "contributors": vector.contributors,
-        "meta": {"id": f"m-{number}", "sender": "aggregator", "category": DECRYPT, "akn_id": None},
-    }
-    await node.inbox.add(Message(body=body, recipients=[node.node_id]))
-
-
-async def test_the_key_holder_refuses_sums_below_the_quorum_and_a_second_different_request() -> None:
-    public, private = paillier.generate_keypair(2048)
-    node = StubNode()
-    holder = KeyHolder(node, private, flame.FederationOptions(quorum=2))  # type: ignore[arg-type]
-    one = paillier.encrypt(public, np.array([1.0, 2.0]))
-    two = paillier.aggregate([one, paillier.encrypt(public, np.array([3.0, 4.0]))])
-    await _request(node, one, 1, 1)
-    await holder.serve("aggregator")
-    assert "below the quorum" in node.sent[-1]["error"]
-    await _request(node, two, 1, 2)
-    await holder.serve("aggregator")
-    assert np.allclose(codec.decode(bytes.fromhex(node.sent[-1]["sums"]))["x"], [4.0, 6.0])
-    await _request(node, two, 1, 3)  # the same request again (the aggregator resumed): same answer
-    await holder.serve("aggregator")
-    assert "sums" in node.sent[-1]
-    other = paillier.aggregate([paillier.encrypt(public, np.array([9.0, 9.0])), one])
-    await _request(node, other, 1, 4)  # a different request for a decrypted round: an oracle, refused
-    await holder.serve("aggregator")
-    assert "decrypted already" in node.sent[-1]["error"]
+    for service in services:
+        assert service.decryptor is not None
+        secret = int(service.decryptor.share._s)
+        assert secret.to_bytes((secret.bit_length() + 7) // 8, "big").hex().encode() not in blob
 
 
 async def test_secure_round_goes_on_with_the_quorum_when_a_node_never_answers(tmp_path: Path) -> None:
-    from flame.sim.faults import NodeOffline
-
-    for name, value in SECRETS.items():
-        (tmp_path / name / "s3").mkdir(parents=True)
-        pd.DataFrame({"value": [value]}).to_csv(tmp_path / name / "s3" / "secret.csv", index=False)
-    options = flame.FederationOptions(
-        max_rounds=1,
-        quorum=2,
-        round_deadline=2.0,
-        secure=SecureAggregation(
-            ("secret",), key_bits=2048, layout=paillier.Layout(frac_bits=20, bound=2**13)
-        ),
-    )
+    write_secrets(tmp_path)
+    options = flame.FederationOptions(max_rounds=1, quorum=2, round_deadline=2.0, secure=OPTIONS)
     faults = FaultPlan([NodeOffline("node-3", start=0.0, end=float("inf"))])
     stack = FlameStack.create(3, data_root=tmp_path, settings=StackSettings.fast(), faults=faults)
     async with stack:
-        # node-3's pod never comes up: its start-up gives up after a second
+        # node-3's pod never comes up: its start-up gives up after a second; 2 of 3 decrypt
         federation = Federation(
             stack,
             SecretValue(),
@@ -254,8 +252,36 @@ async def test_secure_round_goes_on_with_the_quorum_when_a_node_never_answers(tm
             options,
             node_kwargs={"timeouts": Timeouts(startup=1.0, attempt=0.5)},
         )
-        run = await federation.run(timeout=60)
+        run = await federation.run(timeout=90)
     assert run.outcomes["node-3"].status == "failed"
-    assert run.outcomes["aggregator"].status == "executed"
+    assert run.outcomes["aggregator"].status == "executed", run.report()
     assert run.result["plain"] == 2
     assert run.result["secret"][0] == pytest.approx(SECRETS["node-1"] + SECRETS["node-2"], abs=1e-4)
+
+
+async def test_a_refused_request_fails_the_analysis_on_every_node_naming_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malicious aggregator leaves one node out of round 2 after decrypting all three in round 1."""
+    honest = secure_module.secure_round
+    left_out: list[str] = []
+
+    async def differencing(node: Any, updates: Any, round: int, *args: Any, **kwargs: Any) -> Any:
+        if round == 2:
+            left_out.append(sorted(updates)[-1])
+            updates = {k: v for k, v in updates.items() if k != left_out[0]}
+        return await honest(node, updates, round, *args, **kwargs)
+
+    monkeypatch.setattr(secure_module, "secure_round", differencing)
+    write_secrets(tmp_path)
+    options = flame.FederationOptions(max_rounds=2, quorum=2, secure=OPTIONS)
+    stack = FlameStack.create(3, data_root=tmp_path, settings=StackSettings.fast())
+    async with stack:
+        run = await Federation(stack, SecretValue(), SumOfSecrets(), options).run(timeout=90)
+    assert not run.ok
+    for name, outcome in run.outcomes.items():
+        assert outcome.status == "failed", (name, run.report())
+        assert outcome.error is not None and f"isolate the contribution of {left_out[0]}" in outcome.error, (
+            name,
+            outcome.error,
+        )

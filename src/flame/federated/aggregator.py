@@ -38,7 +38,6 @@ from flame.federated.data import Data
 from flame.federated.options import FederationOptions
 from flame.node.results import EXTENSIONS
 from flame.node.tasks import BackgroundTasks
-from flame.protocols import paillier
 
 if TYPE_CHECKING:
     from flame.federated.analyzer import Analyzer
@@ -99,7 +98,7 @@ class Aggregator:
         self._aborted = False
         self._pending: dict[int, dict[str, Any]] = {}
         self._secure = secure.SecureAggregation.of(options.secure)
-        self._public_key: paillier.PublicKey | None = None
+        self._public_key: secure.ThresholdPublicKey | None = None
         self._holder = ""
         #: node storage of the checkpoints; their key, and who holds an escrow key wrapping it
         self._store: checkpoint.Checkpoints | None = None
@@ -314,16 +313,16 @@ class Aggregator:
             node.log(f"could not tell the analysis nodes that the analysis failed: {exc}", "warn")
 
     async def _setup_secure(self) -> None:
-        """Secure mode: fetch the key holder's public key (the aggregator never gets the private one)."""
+        """Secure mode: fetch the threshold public key from the dealer (the aggregator holds no share)."""
         if self._secure is None:
             return
         self._holder = secure.key_holder(self._node)
-        self._node.log("secure aggregation: fetching the key holder's public key")
+        self._node.log("secure aggregation: fetching the public key from the dealer")
         timeout = self._options.round_deadline + self._options.send_timeout
         self._public_key = await secure.obtain_public_key(self._node, self._holder, timeout)
 
     async def _secure_sums(self, updates: dict[str, Any], round: int) -> dict[str, Any]:
-        """Add the encrypted fields and have the key holder decrypt only the sums."""
+        """Have the decryptors check the encrypted fields and decrypt only their sums."""
         assert self._secure is not None and self._public_key is not None
         timeout = self._options.round_deadline + self._options.send_timeout
         return await secure.secure_round(

@@ -152,6 +152,12 @@ class AnalysisClient:
         """Send this node's parameters of ``round`` to the aggregator, reliably."""
         if self._secure is not None:
             parameters = await self._encrypt(round, parameters)
+            assert self._key_holder is not None
+            # every decryptor gets this node's commitments directly, before the aggregator has the update
+            await secure.commit(
+                self.node, parameters, round, self._secure, self._key_holder.decryptors,
+                self._background, self.options.send_timeout, local=self._key_holder,
+            )  # fmt: skip
         payload = await messages.pack(self.node, [self.aggregator_id], parameters, self.options.inline_limit)
         body = {"analysis_id": self.node.config.analysis_id, "round": round, **payload}
         if self._escrow is not None:
@@ -279,19 +285,13 @@ class AnalysisClient:
             self._background.spawn(self.send_results(wanted, self._last_update[1]))
 
     async def _setup_secure(self) -> None:
-        """Secure mode: the key holder loads or makes the key pair and publishes it; others fetch it."""
+        """Secure mode: this node's key share (dealt by the lowest analysis node) and its decryptor."""
         if self._secure is None:
             return
-        holder = secure.key_holder(self.node)
-        if holder == self.node.node_id:
-            private = await secure.key_holder_keys(self.node, self._secure)
-            self._key_holder = secure.KeyHolder(self.node, private, self.options)
-            self._public_key = private.public_key
-        else:
-            self.node.log("secure aggregation: fetching the key holder's public key")
-            self._public_key = await secure.obtain_public_key(
-                self.node, holder, self.options.analysis_deadline
-            )
+        self._key_holder = await secure.setup_decryptor(
+            self.node, self._secure, self.options, self.aggregator_id, self._background
+        )
+        self._public_key = self._key_holder.public.public_key
 
     async def _resume(self) -> None:
         escrow = checkpoint.escrow_key(self.node, self.aggregator_id)
