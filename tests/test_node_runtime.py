@@ -559,3 +559,27 @@ def test_interrupting_a_sync_call_cancels_it_on_the_runtime_loop(monkeypatch: py
         assert cancelled.wait(5)
     finally:
         loop_thread.stop()
+
+
+async def test_analysis_finished_does_not_wait_for_partners_that_already_ended(
+    federation: MakeFederation,
+) -> None:
+    """An analysis node ends on the final aggregate; once the PO reports it executed, the aggregator's
+    ``analysis_finished`` stops waiting for an acknowledgement that can no longer come."""
+    fed = await federation(analysis_nodes=2)
+    aggregator, node_1, node_2 = await fed.start_all()
+    await node_1.stop("executed")  # gone: no webhook subscription, nobody acknowledges
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    finishing = asyncio.create_task(aggregator.analysis_finished(attempts=3, attempt_timeout=20))
+    await asyncio.sleep(0.3)
+    assert not finishing.done()  # node-1 has not acknowledged and is not known to have ended
+    async with fed.client("aggregator") as client:
+        answer = await client.post(
+            "/analysis/partner_status", json={"partner_status": {node_1.node_id: "executed"}}
+        )
+    assert answer.status_code == 200
+    assert await asyncio.wait_for(finishing, 10) is True  # node-2 acknowledged, node-1 ended
+    assert loop.time() - started < 10  # not 3 attempts x 20 s
+    assert aggregator.status == "executed"
+    assert node_2.messenger.finished.is_set()

@@ -227,7 +227,7 @@ def create_api(node: AsyncNode, limits: ApiLimits | None = None) -> FastAPI:
             return JSONResponse(
                 {"detail": 'expected {"partner_status": {"<node id>": "<status>"}}'}, status_code=422
             )
-        node.adopt_partner_status(statuses)
+        await node.adopt_partner_status(statuses)
         return JSONResponse({"status": node.status})
 
     def openapi() -> dict[str, Any]:

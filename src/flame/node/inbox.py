@@ -122,6 +122,10 @@ class Inbox:
     def acks(self, message_id: str) -> set[str]:
         return set(self._acks.get(message_id, ()))
 
+    async def changed(self) -> None:
+        """Wake every waiter to re-check its condition (state outside the inbox that it reads changed)."""
+        await self._notify()
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()

@@ -92,6 +92,15 @@ class Messenger:
             )
         return message
 
+    def check_outgoing(self, recipients: Sequence[str], category: str, body: dict[str, Any]) -> None:
+        """Raise what :meth:`send` would raise for this message before sending anything."""
+        self._check_recipients(recipients)
+        self.envelope(body, category)
+
+    def _check_recipients(self, recipients: Sequence[str]) -> None:
+        if self.node_id in recipients:
+            raise ProtocolError("a node cannot send a message to itself; the broker accepts only partners")
+
     async def send(
         self,
         recipients: Sequence[str],
@@ -121,20 +130,25 @@ class Messenger:
         timeout: float | None = DEFAULT_SEND_TIMEOUT,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         max_attempts: int | None = None,
+        ended: Callable[[str], bool] | None = None,
     ) -> tuple[list[str], list[str]]:
-        """Send an enveloped message (see :meth:`send`)."""
+        """Send an enveloped message (see :meth:`send`).
+
+        ``ended(node)`` true means the node has ended (the pod orchestrator reported a final status):
+        it gets no more attempts and is not waited for; it counts as not acknowledged.
+        """
         targets = list(dict.fromkeys(recipients))
         if not targets:
             return [], []
-        if self.node_id in targets:
-            raise ProtocolError("a node cannot send a message to itself; the broker accepts only partners")
+        self._check_recipients(targets)
         message_id = message["meta"]["id"]
         self._remember_sent(message_id, targets)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         attempts = 0
         while True:
-            missing = [t for t in targets if t not in self.inbox.acks(message_id)]
+            acked_now = self.inbox.acks(message_id)
+            missing = [t for t in targets if t not in acked_now and not (ended is not None and ended(t))]
             if not missing:
                 break
             if max_attempts is not None and attempts >= max_attempts:
@@ -157,7 +171,7 @@ class Messenger:
             except ServiceError as exc:
                 log.warning("sending %s failed: %s", message_id, exc)
             wait = attempt_timeout if remaining is None else min(attempt_timeout, max(remaining, 0.0))
-            await self.inbox.wait_until(self._all_acked(message_id, missing), wait)
+            await self.inbox.wait_until(self._all_acked(message_id, missing, ended), wait)
         acked = self.inbox.acks(message_id)
         return [t for t in targets if t in acked], [t for t in targets if t not in acked]
 
@@ -166,8 +180,13 @@ class Messenger:
         if len(self._sent_to) > MAX_SENT_REMEMBERED:
             del self._sent_to[next(iter(self._sent_to))]
 
-    def _all_acked(self, message_id: str, nodes: list[str]) -> Callable[[], bool]:
-        return lambda: all(node in self.inbox.acks(message_id) for node in nodes)
+    def _all_acked(
+        self, message_id: str, nodes: list[str], ended: Callable[[str], bool] | None = None
+    ) -> Callable[[], bool]:
+        def done(node: str) -> bool:
+            return node in self.inbox.acks(message_id) or (ended is not None and ended(node))
+
+        return lambda: all(done(node) for node in nodes)
 
     # -- receiving ----------------------------------------------------------------------------------
 
@@ -265,14 +284,22 @@ class Messenger:
         return {node: node in acked for node in nodes}
 
     async def analysis_finished(
-        self, partners: Sequence[str], *, attempts: int = 5, attempt_timeout: float = 30.0
+        self,
+        partners: Sequence[str],
+        *,
+        attempts: int = 5,
+        attempt_timeout: float = 30.0,
+        ended: Callable[[str], bool] | None = None,
     ) -> tuple[list[str], list[str]]:
-        """Tell the partners that the analysis is over (``analysis_finished``, body ``{}``)."""
-        return await self.send(
+        """Tell the partners that the analysis is over (``analysis_finished``, body ``{}``).
+
+        A partner that has ended already (``ended``) cannot acknowledge and is not waited for.
+        """
+        return await self.send_prepared(
+            self.envelope({}, envelope.ANALYSIS_FINISHED),
             list(partners),
-            envelope.ANALYSIS_FINISHED,
-            {},
             timeout=None,
             attempt_timeout=attempt_timeout,
             max_attempts=attempts,
+            ended=ended,
         )

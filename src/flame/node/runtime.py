@@ -364,9 +364,15 @@ class AsyncNode:
         if self.reporter is not None:
             self.reporter.log(text, log_type)
 
-    def adopt_partner_status(self, statuses: dict[str, str]) -> None:
-        """Take over the aggregator's final status (``status_sync``): how analysis nodes end after it."""
+    def partner_ended(self, node: str) -> bool:
+        """Whether the pod orchestrator last reported ``node`` in a final status."""
+        return self.partner_statuses.get(node) in FINAL_STATUSES
+
+    async def adopt_partner_status(self, statuses: dict[str, str]) -> None:
+        """Record the partners' statuses (waking sends that wait on them) and take over the aggregator's
+        final status (``status_sync``): how analysis nodes end after it."""
         self.partner_statuses.update(statuses)
+        await self.inbox.changed()
         aggregator = self.aggregator_id
         if aggregator is None or self.reporter is None or self.status in FINAL_STATUSES:
             return
@@ -393,6 +399,9 @@ class AsyncNode:
         and nothing sent if the policy refuses it).
         """
         self._require_started()
+        # a body the messenger would refuse (shape, size, depth, recipients) is refused before the guard
+        # records a release that never happens
+        self.messenger.check_outgoing(receivers, category, body)
         released = await self.disclosure.release_message(body, category=category, receivers=receivers)
         return await self.messenger.send(
             receivers,
@@ -431,16 +440,27 @@ class AsyncNode:
             timeout=self.timeouts.send if timeout is None else timeout,
         )
 
-    async def analysis_finished(self) -> bool:
-        """Tell all partners the analysis is over, then end this node with status ``executed``."""
+    async def analysis_finished(self, *, attempts: int = 5, attempt_timeout: float | None = None) -> bool:
+        """Tell all partners the analysis is over, then end this node with status ``executed``.
+
+        True when every partner still running acknowledged.
+        """
         self._require_started()
+        # a partner the pod orchestrator reports ended (an analysis node ends on the final aggregate)
+        # has no webhook any more: waiting for its acknowledgement would only run out the attempts
         _acked, missing = await self.messenger.analysis_finished(
-            self.partners, attempt_timeout=self.timeouts.attempt
+            self.partners,
+            attempts=attempts,
+            attempt_timeout=self.timeouts.attempt if attempt_timeout is None else attempt_timeout,
+            ended=self.partner_ended,
         )
-        if missing:
-            self.log(f"analysis_finished was not acknowledged by {', '.join(missing)}", "warn")
+        gone = [node for node in missing if self.partner_ended(node)]
+        if gone:
+            self.log(f"analysis_finished not acknowledged by {', '.join(gone)}, which already ended")
+        if unanswered := [node for node in missing if node not in gone]:
+            self.log(f"analysis_finished was not acknowledged by {', '.join(unanswered)}", "warn")
         self.set_status("executed")
-        return not missing
+        return not unanswered
 
     # -- intermediate data -----------------------------------------------------------------------------
 

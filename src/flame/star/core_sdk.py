@@ -390,14 +390,9 @@ class FlameCoreSDK:
         """Send ``analysis_finished`` to all partners (5 attempts of 30 s), then end this node (``executed``)."""
 
         async def finish() -> bool:
-            node = self._node
-            if node.partners:
-                _acked, missing = await node.messenger.analysis_finished(
-                    node.partners, attempts=FINISHED_ATTEMPTS, attempt_timeout=FINISHED_ATTEMPT_TIMEOUT
-                )
-                if missing:
-                    node.log(f"analysis_finished was not acknowledged by {', '.join(missing)}", "warn")
-            node.set_status("executed")
+            await self._node.analysis_finished(
+                attempts=FINISHED_ATTEMPTS, attempt_timeout=FINISHED_ATTEMPT_TIMEOUT
+            )
             return True
 
         self._call(finish(), "announcing the end of the analysis")
