@@ -292,3 +292,23 @@ def test_what_each_party_holds_at_the_end(fed: Federation) -> None:
         held = fed.decryptors[d]
         assert set(vars(held)) == {"share", "analysis_id", "nodes", "aggregator", "required", "ledger"}
         assert held.ledger.compositions() == [NODES]
+
+
+def test_a_commitment_still_on_its_way_is_a_retryable_refusal(fed: Federation) -> None:
+    """The request may overtake a node's commitment: refused as MissingCommitment, decrypted once it came."""
+    from flame.federated.decryptor import MissingCommitment
+
+    for node in ("A", "B"):
+        fed.contribute(node, 1)
+    late = paillier.encrypt(fed.public.public_key, VALUES["C"], LAYOUT, fast=True).to_bytes()
+    request = DecryptRequest(ANALYSIS, 1, "x", {**fed.request(1, ("A", "B")).contributions, "C": late})
+    with pytest.raises(MissingCommitment, match="no commitment from C"):
+        fed.decryptors["A"].decrypt(request)
+    assert fed.decryptors["A"].ledger.rounds == {}  # nothing recorded for a refused request
+    body = {"analysis_id": ANALYSIS, "round": 1, "field": "x", "node": "C",
+            "commitment": commitment(ANALYSIS, 1, "x", "C", late)}  # fmt: skip
+    fed.decryptors["A"].receive_commitment("C", body)
+    fed.decryptors["B"].receive_commitment("C", body)
+    partials = [fed.decryptors[d].decrypt(request) for d in ("A", "B")]
+    plain = sum(np.rint(v * LAYOUT.scale) for v in VALUES.values()) / LAYOUT.scale
+    np.testing.assert_array_equal(combine_parts(fed.public, request, partials), plain)

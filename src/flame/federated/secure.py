@@ -608,6 +608,8 @@ class DecryptorService:
         self.secure = secure
         #: answers already given, by digest of the request: an aggregator asking again gets them at once
         self._answers: dict[bytes, dict[str, Any]] = {}  # digest -> the parts, packed anew per answer
+        #: requests waiting for a commitment still on its way: digest -> (round, decoded request)
+        self._deferred: dict[bytes, tuple[int, Any]] = {}
 
     def pending(self, aggregator: str) -> bool:
         """Whether requests wait to be answered."""
@@ -641,26 +643,47 @@ class DecryptorService:
                 self.node.log(f"refused a commitment: {exc}", "warn")
 
     async def serve(self, aggregator: str) -> None:
-        """Answer every pending request."""
+        """Answer every pending request; retry the ones that waited for a commitment when one arrives."""
         for message in messages.take(self.node, KEY_REQUEST):
             self.node.log(f"sending the public key to {message.sender}")
             await self.node.send_message([message.sender], PUBLIC_KEY, _public_body(self.node, self.public))
-        for message in messages.take(self.node, COMMIT):
+        commits = messages.take(self.node, COMMIT)
+        for message in commits:
             self.receive_commitments(message.sender, message.body)
+        if commits:
+            for digest, (round, value) in list(self._deferred.items()):
+                await self._answer_value(round, value, digest, aggregator, first=False)
         for message in messages.take(self.node, DECRYPT, [aggregator]):
             await self._answer(message, aggregator)
 
     async def _answer(self, message: Any, aggregator: str) -> None:
         body = message.body
         round = body.get("round")
-        reply: dict[str, Any] = {"analysis_id": self.node.config.analysis_id, "round": round}
         try:
             if self.decryptor is None:
                 raise DecryptionRefused("this node holds no key share (lost with a restart)")
             if body.get("analysis_id") != self.node.config.analysis_id or not isinstance(round, int):
                 raise DecryptionRefused("a request for another analysis, or without a round")
             value = await messages.unpack(self.node, message)
-            digest = hashlib.sha256(codec.encode(value)).digest()
+        except (DecryptionRefused, PayloadError, KeyError, TypeError, ValueError) as exc:
+            self.node.log(f"round {round}: refused to decrypt: {exc}", "warn")
+            reply = {"analysis_id": self.node.config.analysis_id, "round": round, "error": str(exc)}
+            await self.node.send_message([aggregator], DECRYPTED, reply)
+            return
+        digest = hashlib.sha256(codec.encode(value)).digest()
+        await self._answer_value(round, value, digest, aggregator, first=True)
+
+    async def _answer_value(
+        self, round: int, value: Any, digest: bytes, aggregator: str, *, first: bool
+    ) -> None:
+        """Check and decrypt one request (its decoded payload), reply; defer it while a commitment is missing.
+
+        A deferred request is tried again whenever commitments arrive; the aggregator is told once
+        (``retry``), and gets the parts as soon as they are made.
+        """
+        reply: dict[str, Any] = {"analysis_id": self.node.config.analysis_id, "round": round}
+        try:
+            assert self.decryptor is not None
             if digest in self._answers:
                 self.node.log(f"round {round}: the aggregator asked again; sending the same parts")
                 cached = self._answers[digest]
@@ -685,11 +708,17 @@ class DecryptorService:
             composition = ", ".join(sorted(requests[0].contributions)) if requests else ""
             self.node.log(f"round {round}: decrypted my part of the sums of {composition}")
         except MissingCommitment as exc:
+            self._deferred[digest] = (round, value)
+            if not first:
+                return
             reply.update(error=str(exc), retry=True)
-            self.node.log(f"round {round}: not yet: {exc}", "warn")
+            self.node.log(f"round {round}: waiting for a commitment: {exc}", "warn")
+            await self.node.send_message([aggregator], DECRYPTED, reply)
+            return
         except (DecryptionRefused, PayloadError, KeyError, TypeError, ValueError) as exc:
             reply["error"] = str(exc)
             self.node.log(f"round {round}: refused to decrypt: {exc}", "warn")
+        self._deferred.pop(digest, None)
         await self.node.send_message([aggregator], DECRYPTED, reply)
 
 
