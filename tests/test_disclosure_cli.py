@@ -52,6 +52,9 @@ def test_an_honest_analysis_passes_a_tighter_policy(
         capsys, MEAN_STD, "--data", DATA, "--no-live", "--report", tmp_path / "r.json", "--policy", tighter
     )
     assert code == 0, out
+    # the audit records reach the display as one readable line each, not as JSON
+    assert "disclosure: released message:flame-update to 1 receiver(s), 4 statistic(s) over n=150" in out
+    assert "disclosure audit {" not in out
 
 
 def test_policy_files_that_loosen_or_name_no_node_are_usage_errors(

@@ -80,7 +80,44 @@ class ReleaseRecord:
             items = record[key]
             if len(items) > limit:
                 record[key] = [*items[:limit], {"more": len(items) - limit}]
-        return "disclosure audit " + json.dumps(record, separators=(",", ":"), default=str)
+        return AUDIT_PREFIX + json.dumps(record, separators=(",", ":"), default=str)
+
+
+AUDIT_PREFIX = "disclosure audit "
+
+
+def short_audit_line(line: str) -> str | None:
+    """A one-line human summary of a ``disclosure audit`` log line, or None for any other line.
+
+    For displays (``flame sim``): the outcome, the channel, how many receivers, the statistics with
+    their record counts, the checks that did not pass and the digest's first characters.
+    """
+    if not line.startswith(AUDIT_PREFIX):
+        return None
+    try:
+        record = json.loads(line[len(AUDIT_PREFIX) :])
+        receivers = len(record.get("destination") or [])
+        counts = sorted({int(s["n"]) for s in record.get("statistics", []) if isinstance(s.get("n"), int)})
+        flagged = [
+            f"{c.get('rule')} at {c.get('path')} ({c.get('outcome')})"
+            for c in record.get("checks", [])
+            if c.get("outcome") not in ("passed", "unjudged")
+        ]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    parts = [f"disclosure: {record.get('outcome')} {record.get('channel')} to {receivers} receiver(s)"]
+    if counts:
+        parts.append(
+            f"{len(record.get('statistics', []))} statistic(s) over n={'/'.join(map(str, counts[:6]))}"
+        )
+    if record.get("unjudged"):
+        parts.append(f"{record['unjudged']} unjudged value(s)")
+    if flagged:
+        parts.append("; ".join(flagged[:3]))
+    if record.get("epsilon"):
+        parts.append(f"epsilon {record['epsilon']:g}")
+    parts.append(str(record.get("digest", ""))[:19])
+    return ", ".join(parts)
 
 
 class Ledger:

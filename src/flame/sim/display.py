@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from flame.disclosure.audit import short_audit_line
 from flame.redact import redact
 
 if TYPE_CHECKING:
@@ -87,8 +88,10 @@ def node_rows(stack: FlameStack) -> list[NodeRow]:
 
 
 def _lines(entry: dict[str, object]) -> list[str]:
-    """The lines of one streamed log entry (the runtime may batch several lines into one entry)."""
-    return [line for line in str(entry.get("log", "")).splitlines() if line.strip()]
+    """The lines of one streamed log entry (the runtime may batch several lines into one entry), with
+    the machine-readable disclosure audit records shortened to one readable line each."""
+    lines = [line for line in str(entry.get("log", "")).splitlines() if line.strip()]
+    return [short_audit_line(line) or line for line in lines]
 
 
 class EventCounter:
