@@ -95,11 +95,12 @@ def same(a: Any, b: Any, rel: float = 1e-9) -> bool:
     return bool(a == b)
 
 
-def run_sim(example: str, spec: str, seed: int, timeout: float, workdir: Path) -> Outcome:
+def run_sim(example: str, spec: str, seed: int, timeout: float, workdir: Path, scale: float) -> Outcome:
     """One ``flame sim`` run in its own process group, classified."""
     report = workdir / f"{example}-{abs(hash((spec, seed))):x}" / "report.json"
     cmd = [sys.executable, "-m", "flame", "sim", str(EXAMPLES[example]), "--data", str(DATA)]
     cmd += ["--seed", str(seed), "--no-live", "--timeout", str(timeout), "--report", str(report)]
+    cmd += ["--time-scale", str(scale)]
     if spec:
         cmd += ["--faults", spec]
     started = time.monotonic()
@@ -154,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", nargs="*", default=list(FAULTS), choices=list(FAULTS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--timeout", type=float, default=60.0, help="flame sim --timeout of each run (60)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=0.1,
+        help="flame sim --time-scale: the platform's periods and the resend interval (30 s) times this (0.1)",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's outcome here")
     args = parser.parse_args(argv)
     seeds = [1] if args.quick else list(range(1, args.seeds + 1))
@@ -165,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             references = dict(
                 zip(
                     args.examples,
-                    pool.map(lambda e: run_sim(e, "", 0, args.timeout, workdir), args.examples),
+                    pool.map(
+                        lambda e: run_sim(e, "", 0, args.timeout, workdir, args.time_scale), args.examples
+                    ),
                     strict=True,
                 )
             )
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
 
             def one(case: Outcome) -> Outcome:
-                got = run_sim(case.example, case.spec, case.seed, args.timeout, workdir)
+                got = run_sim(case.example, case.spec, case.seed, args.timeout, workdir, args.time_scale)
                 got.fault, got.rate = case.fault, case.rate
                 if got.result is not None and not same(got.result, references[case.example].result):
                     got.kind, got.detail = "wrong result", f"got {str(got.result)[:160]}"
