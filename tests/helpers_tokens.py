@@ -36,7 +36,7 @@ def public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
 def claims_for(
     analysis_id: str, *, lifetime: float = 300, now: float | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """Claims like the node Keycloak's for client ``analysis_id`` (WIRE.md section 5)."""
+    """Claims like the node Keycloak's for client ``analysis_id``."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "exp": int(issued + lifetime),

@@ -1,4 +1,4 @@
-"""The PrivateAIM-compatible API (COMPAT.md): its surface, and FlameCoreSDK's behaviour on the emulated stack."""
+"""The PrivateAIM-compatible API: its surface, and FlameCoreSDK's behaviour on the emulated stack."""
 
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ from flame.star.payload import PAYLOAD_ENV, PayloadPolicy, payload_mode
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
 REQUIRED = inspect.Parameter.empty
-#: COMPAT.md names no parameter here: only its position and default are checked.
+#: The parameter's name is not part of the API: only its position and default are checked.
 UNNAMED = "<unnamed>"
 
-# -- the surface, transcribed from COMPAT.md -------------------------------------------------------------
+# -- the surface, transcribed from PrivateAIM's SDK API --------------------------------------------------
 
 STATUS_SYNC = ("executed", "stopped", "failed")
 CORE_SDK: dict[str, list[tuple[str, Any]]] = {

@@ -1,4 +1,4 @@
-"""A node running PrivateAIM's SDK, played from WIRE.md alone, in a ``flame.star`` federation.
+"""A node running PrivateAIM's SDK, played from the HTTP contract alone, in a ``flame.star`` federation.
 
 The fake node speaks raw HTTP (httpx) to its sidecar on the emulated stack: its own webhook subscription,
 the message envelope with exactly PrivateAIM's ``meta`` fields, acknowledgements (the body echoed to the
@@ -43,7 +43,7 @@ def now() -> str:
 
 
 class PrivateAIMNode:
-    """One analysis container running PrivateAIM's SDK, as WIRE.md describes it."""
+    """One analysis container running PrivateAIM's SDK, as it behaves over HTTP."""
 
     def __init__(self, stack: FlameStack, name: str) -> None:
         self.stack = stack

@@ -1,4 +1,4 @@
-"""Node configuration from the five environment variables (WIRE.md section 1)."""
+"""Node configuration from the five environment variables a FLAME node gives the container."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reliable messaging between node runtimes over the emulated broker (WIRE.md section 2.1).
+"""Reliable messaging between node runtimes over the emulated broker.
 
 Exactly-once delivery to the application under dropped, duplicated, delayed and reordered webhook
 deliveries; webhook 5xx retries; bounded waits; ready checks; ``analysis_finished``; payload limits.

@@ -1,4 +1,4 @@
-"""Conformance of the emulated message broker with WIRE.md section 2, with raw httpx requests, both modes."""
+"""Conformance of the emulated broker with the node message broker's HTTP contract, raw httpx, both modes."""
 
 from __future__ import annotations
 

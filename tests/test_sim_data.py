@@ -1,4 +1,4 @@
-"""Conformance of the emulated hub adapter and Kong (WIRE.md section 4), with raw HTTP in both modes.
+"""Conformance of the emulated hub adapter and Kong with their HTTP contract, with raw HTTP in both modes.
 
 Data: the FHIR fixture of tests/data/fhir (see tests/data/generate_fhir.py for its rules: 25 Patients,
 55 Observations, 14 Conditions) and an S3 folder of 2500 generated objects plus the CSVs of
@@ -55,7 +55,7 @@ CONDITIONS = {
     for suffix, code, every in (("dm", "44054006", 3), ("htn", "38341003", 4))
     if i % every == 0
 }
-#: What Kong's Admin API returns for a service (the fields WIRE.md names, and more).
+#: What Kong's Admin API returns for a service (the fields clients rely on, and more).
 SERVICE_FIELDS = {
     "id", "name", "host", "port", "protocol", "path", "tags", "created_at", "updated_at", "retries",
     "connect_timeout", "read_timeout", "write_timeout", "enabled", "tls_verify", "client_certificate",
@@ -126,7 +126,7 @@ async def fhir_get(client: httpx.AsyncClient, key: dict[str, str], query: str, s
 async def fhir_all(
     client: httpx.AsyncClient, key: dict[str, str], query: str, source: str = FHIR_SRC
 ) -> tuple[list[dict[str, Any]], int]:
-    """Every resource of a search, following ``next`` links by WIRE.md's rule; (resources, pages)."""
+    """Every resource of a search, following ``next`` links through Kong; (resources, pages)."""
     resources: list[dict[str, Any]] = []
     pages = 0
     next_query: str | None = query
@@ -679,7 +679,7 @@ async def test_upstream_s3_source_is_proxied(make_custom_stack: Callable[..., An
 
 @pytest.mark.integration
 async def test_upstream_sekmet_fhir_server(make_custom_stack: Callable[..., Any], tmp_path: Path) -> None:
-    """A real FHIR server behind Kong: next links are the server's own, and WIRE.md's rule follows them."""
+    """A real FHIR server behind Kong: next links are the server's own, and are followed all the same."""
     if sekmet_command() is None:
         pytest.skip("sekmet is not installed: pip install sekmet-fhir==0.1.1")
     async with SekmetServer(tmp_path / "sekmet") as server:

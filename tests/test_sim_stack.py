@@ -27,7 +27,7 @@ from tests.conftest import StackHarness
 
 
 class FakeAnalysis:
-    """A stand-in analysis REST API (WIRE.md section 5) that records what the PO sends it."""
+    """A stand-in analysis REST API (the one the PO calls) that records what the PO sends it."""
 
     def __init__(self, remaining: int = 600, status: str = "executing", hang: float = 0.0) -> None:
         self.remaining = remaining

@@ -1,4 +1,4 @@
-"""Conformance of the emulated node storage service with WIRE.md section 3, over raw HTTP.
+"""Conformance of the emulated storage service with the node storage service's HTTP contract, over raw HTTP.
 
 Runs in both stack modes (in-process and served) and on two backends (a local folder and moto's S3);
 the tests marked ``integration`` repeat the main flow on SeaweedFS, which checks SigV4 signatures.

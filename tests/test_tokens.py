@@ -204,7 +204,7 @@ def test_decode_payload_base64url_alphabet(key: rsa.RSAPrivateKey) -> None:
     decoded = decode_payload(token)
     assert decoded["note"].endswith("??>>??>>~~~???>>>")
     assert decoded["client_id"] == ANALYSIS
-    # The standard alphabet fails on it (strictly) or garbles it (leniently): the trap of WIRE.md 6.5.
+    # The standard alphabet fails on it (strictly) or garbles it (leniently): JWT segments are Base64url.
     padded = payload + "=" * (-len(payload) % 4)
     with pytest.raises(binascii.Error):
         base64.b64decode(padded, validate=True)

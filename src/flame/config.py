@@ -1,6 +1,6 @@
 """The node configuration: what an analysis container is given, and where the node's services are.
 
-On a FLAME node the container gets exactly five environment variables (WIRE.md section 1):
+On a FLAME node the container gets exactly five environment variables:
 ``ANALYSIS_ID``, ``PROJECT_ID``, ``DEPLOYMENT_NAME``, ``KEYCLOAK_TOKEN`` and ``DATA_SOURCE_TOKEN``.
 Every service sits behind the sidecar ``http://nginx-{DEPLOYMENT_NAME}`` under a path prefix.
 
@@ -42,7 +42,7 @@ NodeRole = Literal["default", "aggregator"]
 #: The literal a FLAME aggregator node gets as ``DATA_SOURCE_TOKEN``: it has no data access.
 NO_DATA_ACCESS = "none_needed"
 
-#: Path prefixes of the sidecar nginx (WIRE.md section 1).
+#: Path prefixes of the sidecar nginx, one per node service (as on a FLAME node).
 PREFIXES: Mapping[str, str] = {
     "message_broker": "/message-broker",
     "storage": "/storage",

@@ -1,4 +1,4 @@
-"""Clients of the node's data sources (WIRE.md section 4): the hub adapter's listing and the Kong proxy.
+"""Clients of the node's data sources: the hub adapter's listing and the Kong proxy.
 
 - :class:`HubAdapterClient` lists the project's data sources (``GET /kong/datastore/{project_id}``,
   Bearer).
@@ -418,7 +418,7 @@ def next_link(page: Mapping[str, Any]) -> str | None:
 
 
 def fhir_tail(url: str) -> str:
-    """What to query again for a FHIR link: the part of its URL after ``/fhir/`` (WIRE.md section 4).
+    """What to query again for a FHIR link: the part of its URL after ``/fhir/``, to send through Kong.
 
     The last ``/fhir/`` of the URL's path counts (a source may itself be called ``fhir``); a path that
     ends in ``/fhir`` (HAPI's ``?_getpages=`` links) gives just ``?`` and the query.

@@ -1,4 +1,4 @@
-"""Client of the pod orchestrator's log stream (WIRE.md section 5)."""
+"""Client of the pod orchestrator's log stream."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every protocol message names the analysis and the round, so late, duplicate and foreign messages can
 be told apart. Payloads are encoded with :mod:`flame.codec`; up to ``inline_limit`` bytes they ride in
 the message (Base64), larger ones are stored once per receiver as intermediate data and the message
-carries the ids (WIRE.md section 2.1).
+carries the ids (the platform's ``intermediate_data`` exchange).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The emulated message broker of each node, and the hub relay between nodes (WIRE.md section 2).
+"""The emulated message broker of each node, and the hub relay between nodes.
 
 :func:`create_app` is the broker's REST API as one node's sidecar reaches it (the router has already
 stripped ``/message-broker`` and put the node in the request scope). :class:`Broker` is the delivery
 side shared by every node of a stack: a message POSTed at one node is relayed (in memory, standing in
 for the hub) to each recipient node, whose broker POSTs it verbatim to every webhook subscribed there.
 
-Behaviour copied from PrivateAIM/node-message-broker, where WIRE.md leaves it open:
+Behaviour copied from PrivateAIM/node-message-broker, in the details its HTTP contract leaves open:
 
 - ``Location`` of a new subscription is ``{scheme}://{Host}/analyses/{a}/messages/subscriptions/{id}``,
   built from the request as the broker sees it, so it lacks the sidecar's ``/message-broker`` prefix
@@ -300,7 +300,7 @@ class _ClientError(Exception):
 
 
 def create_app(stack: FlameStack) -> FastAPI:
-    """The broker REST API of every node of ``stack`` (paths as the broker sees them, WIRE.md §2)."""
+    """The broker REST API of every node of ``stack`` (paths as the real node message broker sees them)."""
     app = FastAPI(
         title="flame emulated message broker",
         openapi_url=None,

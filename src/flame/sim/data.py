@@ -1,4 +1,4 @@
-"""Data sources of an emulated FLAME node: the hub adapter's listing and the Kong proxy (WIRE.md section 4).
+"""Data sources of an emulated FLAME node: the hub adapter's listing and the Kong proxy.
 
 Hub adapter: ``GET /kong/datastore/{project_id}`` (Bearer, checked like the real FastAPI service) answers
 ``{"data": [service, ...], "next": null}``, one Kong service object per data source of the node, with
@@ -141,7 +141,7 @@ def kong_route(source: DataSource, project_id: str, created_at: int) -> dict[str
 
 
 def create_hub_adapter_app(stack: FlameStack) -> FastAPI:
-    """The hub adapter of every node: only ``GET /kong/datastore/{project_id}`` is reachable (WIRE.md 1)."""
+    """The hub adapter of every node: only ``GET /kong/datastore/{project_id}`` gets through the sidecar."""
     app = FastAPI(title="emulated hub adapter", openapi_url=None, docs_url=None, redoc_url=None)
     created_at = int(time.time())
 

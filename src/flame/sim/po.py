@@ -1,4 +1,4 @@
-"""The emulated pod orchestrator (WIRE.md section 5): every node's state, in one place.
+"""The emulated pod orchestrator: every node's state, in one place.
 
 It receives each node's streamed logs, status and progress (``POST /po/stream_logs``), and on every
 period it calls each running analysis' ``/healthz``, pushes ``/partner_status`` with the other nodes'

@@ -1,4 +1,4 @@
-"""The emulated FLAME node stack: one analysis, N nodes, every service of WIRE.md behind one ASGI app.
+"""The emulated FLAME node stack: one analysis, N nodes, every node service behind one ASGI app.
 
 A :class:`FlameStack` plays, for every node of one analysis, the sidecar nginx and the services behind
 it: message broker (with the hub relay between nodes), storage service, hub adapter, Kong, pod
@@ -45,7 +45,7 @@ from flame.sim.node import NodeSpec, SimNode
 from flame.sim.proxy import SidecarTransport, forward
 from flame.sim.settings import StackSettings
 
-#: Paths the sidecar lets through to each service (WIRE.md section 1); ``{a}``/``{p}``: analysis/project.
+#: Paths the sidecar lets through to each service (as on a FLAME node); ``{a}``/``{p}``: analysis/project.
 _ALLOWED = {
     "message-broker": r"^/analyses/{a}/(participants(/self)?|messages(/.*)?)$",
     "storage": r"^/(final|local|intermediate)(/.*)?$",

@@ -1,4 +1,4 @@
-"""The emulated node storage service of each node (WIRE.md section 3), wire-exact.
+"""The emulated node storage service of each node, wire-exact.
 
 :func:`create_app` is the service's REST API as one node's sidecar reaches it: the router has already
 stripped ``/storage`` and put the node in the request scope. Every route checks the Bearer token like
@@ -23,7 +23,7 @@ Node ids are stable across analyses (uuid5 of the node name), so a later stack w
 id, node names and backend sees the local results and tags of earlier ones, as on FLAME. A tag is a
 set of marker objects, so tagging never reads, modifies and rewrites a shared index (no lost update).
 
-Behaviour copied from PrivateAIM/node-storage-service where WIRE.md leaves it open:
+Behaviour copied from PrivateAIM/node-storage-service in the details its HTTP contract leaves open:
 
 - Absolute URLs in answers are ``http://{Host header}/...`` without the ``/storage`` prefix (and
   without the emulator's ``/node/{name}`` path prefix), as the real service builds them behind nginx.
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     from flame.sim.node import SimNode
     from flame.sim.stack import FlameStack
 
-#: A valid tag: the whole string matches (WIRE.md section 3).
+#: A valid tag: the whole string matches (as the real storage service checks it).
 TAG_PATTERN = re.compile(r"[a-z0-9]{1,2}|[a-z0-9][a-z0-9-]{0,30}[a-z0-9]")
 #: Largest file ``/final/localdp`` accepts (bytes).
 LOCALDP_MAX_BYTES = 4096

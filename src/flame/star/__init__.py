@@ -20,7 +20,7 @@
 
 ``FlameCoreSDK`` (also importable as ``from flamesdk import FlameCoreSDK``) is PrivateAIM's core API on
 this SDK's node runtime; :class:`StarModelTester` runs an analysis locally on the emulated node stack.
-See COMPAT.md for the surface and where ours deliberately differs (bounded waits, raised errors,
+It keeps the surface of PrivateAIM's SDK API and deliberately differs (bounded waits, raised errors,
 pickle-free payloads unless a peer speaks pickle).
 """
 

@@ -1,6 +1,6 @@
 """``FlameCoreSDK``: PrivateAIM's core SDK API (``flamesdk`` 0.6.0) on this SDK's node runtime.
 
-Analyses written for PrivateAIM's SDK run unchanged: every method of COMPAT.md keeps its name,
+Analyses written for PrivateAIM's SDK run unchanged: every method of PrivateAIM's SDK API keeps its name,
 parameters, defaults and return shape. Underneath, each call is a coroutine of the node runtime
 (:class:`~flame.node.runtime.AsyncNode`) submitted to its event-loop thread
 (:class:`~flame.node.loop.LoopThread`), so the API works from scripts, worker threads and inside a
@@ -271,7 +271,7 @@ class CompatConfig:
 
 
 class FlameCoreSDK:
-    """PrivateAIM's ``FlameCoreSDK`` (COMPAT.md), on this SDK's node runtime.
+    """PrivateAIM's ``FlameCoreSDK`` (same API), on this SDK's node runtime.
 
     The constructor connects to the node's services (sidecar health, broker identity and webhook
     subscription, participants, pod orchestrator, storage, and the data API on ``default`` nodes or with
