@@ -18,7 +18,9 @@ collector off), so other load on a shared machine does not count. Three tables:
    them; the secure round encrypts (fast variant), commits, adds, has each decryptor check the
    request and decrypt its part with its proof, combines ``t`` parts and decodes. Nodes and
    decryptors work in parallel on their own machines, so the round's time is the critical path: one
-   node's work + the aggregator's + one decryptor's + the combination. Target: at most 3x.
+   node's work + the aggregator's + one decryptor's + the combination. Target: at most 3x. Messaging
+   is left out of both (the same messages travel in both modes, plus the decryption request and
+   answers in secure mode), so the plain round here is its computation only, a few milliseconds.
 
 The script reports; it always exits 0. Dealing the threshold key (safe primes) is timed apart: it
 happens once per analysis.
