@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from flame.disclosure.policy import DisclosurePolicy, normalise_name
+from flame.protocols.aggregation import pandas_kind
 
 Outcome = Literal["refused", "suppressed", "warned", "unjudged", "dp"]
 
@@ -318,7 +318,7 @@ class _Walker:
             return self.walk_bytes(bytes(value), path)
         if isinstance(value, Mapping):
             return self.walk_mapping(value, path)
-        pandas = _pandas_kind(value)
+        pandas = pandas_kind(value)
         if pandas == "frame":
             return self.walk_frame(value, path)
         if pandas == "series":
@@ -599,7 +599,7 @@ def _parameter_count(value: object) -> int:
 def _column_like(value: object) -> bool:
     if isinstance(value, list | tuple | np.ndarray):
         return True
-    return _pandas_kind(value) is not None
+    return pandas_kind(value) is not None
 
 
 def _stat_kind(keys: set[Any]) -> str:
@@ -608,17 +608,6 @@ def _stat_kind(keys: set[Any]) -> str:
     if {"n", "mean", "variance", "std"} <= keys:
         return "mean-variance"
     return "statistic"
-
-
-def _pandas_kind(value: object) -> str | None:
-    pd = sys.modules.get("pandas")
-    if pd is None:
-        return None
-    if isinstance(value, pd.DataFrame):
-        return "frame"
-    if isinstance(value, pd.Series):
-        return "series"
-    return None
 
 
 __all__ = ["Finding", "Inspection", "LocalData", "Statistic", "inspect"]

@@ -868,7 +868,7 @@ def merged_contingency_table(updates: Mapping[str, Mapping[str, Any]]) -> Contin
 # concatenation
 
 
-def _pandas_kind(value: object) -> str | None:
+def pandas_kind(value: object) -> str | None:
     """``"frame"``/``"series"`` for pandas objects, else None; never imports pandas itself."""
     pd = sys.modules.get("pandas")
     if pd is None:
@@ -946,7 +946,7 @@ def concatenate(updates: Mapping[str, Any], order: Sequence[str] | None = None) 
     """
     what = "concatenate"
     items = _order(updates, order, what)
-    kinds = {_pandas_kind(v) for _, v in items}
+    kinds = {pandas_kind(v) for _, v in items}
     if kinds & {"frame", "series"}:
         if len(kinds) != 1:
             raise AggregationError(

@@ -73,7 +73,7 @@ from flame.redact import MIN_SECRET_LENGTH, RedactTokensFilter, redact
 from flame.runner import set_run_hook
 from flame.sim.display import LinePrinter, LiveDisplay
 from flame.sim.faults import FaultPlan, FaultSpecError, parse_faults
-from flame.sim.federation import Federation, FederationRun, NodeOutcome
+from flame.sim.federation import Federation, FederationRun, NodeOutcome, cannot_finish
 from flame.sim.node import SimNode
 from flame.sim.settings import StackSettings
 from flame.sim.stack import FlameStack
@@ -476,32 +476,6 @@ def _node_kwargs(config: SimConfig) -> dict[str, Any]:
     if config.time_scale >= 1.0:
         return {}
     return {"timeouts": Timeouts(attempt=max(0.25, DEFAULT_ATTEMPT_TIMEOUT * config.time_scale))}
-
-
-def _contributors(stack: FlameStack, options: FederationOptions) -> list[str]:
-    return [
-        name
-        for name, node in stack.nodes.items()
-        if node.role == "default" or (node.role == "aggregator" and options.aggregator_analyses)
-    ]
-
-
-def cannot_finish(stack: FlameStack, options: FederationOptions, failed: set[str]) -> str | None:
-    """Why the federation can no longer succeed with ``failed`` nodes, or None while it still can."""
-    if not failed:
-        return None
-    aggregator = next(name for name, node in stack.nodes.items() if node.role == "aggregator")
-    if aggregator in failed:
-        return f"the aggregator ({aggregator}) failed"
-    contributors = _contributors(stack, options)
-    required = options.required(len(contributors))
-    lost = sorted(failed & set(contributors))
-    if len(contributors) - len(lost) < required:
-        return (
-            f"{len(lost)} analysis node(s) failed ({', '.join(lost)}): {required} of {len(contributors)} "
-            "are needed for the quorum"
-        )
-    return None
 
 
 async def stop_tasks(
