@@ -11,30 +11,38 @@ decryption of a sum it made: it shows each decryptor the individual ciphertexts,
    field;
 2. counts the distinct contributors itself (each vector must be one node's single contribution) and
    refuses fewer than ``max(2, quorum)``, or two nodes with identical ciphertexts;
-3. consults its :class:`Ledger` of the compositions (sets of contributing nodes) it decrypted in this
-   analysis, and refuses (:class:`DecryptionRefused`, whose message names the rule) when
+3. refuses any composition that names the aggregator: its own values (when it analyses data too)
+   never enter an encrypted sum, it adds them in the clear after decryption. It could otherwise
+   commit to anything, e.g. a re-randomised inverse of another node's ciphertexts, and have
+   ``{A, B, aggregator}`` decrypt to ``A``;
+4. consults its :class:`Ledger` of what it decrypted in this analysis, and refuses
+   (:class:`DecryptionRefused`, whose message names the rule) when
 
-   * the round was already decrypted with another composition (any field: all fields of a round share
-     one composition; the same composition may be asked again, e.g. by a resumed aggregator), or
-   * **the isolation rule**: the new composition, together with every composition decrypted earlier
-     in the analysis, isolates a single node. Write each composition as its 0/1 indicator vector over
-     the nodes; the request is refused if a unit vector ``e_X`` (node ``X`` alone) lies in the rational
-     span of those vectors, with the aggregator's own unit vector added when the aggregator contributes
-     data (it knows its own values). This catches the one-node difference ``{A,B,C}`` then ``{A,B}``,
-     and longer chains such as ``{A,B}``, ``{B,C}``, ``{A,C}`` (``A = (S1 - S2 + S3) / 2``). It treats
-     sums of different rounds and fields as if they were the same quantity: an iterative analysis
-     whose updates barely change between rounds would leak through them otherwise;
+   * **the fixed-composition rule**: the composition (set of contributing nodes) differs from the
+     first one this decryptor decrypted in the analysis. One composition per analysis, for every
+     round and field: sums over different sets of nodes could be differenced to isolate a node
+     (``{A,B,C}`` then ``{A,B}`` gives ``C``; ``{A,B}``, ``{B,C}``, ``{A,C}`` gives
+     ``A = (S1 - S2 + S3) / 2``). Unlike a rule over the whole family of compositions (whether
+     their span isolates a node), this rule is *pairwise*: any two decrypted requests must agree.
+     That is what makes per-decryptor ledgers sound (below); an isolation rule over a family is not,
+     as an aggregator can show each decryptor a different harmless part of an isolating family.
+     The cost: a secure analysis tolerates stragglers in its first round only; a node of the first
+     composition missing later fails the analysis;
+   * the (round, field) was already decrypted with other ciphertexts (the commitment digests used
+     are recorded): a node that restarted and committed a second update for the same round must not
+     give ``S - S'``, the difference of its two updates;
 
-4. recomputes the encrypted sum itself and returns its partial decryption, with a proof bound to the
+5. recomputes the encrypted sum itself and returns its partial decryption, with a proof bound to the
    analysis, round, field and composition.
-
 The ledger (with the commitments received) is written to the decryptor's node storage next to its
 share *before* the partial decryption leaves the node, so a restarted decryptor still refuses what
 it refused before; it is deleted with the analysis.
 
 Why per-decryptor ledgers suffice: the threshold ``t`` is a majority of the decryptors, so any two
-groups of ``t`` decryptors share one, and that decryptor has both requests in its ledger. Two
-compositions that isolate a node can never both be decrypted, whichever decryptors the aggregator asks.
+groups of ``t`` decryptors share one, and that decryptor has both requests in its ledger. Since every
+rule compares two requests only, two requests that break it can never both be decrypted, whichever
+decryptors the aggregator asks: every decrypted sum is over the same nodes and each (round, field)
+over the same ciphertexts.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ __all__ = [
     "MissingCommitment",
     "commitment",
     "context",
+    "digests",
     "isolated_nodes",
 ]
 
@@ -92,6 +101,16 @@ def context(analysis_id: str, round: int, field: str, composition: Iterable[str]
     digest = hashlib.sha256(b"flame-secure-context-v1")
     _lp(digest, analysis_id, round, field, *sorted(composition))
     return digest.digest()
+
+
+def digests(analysis_id: str, request: DecryptRequest) -> tuple[bytes, ...]:
+    """The sorted commitment digests of a request's ciphertexts: what a (round, field) was decrypted with."""
+    return tuple(
+        sorted(
+            commitment(analysis_id, request.round, request.field, node, blob)
+            for node, blob in request.contributions.items()
+        )
+    )
 
 
 def isolated_nodes(compositions: Iterable[Iterable[str]], known: Iterable[str] = ()) -> set[str]:
@@ -147,6 +166,8 @@ class Ledger:
     rounds: dict[int, tuple[tuple[str, ...], set[str]]] = field(default_factory=dict)
     #: (round, field, node) -> commitments that node sent (a restarted node may commit again)
     commitments: dict[tuple[int, str, str], set[bytes]] = field(default_factory=dict)
+    #: (round, field) -> the commitment digests of the ciphertexts decrypted, sorted
+    decrypted: dict[tuple[int, str], tuple[bytes, ...]] = field(default_factory=dict)
 
     def compositions(self) -> list[tuple[str, ...]]:
         """The distinct compositions decrypted so far."""
@@ -163,6 +184,7 @@ class Ledger:
                 "commitments": [
                     [r, f, n, sorted(digests)] for (r, f, n), digests in sorted(self.commitments.items())
                 ],
+                "decrypted": [[r, f, list(d)] for (r, f), d in sorted(self.decrypted.items())],
             }
         )
 
@@ -177,6 +199,8 @@ class Ledger:
             ledger.rounds[int(r)] = (tuple(composition), set(fields))
         for r, f, n, digests in body["commitments"]:
             ledger.commitments[(int(r), str(f), str(n))] = set(digests)
+        for r, f, digests in body.get("decrypted", []):
+            ledger.decrypted[(int(r), str(f))] = tuple(bytes(d) for d in digests)
         return ledger
 
 
@@ -220,9 +244,9 @@ class DecryptRequest:
 class Decryptor:
     """One analysis node's decryptor: its key share, the analysis' rules and its ledger.
 
-    ``nodes`` are the nodes that may contribute (the analysis nodes, plus the aggregator when it
-    analyses data too); ``aggregator`` is the aggregator's node id; ``quorum`` the minimum number of
-    contributors (never below 2).
+    ``nodes`` are the nodes that may contribute (the analysis nodes; never the aggregator, which adds
+    its own values in the clear); ``aggregator`` is the aggregator's node id; ``quorum`` the minimum
+    number of contributors to an encrypted sum (never below 2).
     """
 
     def __init__(
@@ -236,7 +260,7 @@ class Decryptor:
     ) -> None:
         self.share = share
         self.analysis_id = analysis_id
-        self.nodes = frozenset(nodes)
+        self.nodes = frozenset(nodes) - {aggregator}
         self.aggregator = aggregator
         self.required = max(2, quorum)
         self.ledger = ledger if ledger is not None else Ledger(analysis_id)
@@ -265,6 +289,11 @@ class Decryptor:
         if request.round < 0:
             raise DecryptionRefused(f"round {request.round} is not a round")
         contributors = sorted(request.contributions)
+        if self.aggregator in request.contributions:
+            raise DecryptionRefused(
+                f"the request names the aggregator {self.aggregator} as a contributor: the aggregator's own "
+                "values never enter an encrypted sum (it adds them in the clear after decryption)"
+            )
         strangers = [n for n in contributors if n not in self.nodes]
         if strangers:
             raise DecryptionRefused(f"{', '.join(strangers)} do(es) not contribute to this analysis")
@@ -296,19 +325,25 @@ class Decryptor:
                 )
             vectors.append(vector)
         composition = tuple(contributors)
-        earlier = self.ledger.rounds.get(request.round)
-        if earlier is not None and earlier[0] != composition:
+        fixed = self.ledger.compositions()
+        if fixed and fixed[0] != composition:
             raise DecryptionRefused(
-                f"round {request.round} was decrypted with {', '.join(earlier[0])}; refusing another "
-                f"composition ({', '.join(composition)})"
+                f"secure mode's fixed composition: this analysis was decrypted with {', '.join(fixed[0])}; "
+                f"refusing another composition ({', '.join(composition)}) in round {request.round}, field "
+                f"{request.field!r}: sums over different sets of nodes could isolate one node's values"
             )
-        if composition not in self.ledger.compositions():
-            known = [self.aggregator] if self.aggregator in composition else []
-            isolated = isolated_nodes([*self.ledger.compositions(), composition], known)
-            if isolated:
+        used = self.ledger.decrypted.get((request.round, request.field))
+        if used is not None and used != digests(self.analysis_id, request):
+            raise DecryptionRefused(
+                f"round {request.round}, field {request.field!r} was decrypted with other ciphertexts: "
+                "refusing a second sum of the same round (its difference would reveal one node's change)"
+            )
+        if not fixed:
+            isolated = isolated_nodes([composition])
+            if isolated:  # unreachable with a quorum of 2; kept as the last line of defence
                 raise DecryptionRefused(
-                    f"decrypting the sum of {', '.join(composition)} together with the sums decrypted earlier "
-                    f"in this analysis would isolate the contribution of {', '.join(sorted(isolated))}"
+                    f"decrypting the sum of {', '.join(composition)} would isolate the contribution of "
+                    f"{', '.join(sorted(isolated))}"
                 )
         return paillier.aggregate(vectors)
 
@@ -320,5 +355,6 @@ class Decryptor:
         total = self.check(request)
         composition = tuple(sorted(request.contributions))
         self.ledger.rounds.setdefault(request.round, (composition, set()))[1].add(request.field)
+        self.ledger.decrypted[(request.round, request.field)] = digests(self.analysis_id, request)
         ctx = context(self.analysis_id, request.round, request.field, composition)
         return partial_decrypt_vector(self.share, total, ctx)
