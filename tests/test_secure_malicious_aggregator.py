@@ -180,7 +180,7 @@ def test_a_subset_differing_by_one_node_from_an_earlier_one_is_refused(fed: Fede
         fed.contribute(node, 1)
         fed.contribute(node, 2)
     fed.decrypt(fed.request(1, NODES))
-    with pytest.raises(DecryptionRefused, match="fixed composition: .* decrypted with A, B, C"):
+    with pytest.raises(DecryptionRefused, match=r"fixed composition: .* decrypted with A, B, C"):
         fed.decryptors["A"].decrypt(fed.request(2, ("A", "B")))
 
 
@@ -253,7 +253,7 @@ def test_an_aggregator_committing_to_the_inverse_of_a_nodes_ciphertext_is_refuse
         ANALYSIS, 1, "x", {"A": fed.aggregator_seen[(1, "x", "A")], "B": b, AGG: inverse}
     )
     for d in NODES:
-        with pytest.raises(DecryptionRefused, match="names the aggregator .* never enter an encrypted sum"):
+        with pytest.raises(DecryptionRefused, match=r"names the aggregator .* never enter an encrypted sum"):
             fed.decryptors[d].decrypt(request)
         assert fed.decryptors[d].ledger.rounds == {}
 
