@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,8 @@ class Ledger:
     """The project's release ledger on this node: local results under :data:`LEDGER_TAG`.
 
     Without a storage client (tests, an analysis run outside a node) it is kept in memory.
-    Entries are read once per process and then kept up to date in memory.
+    Entries are read once per process and then kept up to date in memory; a DP spend reads them
+    again (``entries(refresh=True)``) to see what concurrent analyses of the project spent.
     """
 
     def __init__(self, storage: StorageClient | None = None) -> None:
@@ -132,10 +134,14 @@ class Ledger:
         self._entries: list[dict[str, Any]] | None = None if storage is not None else []
         self._lock = asyncio.Lock()
 
-    async def entries(self) -> list[dict[str, Any]]:
-        """Every entry of the project so far (earlier analyses included)."""
+    async def entries(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        """Every entry of the project so far (earlier analyses included).
+
+        ``refresh`` reads them from node storage again (what concurrent analyses of the project
+        appended since); without it the entries read once and kept up to date in memory.
+        """
         async with self._lock:
-            if self._entries is None:
+            if self._entries is None or (refresh and self.storage is not None):
                 self._entries = await self._load()
             return list(self._entries)
 
@@ -181,11 +187,46 @@ class Ledger:
                 self._entries.append(entry)
 
 
+def _amount(value: Any) -> float | None:
+    """A ledger entry's epsilon or delta: a finite number >= 0 (missing is 0), else None."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    amount = float(value)
+    return amount if math.isfinite(amount) and amount >= 0 else None
+
+
+def invalid_spends(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The counted entries whose epsilon or delta is not a finite number >= 0 (:func:`spent` skips them).
+
+    No release of this library writes one; another analysis of the project can write any local result
+    under the ledger's tag, and a negative or infinite spend would otherwise switch the budget off.
+    """
+    return [
+        e
+        for e in entries
+        if e.get("outcome") != "refused"
+        and (_amount(e.get("epsilon")) is None or _amount(e.get("delta")) is None)
+    ]
+
+
 def spent(entries: list[dict[str, Any]]) -> tuple[float, float]:
-    """Epsilon and delta spent by the released entries (sequential composition: they add up)."""
-    epsilon = sum(float(e.get("epsilon") or 0.0) for e in entries if e.get("outcome") != "refused")
-    delta = sum(float(e.get("delta") or 0.0) for e in entries if e.get("outcome") != "refused")
+    """Epsilon and delta spent by the released entries (sequential composition: they add up).
+
+    Entries whose epsilon or delta is not a finite number >= 0 are not counted (see
+    :func:`invalid_spends`; the guard reports them).
+    """
+    epsilon = delta = 0.0
+    for entry in entries:
+        if entry.get("outcome") == "refused":
+            continue
+        e, d = _amount(entry.get("epsilon")), _amount(entry.get("delta"))
+        if e is None or d is None:
+            continue
+        epsilon += e
+        delta += d
     return epsilon, delta
 
 
-__all__ = ["LEDGER_TAG", "Ledger", "ReleaseRecord", "digest", "spent"]
+__all__ = ["LEDGER_TAG", "Ledger", "ReleaseRecord", "digest", "invalid_spends", "spent"]

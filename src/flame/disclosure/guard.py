@@ -18,12 +18,15 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
+import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flame import codec
 from flame.disclosure import differencing, dp
-from flame.disclosure.audit import Ledger, ReleaseRecord, spent
+from flame.disclosure.audit import Ledger, ReleaseRecord, invalid_spends, spent
 from flame.disclosure.checks import Finding, Inspection, LocalData, inspect
 from flame.disclosure.policy import DisclosurePolicy, policy_from_env
 from flame.errors import DisclosureRefusedError, FlameError, PayloadError
@@ -97,9 +100,10 @@ class DisclosureGuard:
         to the project's budget like the central DP requests in ``value``. Raises
         :class:`DisclosureRefusedError` (the rule, the field path) when the policy refuses it.
         """
+        spend = _valid_spend(spend)
         async with self._lock:
             root = channel if path is None else path
-            return await self._release(value, channel, list(destination), root, float(spend))
+            return await self._release(value, channel, list(destination), root, spend)
 
     async def release_message(
         self, body: Mapping[str, Any], *, category: str, receivers: Sequence[str]
@@ -151,7 +155,8 @@ class DisclosureGuard:
                     "send plain numbers, arrays, DataFrames or typed statistics",
                 )
             )
-        entries = await self.ledger.entries()
+        # a DP spend reads the ledger from storage again: concurrent analyses of the project spend too
+        entries = await self.ledger.entries(refresh=bool(draws) or bool(spend))
         findings = list(inspection.findings)
         findings += differencing.check(inspection.statistics, entries, self.policy)
         epsilon = sum(r.epsilon for _, r in draws) + spend
@@ -159,6 +164,15 @@ class DisclosureGuard:
         if spend:
             draws.append((path or "<payload>", dp.Release(None, spend, 0.0, float("nan"))))
         if draws:
+            invalid = invalid_spends(entries)
+            if invalid:
+                detail = (
+                    f"{len(invalid)} ledger entr{'y' if len(invalid) == 1 else 'ies'} with an epsilon or "
+                    "delta that is not a finite number >= 0 (not written by a release of this node's "
+                    "guard) not counted; the project's ledger was tampered with"
+                )
+                findings.append(Finding("ledger-entry", "<ledger>", "unjudged", detail))
+                self.log(f"disclosure WARNING on node {self.node_id or '?'}: {detail}", "warn")
             used_epsilon, used_delta = spent(entries)
             budget = dp.Budget(
                 self.policy.dp_epsilon_budget, self.policy.dp_delta_budget, used_epsilon, used_delta
@@ -206,6 +220,24 @@ class DisclosureGuard:
         self.log(record.log_line(), "info")
         await self.ledger.append(record)
         to = ", ".join(destination) or "-"
+        if draws and not refusals and self.ledger.storage is not None:
+            overtaken = await self._overtaken(record, entries, draws[0][0])
+            if overtaken is not None:
+                refusals = [overtaken]
+                refused = ReleaseRecord(
+                    node=self.node_id,
+                    analysis=self.analysis_id,
+                    channel=channel,
+                    destination=destination,
+                    outcome="refused",
+                    digest=record.digest,
+                    fields=record.fields,
+                    checks=[*record.checks, overtaken.as_dict()],
+                    unjudged=record.unjudged,
+                )
+                self.records.append(refused)
+                self.log(refused.log_line(), "info")
+                await self.ledger.append(refused)
         if refusals:
             first = refusals[0]
             message = (
@@ -223,6 +255,69 @@ class DisclosureGuard:
                 "warn",
             )
         return inspection.value
+
+    async def _overtaken(
+        self, record: ReleaseRecord, before: list[dict[str, Any]], where: str
+    ) -> Finding | None:
+        """The dp-budget refusal when a concurrent spend recorded before ``record`` exhausted the budget.
+
+        The ledger is read again after ``record`` was appended. Entries that were not there when the
+        budget was checked (``before``) and whose time precedes ``record``'s (ties broken by analysis
+        and digest) came first: if they and ``record`` together exceed the budget, ``record``'s release
+        is refused (its spend stays counted, on the side of caution, like a send that failed). The
+        window that remains: two analyses whose records reach storage in the opposite order of their
+        times, each re-reading before the other's record is stored, both pass.
+        """
+        mine = _entry_key(record.as_dict())
+        seen = Counter(_entry_key(e) for e in before)
+        concurrent = []
+        for entry in await self.ledger.entries(refresh=True):
+            key = _entry_key(entry)
+            if seen[key] > 0:
+                seen[key] -= 1
+            elif key == mine:
+                mine = ""  # our own entry, once
+            else:
+                concurrent.append(entry)
+        order = (record.time, record.analysis, record.digest)
+        earlier = [
+            e
+            for e in concurrent
+            if (str(e.get("time", "")), str(e.get("analysis", "")), str(e.get("digest", ""))) < order
+        ]
+        if not earlier:
+            return None
+        used_epsilon, used_delta = spent(before + earlier)
+        budget = dp.Budget(
+            self.policy.dp_epsilon_budget, self.policy.dp_delta_budget, used_epsilon, used_delta
+        )
+        if budget.allows(record.epsilon, record.delta):
+            return None
+        left_e, left_d = budget.remaining()
+        return Finding(
+            "dp-budget",
+            where,
+            "refused",
+            f"a concurrent analysis of the project spent first: this release needs epsilon "
+            f"{record.epsilon:g}, delta {record.delta:g}; the project has epsilon {left_e:g}, delta "
+            f"{left_d:g} left of {budget.epsilon:g}, {budget.delta:g}",
+        )
+
+
+def _entry_key(entry: Mapping[str, Any]) -> str:
+    """A ledger entry as it reads back from storage, for telling entries apart."""
+    return json.dumps(json.loads(json.dumps(entry, default=str)), sort_keys=True, default=str)
+
+
+def _valid_spend(spend: float) -> float:
+    """``spend`` as a float: 0 (none) or a finite number > 0; anything else is refused, nothing recorded."""
+    try:
+        value = float(spend)
+    except (TypeError, ValueError):
+        raise PayloadError(f"DP: epsilon spent must be a finite number > 0, got {spend!r}") from None
+    if value != 0.0 and not (math.isfinite(value) and value > 0):
+        raise PayloadError(f"DP: epsilon spent must be a finite number > 0, got {spend!r}")
+    return value
 
 
 def _digest(value: Any) -> str:

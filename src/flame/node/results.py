@@ -68,31 +68,27 @@ class Results:
         ``_1``, ``_2``, ... before its extension). ``local_dp={"epsilon": e, "sensitivity": s}`` adds
         Laplace noise of scale s/e to a single finite number in the storage service.
         """
+        # local DP is checked before the guard records (and charges) anything
+        parsed = _parse_local_dp(result, local_dp) if local_dp is not None else None
         if self.guard is not None:
             result = await self.guard.release(
                 result,
-                channel="final/localdp" if local_dp is not None else "final",
+                channel="final/localdp" if parsed is not None else "final",
                 destination=["hub"],
                 path="result",
-                spend=_local_dp_spend(local_dp),
+                spend=parsed[0] if parsed is not None else 0.0,
             )
-        if local_dp is not None:
-            return [await self._submit_localdp(result, local_dp, filename)]
+        if parsed is not None:
+            return [await self._submit_localdp(result, parsed, filename)]
         items: Sequence[Any] = result if multiple_results and isinstance(result, list | tuple) else [result]
         names = _file_names(filename, len(items), EXTENSIONS[output_type])
         for name, item in zip(names, items, strict=True):
             await self.storage.submit_final(serialise(item, output_type), name)
         return names
 
-    async def _submit_localdp(self, result: Any, local_dp: dict[str, float], filename: str | None) -> str:
-        try:
-            epsilon, sensitivity = float(local_dp["epsilon"]), float(local_dp["sensitivity"])
-        except (KeyError, TypeError, ValueError):
-            raise PayloadError('local_dp must be {"epsilon": <number>, "sensitivity": <number>}') from None
-        if isinstance(result, bool) or not isinstance(result, int | float) or not math.isfinite(result):
-            raise PayloadError(
-                f"local DP applies to one finite number, got {type(result).__name__} {result!r:.40}"
-            )
+    async def _submit_localdp(self, result: Any, local_dp: tuple[float, float], filename: str | None) -> str:
+        epsilon, sensitivity = local_dp
+        _parse_local_dp(result, {"epsilon": epsilon, "sensitivity": sensitivity})
         name = filename or default_filename(".txt")
         await self.storage.submit_final_localdp(float(result), epsilon, sensitivity, filename=name)
         return name
@@ -114,14 +110,22 @@ class Results:
         return await self.storage.tags()
 
 
-def _local_dp_spend(local_dp: dict[str, float] | None) -> float:
-    """The epsilon local DP on the storage service spends of the project's budget (0 without)."""
-    if local_dp is None:
-        return 0.0
+def _parse_local_dp(result: Any, local_dp: Any) -> tuple[float, float]:
+    """(epsilon, sensitivity) of ``local_dp`` for ``result``; PayloadError unless both are finite and
+    > 0 and ``result`` is one finite number. Epsilon is what the project's budget is charged."""
     try:
-        return float(local_dp["epsilon"])
+        epsilon, sensitivity = float(local_dp["epsilon"]), float(local_dp["sensitivity"])
     except (KeyError, TypeError, ValueError):
-        return 0.0  # _submit_localdp refuses it with a clear message
+        raise PayloadError('local_dp must be {"epsilon": <number>, "sensitivity": <number>}') from None
+    if not all(math.isfinite(v) and v > 0 for v in (epsilon, sensitivity)):
+        raise PayloadError(
+            f"local_dp needs a finite epsilon > 0 and a finite sensitivity > 0, got {epsilon!r}, {sensitivity!r}"
+        )
+    if isinstance(result, bool) or not isinstance(result, int | float) or not math.isfinite(result):
+        raise PayloadError(
+            f"local DP applies to one finite number, got {type(result).__name__} {result!r:.40}"
+        )
+    return epsilon, sensitivity
 
 
 def _file_names(filename: str | None, count: int, extension: str) -> list[str]:
