@@ -344,6 +344,11 @@ class Aggregator:
         sealed = any(r.get("kind") in ("checkpoint", "wrap") for r in records)
         record: dict[str, Any] | None = None
         key = await self._recover_key(records) if sealed else os.urandom(checkpoint.KEY_BYTES)
+        if key is None and node.config.restart_counter == 0:
+            # a first pod wrote none of them: records that do not open (their kind is not
+            # authenticated; another analysis of the project can write any) are ignored
+            node.log("ignoring checkpoint records that do not open (the analysis's first pod)", "warn")
+            sealed, records, key = False, [], os.urandom(checkpoint.KEY_BYTES)
         if key is not None:
             self._use_key(key, set(checkpoint.wrap_holders(records)))
             record = self._store.newest(records)
