@@ -32,6 +32,7 @@ from flame.sim.cli_sim import load_analysis
 from flame.sim.events import Event
 from flame.sim.faults import FaultPlan, NodeOffline
 from flame.sim.federation import Federation, FederationRun, run_federation
+from flame.sim.node import NodeSpec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DATA = EXAMPLES / "data"
@@ -281,7 +282,86 @@ async def test_a_refused_request_fails_the_analysis_on_every_node_naming_the_ref
     assert not run.ok
     for name, outcome in run.outcomes.items():
         assert outcome.status == "failed", (name, run.report())
-        assert outcome.error is not None and f"isolate the contribution of {left_out[0]}" in outcome.error, (
+        assert outcome.error is not None and "secure mode's fixed composition" in outcome.error, (
             name,
             outcome.error,
         )
+
+
+def _aggregator_with_data(stack: FlameStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FlameStack gives the data key only to role "default": hand it to an aggregator given data too."""
+    original = stack.env
+
+    def env(name: str, per_node_url: bool | None = None) -> dict[str, str]:
+        values = original(name, per_node_url=per_node_url)
+        if stack.node(name).has_data:
+            values["DATA_SOURCE_TOKEN"] = stack.node(name).data_key
+        return values
+
+    monkeypatch.setattr(stack, "env", env)
+
+
+async def test_an_aggregator_that_analyses_too_adds_its_values_in_the_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator's own values stay out of the encrypted sums (the decryptors refuse it as a
+    contributor); it adds them after decryption, and the result is the plain one."""
+    secrets = {**SECRETS, "aggregator": 444.25}
+    write_secrets(tmp_path)
+    (tmp_path / "aggregator" / "s3").mkdir(parents=True)
+    pd.DataFrame({"value": [secrets["aggregator"]]}).to_csv(tmp_path / "aggregator" / "s3" / "secret.csv")
+    specs = [NodeSpec("aggregator", role="aggregator", data_dir=tmp_path / "aggregator")]
+    specs += [NodeSpec(name, data_dir=tmp_path / name) for name in SECRETS]
+    stack = FlameStack(specs, settings=StackSettings.fast(po_enabled=False))
+    _aggregator_with_data(stack, monkeypatch)
+    options = flame.FederationOptions(max_rounds=2, aggregator_analyses=True, secure=OPTIONS)
+    async with stack:
+        run = await Federation(stack, SecretValue(), SumOfSecrets(), options).run(timeout=90)
+    assert run.ok, run.report()
+    assert run.result["plain"] == 4
+    expected = sum(secrets.values())
+    assert run.result["secret"][0] == pytest.approx(expected, abs=1e-4)
+    assert run.result["secret"][1] == pytest.approx(expected / 7.0, abs=1e-4)
+
+
+class SlowThirdInRoundTwo(SecretValue):
+    """node-3 (the one whose secret is 3333.55555) straggles past the round deadline in round 2."""
+
+    def analyze(self, data: flame.Data, aggregate: Any, round: int) -> dict[str, Any]:
+        update = super().analyze(data, aggregate, round)
+        if round == 2 and update["secret"][0] == SECRETS["node-3"]:
+            import time
+
+            time.sleep(4.0)
+        return update
+
+
+async def test_a_straggler_after_the_first_round_fails_naming_the_fixed_composition(tmp_path: Path) -> None:
+    write_secrets(tmp_path)
+    options = flame.FederationOptions(max_rounds=2, quorum=2, round_deadline=2.0, secure=OPTIONS)
+    stack = FlameStack.create(3, data_root=tmp_path, settings=StackSettings.fast())
+    async with stack:
+        run = await Federation(stack, SlowThirdInRoundTwo(), SumOfSecrets(), options).run(timeout=90)
+    outcome = run.outcomes["aggregator"]
+    assert outcome.status == "failed", run.report()
+    assert outcome.error is not None
+    assert "secure mode's fixed composition: round 2 lacks the parameters of " in outcome.error
+    assert "stragglers are tolerated in the first round only" in outcome.error
+
+
+class RowsInASecureField(flame.Analyzer):
+    def analyze(self, data: flame.Data, aggregate: Any, round: int) -> dict[str, Any]:
+        return {"secret": data.dataframe("patients.csv")["age"].to_numpy(dtype=np.float64), "plain": 1}
+
+
+async def test_a_leaky_secure_field_is_refused_by_the_disclosure_guard_before_encryption() -> None:
+    options = flame.FederationOptions(max_rounds=1, round_deadline=5.0, checkpoints=False, secure=OPTIONS)
+    stack = FlameStack.create(2, data_root=DATA, settings=StackSettings.fast())
+    async with stack:
+        run = await Federation(stack, RowsInASecureField(), SumOfSecrets(), options).run(timeout=90)
+    for name in ("node-1", "node-2"):
+        outcome = run.outcomes[name]
+        assert outcome.status == "failed", run.report()
+        assert outcome.error is not None and "DisclosureRefusedError" in outcome.error, outcome.error
+        assert "rule row-level at payload" in outcome.error, outcome.error
+    assert run.final_results == {}

@@ -100,6 +100,8 @@ class Aggregator:
         self._secure = secure.SecureAggregation.of(options.secure)
         self._public_key: secure.ThresholdPublicKey | None = None
         self._holder = ""
+        #: secure mode: the contributors of the first round, the only composition decryptors accept
+        self._composition: list[str] | None = None
         #: node storage of the checkpoints; their key, and who holds an escrow key wrapping it
         self._store: checkpoint.Checkpoints | None = None
         self._key: bytes | None = None
@@ -119,6 +121,8 @@ class Aggregator:
                 if self._secure is not None:
                     updates = await self._secure_sums(updates, round)
                 aggregate = await self._aggregate_parameters(updates, round, previous)
+                if self._secure is not None and self._composition is None:
+                    self._composition = sorted(updates)
                 last = round >= options.max_rounds
                 done = last or await asyncio.to_thread(self.converged, aggregate, previous, round)
                 self._latest = (round, aggregate, done)
@@ -172,11 +176,14 @@ class Aggregator:
             own = await asyncio.to_thread(
                 self._analyzer.analyze, self._data, self._latest[1] if self._latest else None, round
             )
-            if self._secure is not None:
-                assert self._public_key is not None
-                own = await asyncio.to_thread(secure.encrypt_update, own, self._public_key, self._secure)
+            # secure mode: the aggregator's own values stay in the clear, out of the encrypted sums
+            # (secure_round adds them after decryption): they are known to it anyway
             received[node.node_id] = own
         expected = set(self._contributors)
+        if self._composition is not None:
+            # secure mode's fixed composition: the decryptors accept only the first round's contributors
+            expected = set(self._composition)
+            received = {n: v for n, v in received.items() if n in expected}
         watched = (messages.UPDATE, messages.REJOIN)
         node.log(f"round {round}: waiting for parameters from {len(expected - set(received))} node(s)")
         while True:
@@ -196,6 +203,16 @@ class Aggregator:
                 f"round {round}: deadline passed without parameters from {', '.join(missing)}; "
                 f"{len(received)} of {len(expected)} arrived (quorum {self._required})",
                 "warn",
+            )
+        if missing and self._composition is not None:
+            await self._abort(
+                f"secure mode's fixed composition: round {round} lacks the parameters of "
+                f"{', '.join(missing)} within {self._options.round_deadline:g} s; in secure mode every "
+                f"round after the first must have exactly the first round's contributors "
+                f"({', '.join(self._composition)}), since the decryptors decrypt sums over that set of "
+                "nodes only (sums over different sets could isolate one node): stragglers are tolerated "
+                "in the first round only",
+                missing,
             )
         if len(received) < self._required:
             await self._abort(
@@ -382,6 +399,9 @@ class Aggregator:
         if record.get("state") is not None:
             await asyncio.to_thread(self.restore, record["state"])
         self._latest = (done_round, aggregate, final)
+        composition = record.get("composition")
+        if self._secure is not None and isinstance(composition, list):
+            self._composition = [str(n) for n in composition]
         node.log(f"resumed from the checkpoint after round {done_round}")
         if phase in ("submitting", "submitted"):
             self._phase = str(phase)
@@ -579,6 +599,7 @@ class Aggregator:
                     "phase": phase,
                     "submission": submission,
                     "state": state,
+                    "composition": self._composition,
                 }
             )
         except FlameError as exc:

@@ -170,10 +170,26 @@ class AnalysisClient:
             self.node.log(f"round {round}: the aggregator did not acknowledge the parameters yet", "warn")
 
     async def _encrypt(self, round: int, parameters: Any) -> Any:
-        """The update of ``round`` with its secure fields encrypted: once per round, then the same."""
+        """The update of ``round`` with its secure fields encrypted: once per round, then the same.
+
+        The secure fields pass the node's disclosure guard in plaintext first, as they would in plain
+        mode (row-level arrays, small tables and the like are refused; DP requests are drawn): once
+        encrypted, the guard would see only ciphertext bytes. Each field is judged once: the secure
+        ones here, in plaintext (channel ``message:flame-update``, before encryption), the plain ones
+        when the message is sent.
+        """
         assert self._secure is not None and self._public_key is not None
         async with self._encrypting:
             if self._encrypted is None or self._encrypted[0] != round:
+                if isinstance(parameters, dict):
+                    view = {name: parameters[name] for name in self._secure.fields if name in parameters}
+                    released = await self.node.disclosure.release(
+                        view,
+                        channel=f"message:{messages.UPDATE} (secure fields, before encryption)",
+                        destination=[self.aggregator_id],
+                        path="payload",
+                    )
+                    parameters = {**parameters, **released}
                 encrypted = await asyncio.to_thread(
                     secure.encrypt_update, parameters, self._public_key, self._secure
                 )

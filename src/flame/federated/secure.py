@@ -9,10 +9,24 @@ Threat model (``docs/threat-model.md`` has the whole of it)
 * The aggregator may be malicious: any request, ciphertexts, round numbers, node ids, replays, forged
   commitments. Analysis nodes are honest-but-curious; up to ``t - 1`` of them may collude with the
   aggregator. The dealer is honest at set-up.
-* Guarantees: the aggregator alone learns only sums over at least ``max(2, quorum)`` nodes; no single
-  node can decrypt anything (``t`` of ``l`` parts are needed, ``t`` a majority, at least 2); no
-  sequence of requests makes the decryptors an oracle (:mod:`flame.federated.decryptor` states the
-  refusal rules, including the isolation rule against differencing).
+* Guarantees: the aggregator alone learns only sums over at least ``max(2, quorum)`` analysis nodes,
+  all over one set of nodes; no single node can decrypt anything (``t`` of ``l`` parts are needed,
+  ``t`` a majority, at least 2); no sequence of requests makes the decryptors an oracle
+  (:mod:`flame.federated.decryptor` states the refusal rules).
+* **Fixed composition.** The first decrypted sum fixes the set of contributing nodes for every later
+  round and field of the analysis; the decryptors refuse any other set (sums over different sets
+  could be differenced down to one node, and only a rule comparing two requests is sound when the
+  aggregator asks different decryptors). The aggregator therefore uses exactly the first round's
+  contributors in later rounds, ignoring updates from others; if one of them is missing at a later
+  round's deadline the analysis fails with an error naming this rule. The cost: secure mode
+  tolerates stragglers in the first round only. A (round, field) is decrypted with one set of
+  ciphertexts only (a node that restarted and committed a second update for the round is refused).
+* **An aggregator that analyses data too** (``aggregator_analyses``) never contributes to an
+  encrypted sum (the decryptors refuse a request naming it: it could commit to anything, e.g. the
+  inverse of another node's ciphertexts). It adds its own values, known to it anyway, in the clear
+  after decryption, at the layout's resolution.
+* Secure fields pass the node's disclosure guard in plaintext before they are encrypted, like any
+  field in plain mode.
 * Not tolerated: ``t`` colluding analysis nodes; a dealer malicious at set-up (it could keep the
   factorisation); contributors pooling their own values with the aggregator (a sum over ``k`` nodes
   with ``k - 1`` colluding reveals the last). The released sums themselves are disclosure control's
@@ -27,13 +41,13 @@ Protocol
    which a later analysis of the project does not have; the records are useless once the analysis is
    over. A node without that secret keeps them in memory only. The aggregator asks for the public key
    (:data:`KEY_REQUEST`); any decryptor answers.
-2. *Each round.* An analysis node encrypts its secure fields, sends every decryptor a commitment to
+2. *Each round.* An analysis node has its secure fields judged by its disclosure guard, encrypts them, sends every decryptor a commitment to
    each field's ciphertexts (:data:`COMMIT`), and its update to the aggregator. The aggregator checks
    the shapes, and sends all decryptors one request per field with every contributor's ciphertexts
    (:data:`DECRYPT`). A decryptor checks the request (:class:`~flame.federated.decryptor.Decryptor`),
    writes its ledger, and answers its partial decryption with a proof (:data:`DECRYPTED`), or an error
    naming the rule that refused it. The aggregator verifies the proofs, combines ``t`` parts and
-   decodes the totals. If refusals leave fewer than ``t`` decryptors, it fails the analysis on every
+   decodes the totals, adding its own values if it analyses data too. If refusals leave fewer than ``t`` decryptors, it fails the analysis on every
    node with the refusals in the error.
 
 The author's aggregator gets :class:`SecureUpdates`: each node's update without the secure fields, and
@@ -238,8 +252,9 @@ async def setup_decryptor(
     """
     ids = decryptors(node)
     dealer = ids[0]
-    members = [*ids, aggregator] if options.aggregator_analyses else list(ids)
-    required = options.required(len(ids) + (1 if options.aggregator_analyses else 0))
+    # the aggregator never contributes to an encrypted sum (it adds its own values in the clear)
+    members = list(ids)
+    required = options.required(len(ids))
     vault = _Vault(node)
     stored = await vault.load()
     share: tp.KeyShare | None
@@ -449,9 +464,12 @@ async def secure_round(
     shapes: dict[str, list[int]] = {}
     requests: dict[str, DecryptRequest] = {}
     sums: dict[str, paillier.EncryptedVector] = {}
+    own_update = updates.get(node.node_id)  # the aggregator analyses data too: its values, in the clear
+    encrypted = {sender: update for sender, update in updates.items() if sender != node.node_id}
+    own: dict[str, np.ndarray] = {}
     for name in secure.fields:
         blobs: dict[str, bytes] = {}
-        for sender, update in updates.items():
+        for sender, update in encrypted.items():
             entry = update.get(name) if isinstance(update, Mapping) else None
             if not isinstance(entry, Mapping) or not isinstance(entry.get(_MARK), bytes):
                 raise PayloadError(f"the update of {sender} has no encrypted field {name!r}")
@@ -459,36 +477,40 @@ async def secure_round(
             if shapes.setdefault(name, shape) != shape:
                 raise PayloadError(f"field {name!r} has shape {shape} at {sender}, {shapes[name]} elsewhere")
             blobs[sender] = entry[_MARK]
+        if own_update is not None:
+            if not isinstance(own_update, Mapping) or name not in own_update:
+                raise PayloadError(f"the aggregator's own update has no secure field {name!r}")
+            mine = np.asarray(own_update[name], dtype=np.float64)
+            if shapes.setdefault(name, list(mine.shape)) != list(mine.shape):
+                raise PayloadError(
+                    f"field {name!r} has shape {list(mine.shape)} at {node.node_id}, {shapes[name]} elsewhere"
+                )
+            # at the resolution the encrypted values have, so a sum is the same in plain and secure mode
+            own[name] = secure.layout.decode(secure.layout.encode(mine.ravel()), 1)
         requests[name] = DecryptRequest(analysis_id, round, name, blobs)
         vectors = [paillier.EncryptedVector.from_bytes(b, public_key.public_key) for b in blobs.values()]
         sums[name] = paillier.aggregate(vectors)
     for sender, update in updates.items():
         plain[sender] = {k: v for k, v in update.items() if k not in secure.fields}
-    own: asyncio.Future[Any] | None = None
-    if node.node_id in updates:  # the aggregator analyses data too: it commits like any node
-        own_body = _commit_body(node, updates[node.node_id], round, secure)
-        own = asyncio.ensure_future(node.send_message(ids, COMMIT, own_body, timeout=timeout))
-        await asyncio.wait({own}, timeout=node.timeouts.attempt)
     payload = await messages.pack(
         node, ids, {"requests": [r.to_body() for r in requests.values()]}, inline_limit
     )
     body = {"analysis_id": analysis_id, "round": round, **payload}
     node.log(
-        f"round {round}: asking {len(ids)} decryptor(s) for their parts of the sums of {len(updates)} node(s)"
+        f"round {round}: asking {len(ids)} decryptor(s) for their parts of the sums of {len(encrypted)} node(s)"
+        + (" (the aggregator's own values are added in the clear)" if own else "")
     )
-    try:
-        parts = await _collect_parts(node, ids, round, body, public_key, requests, sums, timeout)
-    finally:
-        if own is not None:
-            own.cancel()
-            await asyncio.gather(own, return_exceptions=True)
+    parts = await _collect_parts(node, ids, round, body, public_key, requests, sums, timeout)
     totals: dict[str, Any] = {}
     for name in secure.fields:
         ctx = context(analysis_id, round, name, requests[name].contributions)
         values = await asyncio.to_thread(
             tp.combine_vector, public_key, sums[name], [p[name] for p in parts.values()], ctx, verify=False
         )
-        totals[name] = _shaped(np.asarray(values, dtype=np.float64), shapes[name])
+        summed = np.asarray(values, dtype=np.float64)
+        if name in own:
+            summed = summed + own[name]
+        totals[name] = _shaped(summed, shapes[name])
     return SecureUpdates(plain, totals, len(updates))
 
 
