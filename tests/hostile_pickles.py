@@ -307,6 +307,53 @@ def block_placed_twice() -> bytes:
     return program(glob("pandas", "DataFrame") + EMPTY_TUPLE + NEWOBJ + state + BUILD)
 
 
+def _range_index(stop: int) -> bytes:
+    d = MARK + const("start") + const(0) + const("stop") + const(stop) + const("step") + const(1) + b"d"
+    return call(
+        glob("pandas.core.indexes.base", "_new_Index"), glob("pandas.core.indexes.range", "RangeIndex"), d
+    )
+
+
+def _empty_f8(shape: tuple[int, int]) -> bytes:
+    f8 = dtype("f8", (3, "<", None, None, None, -1, -1, 0))
+    return call(glob("numpy.core.numeric", "_frombuffer"), const(b""), f8, const(shape), const("C"))
+
+
+def _frame_of(blocks: bytes, columns: int) -> bytes:
+    mgr = call(
+        glob("pandas.core.internals.managers", "BlockManager"),
+        blocks,
+        MARK + _range_index(columns) + _range_index(0) + b"l",
+    )
+    state = MARK + const("_mgr") + mgr + b"d"
+    return program(glob("pandas", "DataFrame") + EMPTY_TUPLE + NEWOBJ + state + BUILD)
+
+
+def range_columns_without_blocks(columns: int = 10**8) -> bytes:
+    """A RangeIndex of 10^8 columns costs a few bytes; the frame would allocate a slot per column."""
+    return _frame_of(EMPTY_TUPLE, columns)
+
+
+def wide_empty_block(columns: int = 10**7) -> bytes:
+    """One (10^7, 0) block: no bytes, but one view per column."""
+    place = call(glob("builtins", "slice"), const(0), const(columns))
+    block = call(glob("pandas._libs.internals", "_unpickle_block"), _empty_f8((columns, 0)), place, const(2))
+    return _frame_of(tup(block), columns)
+
+
+def memoised_placements(blocks: int = 20, width: int = 1 << 24) -> bytes:
+    """One memoised slice(0, 2**24) placement reused by many blocks: a 16.7M-entry list per block."""
+    place = call(glob("builtins", "slice"), const(0), const(width))
+    first = call(
+        glob("pandas._libs.internals", "_unpickle_block"),
+        _empty_f8((width, 0)) + MEMOIZE,
+        place + MEMOIZE,
+        const(2),
+    )
+    later = call(glob("pandas._libs.internals", "_unpickle_block"), get(0), get(1), const(2))
+    return _frame_of(MARK + first + later * (blocks - 1) + TUPLE, width)
+
+
 HOSTILE_PICKLES: dict[str, Callable[[], bytes]] = {
     "forged_dtype_frombuffer": forged_frombuffer,
     "forged_dtype_scalar": forged_scalar,
@@ -355,6 +402,9 @@ HOSTILE_PICKLES: dict[str, Callable[[], bytes]] = {
     "state_set_twice": state_twice,
     "dataframe_state_without_manager": dataframe_state_without_manager,
     "block_placed_twice": block_placed_twice,
+    "range_columns_without_blocks": range_columns_without_blocks,
+    "wide_empty_block": wide_empty_block,
+    "memoised_placements": memoised_placements,
 }
 """Payloads that must be refused (a :class:`~flame.errors.PayloadError`) without harm."""
 
@@ -418,6 +468,34 @@ def codec_overlapping_arrays() -> bytes:
     return frame(body, b"\0" * 12)
 
 
+def codec_wide_empty_blocks(columns: int = 10**7) -> bytes:
+    """Two numpy2d blocks of shape (0, 10^7) under one column name: 0 bytes, 2 * 10^7 column views."""
+
+    def ext(code: str, meta: object) -> msgpack.ExtType:
+        return msgpack.ExtType(codec.EXT_CODES[code], msgpack.packb(meta))
+
+    def index(stop: int) -> msgpack.ExtType:
+        return ext("index", {"kind": "range", "range": [0, stop, 1], "name": None})
+
+    block = {"kind": "numpy2d", "values": array_ext("<f8", [0, columns], 0, 0)}
+    df = ext("dataframe", {"columns": index(1), "index": index(0), "blocks": [block, block]})
+    return frame(msgpack.packb(df))
+
+
+def codec_wide_empty_blocks_matching(columns: int = 10**7) -> bytes:
+    """The same with a RangeIndex naming every column, so the count check alone does not stop it."""
+
+    def ext(code: str, meta: object) -> msgpack.ExtType:
+        return msgpack.ExtType(codec.EXT_CODES[code], msgpack.packb(meta))
+
+    def index(stop: int) -> msgpack.ExtType:
+        return ext("index", {"kind": "range", "range": [0, stop, 1], "name": None})
+
+    block = {"kind": "numpy2d", "values": array_ext("<f8", [0, columns], 0, 0)}
+    df = ext("dataframe", {"columns": index(2 * columns), "index": index(0), "blocks": [block, block]})
+    return frame(msgpack.packb(df))
+
+
 HOSTILE_CODEC: dict[str, Callable[[], bytes]] = {
     "shared_buffer": codec_shared_buffer,
     "small_shared_buffer": codec_small_shared_buffer,
@@ -425,4 +503,6 @@ HOSTILE_CODEC: dict[str, Callable[[], bytes]] = {
     "zero_itemsize_2d": codec_zero_itemsize_2d,
     "huge_shape_product": codec_huge_shape_product,
     "overlapping_arrays": codec_overlapping_arrays,
+    "wide_empty_blocks": codec_wide_empty_blocks,
+    "wide_empty_blocks_matching": codec_wide_empty_blocks_matching,
 }

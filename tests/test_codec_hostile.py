@@ -379,3 +379,63 @@ def test_mutated_pickles_raise_only_payload_error(source: bytes, changes: list[t
         data[pos % len(data)] = byte
     with contextlib.suppress(PayloadError):
         decode(bytes(data), allow_pickle=True)
+
+
+# --------------------------------------------------------------------------------------------
+# review: rebuilt datetimes are range-checked; column counts and views are charged
+# --------------------------------------------------------------------------------------------
+
+
+def test_datetime_state_out_of_range_is_refused() -> None:
+    # year 2020, month 2, day 0, 200:200:200, 16777215 us: datetime(bytes) accepted it unchecked
+    state = bytes([2020 >> 8, 2020 & 0xFF, 2, 0, 200, 200, 200, 0xFF, 0xFF, 0xFF])
+    with pytest.raises(PayloadError, match="invalid datetime"):
+        decode(H.program(H.call(H.glob("datetime", "datetime"), H.const(state))), allow_pickle=True)
+    with pytest.raises(PayloadError, match="invalid datetime"):
+        decode(
+            H.program(H.call(H.glob("datetime", "date"), H.const(bytes([7, 228, 13, 1])))), allow_pickle=True
+        )
+    with pytest.raises(PayloadError, match="invalid datetime"):
+        decode(
+            H.program(H.call(H.glob("datetime", "time"), H.const(bytes([25, 0, 0, 0, 0, 0])))),
+            allow_pickle=True,
+        )
+
+
+def test_valid_datetimes_still_load_from_pickles() -> None:
+    import datetime as dt
+
+    values = [
+        dt.datetime(2020, 2, 29, 23, 59, 58, 999_999),
+        dt.datetime(2021, 11, 7, 1, 30, fold=1),
+        dt.datetime(1, 1, 1),
+        dt.datetime(2020, 1, 1, 12, tzinfo=dt.timezone.utc),
+        dt.date(9999, 12, 31),
+        dt.time(23, 59, 59, 123_456),
+        dt.time(1, 30, fold=1),
+    ]
+    for proto in (2, 5):
+        loaded = decode(pickle.dumps(values, protocol=proto), allow_pickle=True)
+        assert loaded == values
+        expected = pickle.loads(pickle.dumps(values, protocol=proto))  # protocol 2 drops fold
+        assert [getattr(v, "fold", 0) for v in loaded] == [getattr(v, "fold", 0) for v in expected]
+
+
+def test_wide_codec_frame_blocks_are_counted_before_views() -> None:
+    with pytest.raises(PayloadError, match="1 column names but 20 columns"):
+        decode(H.codec_wide_empty_blocks(columns=10))
+    with pytest.raises(PayloadError, match="more columns than the payload has bytes"):
+        decode(H.codec_wide_empty_blocks_matching(columns=10**6))
+
+
+def test_honest_wide_frames_still_roundtrip() -> None:
+    for df in (
+        pd.DataFrame(np.zeros((0, 1000))),
+        pd.DataFrame(
+            {**{f"a{i}": np.zeros(0) for i in range(500)}, **{f"b{i}": np.zeros(0, "i8") for i in range(500)}}
+        ),
+        pd.DataFrame({"a": [1, 2], "b": [1.5, 2.5], "c": ["x", "y"]}),
+    ):
+        assert decode(encode(df)).equals(df)
+        for proto in (2, 5):
+            assert decode(pickle.dumps(df, protocol=proto), allow_pickle=True).equals(df)

@@ -206,6 +206,9 @@ _MAX_DIM = 2**62  # an array dimension; the byte count is checked against the pa
 # Tuples, sets, arrays, pandas objects ... are extension types, each decoded by a nested
 # msgpack.unpackb call that puts ~30 KiB on the C stack: their nesting depth is bounded on both sides.
 _MAX_EXT_DEPTH = 64
+# column views a codec payload's multi-block DataFrames may make beyond one per payload byte: a
+# column of an empty frame carries (almost) nothing, so a byte bound alone would refuse honest ones
+_FREE_COLUMN_VIEWS = 1 << 16
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 # an IANA time zone key: letters, digits and _+- in up to four parts; no dots, no leading slash
 _ZONE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]{0,29}(/[A-Za-z0-9_+\-]{1,30}){0,3}")
@@ -287,7 +290,7 @@ def decode(
             f"truncated FLAME codec payload: the body needs {body_len} bytes but only {len(view) - pos} "
             "remain. The data was cut off in transit or storage; ask the sender to send it again"
         )
-    decoder = _Decoder(view[end:], max_bytes)
+    decoder = _Decoder(view[end:], max_bytes, len(view))
     try:
         value = decoder.unpack(view[pos:end])
     except PayloadError:
@@ -703,8 +706,9 @@ def _arrow_string_parts(arr: Any) -> dict[str, Any]:
 class _Decoder:
     """One decode call: unpacks the body, building arrays from the buffer area."""
 
-    def __init__(self, area: memoryview, max_bytes: int) -> None:
+    def __init__(self, area: memoryview, max_bytes: int, size: int = 0) -> None:
         self.area = area
+        self.view_budget = size + _FREE_COLUMN_VIEWS  # column views of multi-block DataFrames
         self.referenced = 0  # the buffer area is consumed in order: each byte makes one array
         self.max_bytes = max_bytes
         self._depth = 0
@@ -815,18 +819,30 @@ class _Decoder:
         if len(blocks) == 1 and blocks[0]["kind"] == "numpy2d":
             values = self._block2d(blocks[0], nrows)
             return pd.DataFrame(values, index=index, columns=columns, copy=False)
-        arrays: list[Any] = []
+        # check every block's width against the column names before one column view is made: an
+        # array of shape (0, N) declares 0 bytes, so only this count bounds the views
+        parts: list[Any] = []
+        width = 0
         for block in blocks:
             if block["kind"] == "numpy2d":
                 values = self._block2d(block, nrows)
-                arrays.extend(values[:, j] for j in range(values.shape[1]))
+                width += values.shape[1]
             else:
-                arrays.append(self._column_values(block, nrows))
-        if len(arrays) != len(columns):
+                values = self._column_values(block, nrows)
+                width += 1
+            parts.append((block["kind"], values))
+        if width != len(columns):
             raise PayloadError(
                 f"malformed FLAME codec payload: a DataFrame has {len(columns)} column names but "
-                f"{len(arrays)} columns"
+                f"{width} columns"
             )
+        self.charge_column_views(width)
+        arrays: list[Any] = []
+        for kind, values in parts:
+            if kind == "numpy2d":
+                arrays.extend(values[:, j] for j in range(values.shape[1]))
+            else:
+                arrays.append(values)
         data = {}
         for j, values in enumerate(arrays):
             if isinstance(values, np.ndarray) and values.dtype == object:
@@ -836,6 +852,15 @@ class _Decoder:
         df = pd.DataFrame(data, index=index, copy=False)
         df.columns = columns
         return df
+
+    def charge_column_views(self, n: int) -> None:
+        """Each column of a multi-block DataFrame is one view (~150 bytes) that no byte count covers."""
+        self.view_budget -= n
+        if self.view_budget < 0:
+            raise PayloadError(
+                "refused a FLAME codec payload whose DataFrames have more columns than the payload has "
+                f"bytes (plus {_FREE_COLUMN_VIEWS}); its blocks declare columns they do not carry"
+            )
 
     def _block2d(self, block: Any, nrows: int) -> NDArray:
         values: NDArray = _require(block["values"], np.ndarray)
@@ -1345,6 +1370,8 @@ class _Rebuilder:
     def __init__(self, size: int, max_bytes: int) -> None:
         self.byte_budget = min(size, max_bytes)
         self.element_budget = size
+        # DataFrame columns (slots, placements, views) cost no bytes when the frame has no rows
+        self.column_budget = size + _FREE_COLUMN_VIEWS
         self.memo: dict[int, Any] = {}
         self.busy: set[int] = set()
 
@@ -1362,6 +1389,14 @@ class _Rebuilder:
         self.element_budget -= n
         if self.element_budget < 0:
             raise PayloadError("refused a pickle that copies its containers more often than it carries them")
+
+    def charge_columns(self, n: int) -> None:
+        self.column_budget -= n
+        if self.column_budget < 0:
+            raise PayloadError(
+                "refused a pickle whose DataFrames declare more columns than it carries "
+                f"(more than its size plus {_FREE_COLUMN_VIEWS})"
+            )
 
     # ---- the walk -----------------------------------------------------------------------------
 
@@ -1533,9 +1568,22 @@ class _Rebuilder:
             raw = raw.encode("latin-1")
         if type(raw) is not bytes or len(raw) != size or (len(args) == 2 and cls is _dt.date):
             raise _refuse(f"{rec.kind}() of anything but its {size}-byte state")
-        if len(args) == 2:
-            return cls(raw, self.tzinfo(args[1]))  # type: ignore[call-arg]
-        return cls(raw)  # type: ignore[call-arg]
+        tz = self.tzinfo(args[1]) if len(args) == 2 else None
+        # the normal constructors check every field's range (datetime(bytes) does not)
+        try:
+            if cls is _dt.date:
+                return _dt.date(raw[0] * 256 + raw[1], raw[2], raw[3])
+            if cls is _dt.time:
+                hour, fold = raw[0] & 0x7F, raw[0] >> 7
+                us = (raw[3] << 16) | (raw[4] << 8) | raw[5]
+                return _dt.time(hour, raw[1], raw[2], us, tz, fold=fold)
+            month, fold = raw[2] & 0x7F, raw[2] >> 7  # a datetime keeps fold in its month byte
+            us = (raw[7] << 16) | (raw[8] << 8) | raw[9]
+            return _dt.datetime(
+                raw[0] * 256 + raw[1], month, raw[3], raw[4], raw[5], raw[6], us, tz, fold=fold
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise PayloadError(f"refused a pickle with an invalid {rec.kind}: {exc}") from None
 
     def timedelta(self, rec: _Record, depth: int) -> Any:
         args = self.args(rec, depth, (1, 2, 3))
@@ -1705,6 +1753,9 @@ class _Rebuilder:
             raise _refuse("a DataFrame whose manager does not have two axes")
         columns, index = mgr.axes
         nrows, ncols = len(index), len(columns)
+        # a RangeIndex of columns costs nothing to declare: charge its slots and the column views
+        # made below before allocating them
+        self.charge_columns(2 * ncols)
         arrays: list[Any] = [None] * ncols
         for values, locs in mgr.blocks:
             for j, loc in enumerate(locs):
@@ -1807,12 +1858,27 @@ class _Rebuilder:
         if not all(isinstance(axis, _pandas().Index) for axis in axes):
             raise _refuse("a pandas block manager whose axes are not indexes")
         blocks = []
+        # the blocks of a DataFrame's manager place at most one column each of axes[0] (its columns);
+        # a placement is measured and charged before it is expanded into a list, so a memoised
+        # slice(0, 2**24) reused by many blocks cannot multiply memory
+        remaining = len(axes[0]) if axes else 0
         for values, placement in raw_blocks:
-            locs = self.placement(self.value(placement, depth))
+            placement = self.value(placement, depth)
+            if single:  # a Series' one block holds its one column, whatever its placement says
+                self.placement_length(placement)
+                locs = [0]
+            else:
+                n = self.placement_length(placement)
+                remaining -= n
+                if remaining < 0:
+                    raise _refuse("a pandas block manager whose blocks place more columns than it has")
+                self.charge_columns(n)
+                locs = self.placement(placement)
             blocks.append((self.part(values, depth), locs))
         return _Manager(axes, blocks)
 
-    def placement(self, placement: Any) -> list[int]:
+    def placement_length(self, placement: Any) -> int:
+        """How many columns a placement names, without expanding it."""
         if type(placement) is slice:
             if not all(
                 v is None or type(v) is int for v in (placement.start, placement.stop, placement.step)
@@ -1820,10 +1886,17 @@ class _Rebuilder:
                 raise _refuse("a block placement of non-integers")
             if placement.stop is None or placement.stop > 1 << 24:
                 raise _refuse("a block placement without a bound")
-            return list(range(*placement.indices(placement.stop)))
+            if placement.step == 0:
+                raise _refuse("a block placement with step 0")
+            return len(range(*placement.indices(placement.stop)))
         if isinstance(placement, np.ndarray) and placement.ndim == 1 and placement.dtype.kind in "iu":
-            return [int(v) for v in placement.tolist()]
+            return len(placement)
         raise _refuse("a block placement that is neither a slice nor an integer array")
+
+    def placement(self, placement: Any) -> list[int]:
+        if type(placement) is slice:
+            return list(range(*placement.indices(placement.stop)))
+        return [int(v) for v in placement.tolist()]
 
     def ndarray_backed(self, rec: _Record, depth: int) -> _Backed:
         args = rec.args
