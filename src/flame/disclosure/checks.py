@@ -26,7 +26,12 @@ numbers) and judges each part by the node's :class:`~flame.disclosure.policy.Dis
     statistic its ``n``; for an untyped numeric vector the node's record count.
 
 Numbers the checks cannot judge (a float outside any typed statistic) pass and are listed as
-``unjudged`` in the audit, as are bytes that are not text and objects of unknown types.
+``unjudged`` in the audit, as are bytes that are not text and scalars such as dates.
+
+``uninspectable``
+    An object of a type the checks cannot see into (a dataclass, a fitted model, a custom class):
+    what it holds, and what ``str()`` or pickle make of it, is unknown. Refused in enforce mode.
+    Object-dtype arrays are judged element by element, structured arrays field by field.
 
 The node's knowledge of its data (:class:`LocalData`) is gathered as the runtime reads it: the largest
 number of records of any table or FHIR search, and the values of identifier-like columns and FHIR ids
@@ -36,6 +41,10 @@ memory only and is never written anywhere.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
+import fractions
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -329,7 +338,18 @@ class _Walker:
             return self.walk_sequence(value, path)
         if isinstance(value, set | frozenset):
             return self.walk_sequence(list(value), path)
-        self.unjudged(path, f"an object of type {type(value).__name__}")
+        if isinstance(value, _SCALARS):
+            self.unjudged(path, f"a {type(value).__name__} outside any typed statistic")
+            return value
+        # an object the checks cannot see into (a dataclass, a model, ...): what it holds, and what
+        # str() or pickle make of it, is unknown; refused in enforce mode
+        self.add(
+            "uninspectable",
+            path,
+            "refused",
+            f"an object of type {type(value).__name__} the checks cannot see into; send plain numbers, "
+            "strings, lists, dicts, arrays, DataFrames or typed statistics",
+        )
         return value
 
     def walk_bytes(self, data: bytes, path: str) -> bytes:
@@ -508,10 +528,44 @@ class _Walker:
             return array
         if numeric:
             self.unjudged(path, f"an array of shape {array.shape} outside any typed statistic")
+        elif array.dtype.kind == "O":
+            return self.walk_objects(array, path)
+        elif array.dtype.names:
+            return self.walk_structured(array, path)
         elif array.dtype.kind in "OUS":
             self.check_strings(
                 path, (v.decode() if isinstance(v, bytes) else v for v in array.ravel().tolist())
             )
+        return array
+
+    def walk_objects(self, array: np.ndarray[Any, Any], path: str) -> Any:
+        """An object-dtype array: each element judged (strings once each), DP requests drawn."""
+        out: np.ndarray[Any, Any] | None = None
+        seen: set[str] = set()
+        for index, item in np.ndenumerate(array):
+            if isinstance(item, str):
+                if item not in seen:
+                    seen.add(item)
+                    self.check_string(path, item)
+                continue
+            where = f"{path}[{', '.join(map(str, index))}]"
+            new = self.walk(item, where)
+            if new is not item:
+                if out is None:
+                    out = array.copy()
+                out[index] = new
+        return array if out is None else out
+
+    def walk_structured(self, array: np.ndarray[Any, Any], path: str) -> Any:
+        """A structured (record) array: each field judged like a DataFrame column."""
+        for name in array.dtype.names or ():
+            where = f"{path}[{name!r}]"
+            if normalise_name(name) in self.policy.identifier_columns:
+                self.add(
+                    "identifier-column", where, "refused", f"a field named like an identifier ({name!r})"
+                )
+                continue
+            self.walk_array(np.asarray(array[name]), where)
         return array
 
     def walk_sequence(self, items: list[Any] | tuple[Any, ...], path: str) -> Any:
@@ -549,6 +603,21 @@ def inspect(
 
 
 # -- small helpers ------------------------------------------------------------------------------------
+
+#: Scalars the checks pass as unjudged, like numbers: they hold one value, not records.
+_SCALARS: tuple[type, ...] = (
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    fractions.Fraction,
+    np.number,
+    np.datetime64,
+    np.timedelta64,
+    enum.Enum,
+    range,
+    type(Ellipsis),
+)
 
 
 def _join(path: str, key: str) -> str:

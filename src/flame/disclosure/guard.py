@@ -92,6 +92,7 @@ class DisclosureGuard:
         destination: Sequence[str],
         path: str | None = None,
         spend: float = 0.0,
+        render: Callable[[Any], Sequence[bytes]] | None = None,
     ) -> Any:
         """Check ``value`` on its way out through ``channel`` to ``destination``; returns what may leave.
 
@@ -99,11 +100,14 @@ class DisclosureGuard:
         that a service adds noise for after this release (local DP on the storage service), charged
         to the project's budget like the central DP requests in ``value``. Raises
         :class:`DisclosureRefusedError` (the rule, the field path) when the policy refuses it.
+        ``render`` makes the bytes that will leave of what may leave (the text of a final result for
+        output type ``str``); they are judged as text too (lines against the record count,
+        identifier values and patterns), in the same release record.
         """
         spend = _valid_spend(spend)
         async with self._lock:
             root = channel if path is None else path
-            return await self._release(value, channel, list(destination), root, spend)
+            return await self._release(value, channel, list(destination), root, spend, render)
 
     async def release_message(
         self, body: Mapping[str, Any], *, category: str, receivers: Sequence[str]
@@ -128,7 +132,13 @@ class DisclosureGuard:
         return dict(released)
 
     async def _release(
-        self, value: Any, channel: str, destination: list[str], path: str, spend: float
+        self,
+        value: Any,
+        channel: str,
+        destination: list[str],
+        path: str,
+        spend: float,
+        render: Callable[[Any], Sequence[bytes]] | None = None,
     ) -> Any:
         draws: list[tuple[str, dp.Release]] = []
 
@@ -155,6 +165,10 @@ class DisclosureGuard:
                     "send plain numbers, arrays, DataFrames or typed statistics",
                 )
             )
+        if render is not None and not inspection.refusals:
+            for i, blob in enumerate(render(inspection.value)):
+                text = inspect(bytes(blob), self.policy, self.local, path=f"{path or 'result'}<text {i + 1}>")
+                inspection.findings += [f for f in text.findings if f.outcome != "unjudged"]
         # a DP spend reads the ledger from storage again: concurrent analyses of the project spend too
         entries = await self.ledger.entries(refresh=bool(draws) or bool(spend))
         findings = list(inspection.findings)

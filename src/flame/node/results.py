@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from flame import codec
@@ -77,6 +77,7 @@ class Results:
                 destination=["hub"],
                 path="result",
                 spend=parsed[0] if parsed is not None else 0.0,
+                render=_texts(multiple_results) if output_type == "str" and parsed is None else None,
             )
         if parsed is not None:
             return [await self._submit_localdp(result, parsed, filename)]
@@ -126,6 +127,16 @@ def _parse_local_dp(result: Any, local_dp: Any) -> tuple[float, float]:
             f"local DP applies to one finite number, got {type(result).__name__} {result!r:.40}"
         )
     return epsilon, sensitivity
+
+
+def _texts(multiple_results: bool) -> Callable[[Any], list[bytes]]:
+    """What leaves of a final result for output type ``str``: the text of each file."""
+
+    def render(result: Any) -> list[bytes]:
+        items = result if multiple_results and isinstance(result, list | tuple) else [result]
+        return [serialise(item, "str") for item in items]
+
+    return render
 
 
 def _file_names(filename: str | None, count: int, extension: str) -> list[str]:
