@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,12 @@ async def test_token_refresh_refuses_tokens_the_node_could_not_use(
         "another analysis": issuer.mint("another-analysis", 600),
         "no exp": signed_by(stack, "node-1", no_exp),
         "another node's Keycloak": stack.node("aggregator").issuer.mint(stack.analysis_id, 600),
+        # beyond float range: math.isfinite raised OverflowError, and the handler answered 500
+        "exp 10**400": signed_by(stack, "node-1", {**genuine, "exp": 10**400}),
+        "iat 10**400": signed_by(stack, "node-1", {**genuine, "iat": 10**400}),
+        "unsigned, exp 10**400": unsigned_token(
+            {"alg": "RS256", "kid": issuer.kid}, {**genuine, "exp": 10**400}
+        ),
     }
     async with fed.client("node-1") as client:
         before = (await client.get("/analysis/healthz")).json()["token_remaining_time"]
@@ -138,6 +146,20 @@ async def test_token_refresh_refuses_tokens_the_node_could_not_use(
         answer = await client.post("/analysis/token_refresh", json={"token": fresh})
     assert answer.status_code == 200, answer.text
     assert node_1.tokens.get() == fresh
+    # a token issued before the current one is not swapped back in (racing refreshes)
+    earlier = issuer.mint(stack.analysis_id, 3600, issued_at=time.time() - 120)
+    async with fed.client("node-1") as client:
+        answer = await client.post("/analysis/token_refresh", json={"token": earlier})
+    assert answer.status_code == 400, answer.text
+    assert node_1.tokens.get() == fresh
+    # a token a service refused cannot be pushed again
+    assert node_1.tokens.mark_rejected(fresh)
+    newer = issuer.mint(stack.analysis_id, 900)
+    async with fed.client("node-1") as client:
+        assert (await client.post("/analysis/token_refresh", json={"token": newer})).status_code == 200
+        answer = await client.post("/analysis/token_refresh", json={"token": fresh})
+    assert answer.status_code == 400 and "already refused" in answer.json()["detail"], answer.text
+    assert node_1.tokens.get() == newer
 
 
 def node_with_jwks(jwks_url: str, token: str, analysis_id: str) -> AsyncNode:
@@ -484,3 +506,50 @@ async def test_a_run_starting_during_a_broker_outage_finishes(tmp_path: Path) ->
     assert stack.events.select("fault.outage", service="message-broker")
     assert run.ok, run.report()
     assert run.result == expected_total([ALL3] * 2)
+
+
+# -- review: a broker answer that is not {nodeId, nodeType} makes /token_refresh answer 503, not 500 ---------
+
+
+def _replying(reply: bytes) -> type[BaseHTTPRequestHandler]:
+    """A request handler that answers every GET with 200 and ``reply`` as JSON."""
+
+    class Reply(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Reply
+
+
+@pytest.mark.parametrize("reply", [b"<html>not json</html>", b'{"nodeId": 1}'])
+async def test_token_refresh_with_a_malformed_broker_answer_is_503(reply: bytes) -> None:
+    handler = _replying(reply)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False), seed=3)
+    env = {**stack.env("node-1"), "FLAME_MESSAGE_BROKER_URL": f"http://127.0.0.1:{server.server_port}"}
+    env.pop("FLAME_JWKS_URL", None)
+    node = AsyncNode(NodeConfig.from_env(env), serve_api=False, timeouts=FAST)
+    try:
+        old = node.tokens.get()
+        token = unsigned_token(
+            {"alg": "RS256", "kid": "k"}, claims_for(node.config.analysis_id, lifetime=600)
+        )
+        transport = httpx.ASGITransport(app=node.api_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://analysis", timeout=10) as client:
+            answer = await client.post("/token_refresh", json={"token": token})
+        assert answer.status_code == 503, answer.text
+        assert node.tokens.get() == old
+    finally:
+        await asyncio.wait_for(node.stop(), 10)
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

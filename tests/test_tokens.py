@@ -861,3 +861,48 @@ async def test_token_store_rejection_and_waiting_for_a_new_token(key: rsa.RSAPri
     timer.join()
     assert not store.rejected and store.get() == second
     assert 290 <= (store.seconds_remaining() or 0) <= 300
+
+
+# --- review: claims beyond float range; refused and older tokens are not swapped back in ---------------
+
+
+def test_claims_beyond_float_range_are_malformed(key: rsa.RSAPrivateKey) -> None:
+    for name in ("exp", "iat"):
+        token = mint(key, KID, {**claims_for(ANALYSIS), name: 10**400})
+        with pytest.raises(TokenMalformedError, match=name):
+            TokenClaims.from_token(token)
+        with pytest.raises(TokenMalformedError, match=name):
+            check_token(token, ANALYSIS)  # without a key set: the claims are read first
+
+
+def test_a_refused_token_cannot_be_pushed_again(key: rsa.RSAPrivateKey) -> None:
+    first = mint(key, KID, claims_for(ANALYSIS, lifetime=300))
+    second = mint(key, KID, claims_for(ANALYSIS, lifetime=600))
+    store = TokenStore(first)
+    assert store.mark_rejected(first)
+    store.swap(second)
+    assert not store.rejected
+    with pytest.raises(TokenError, match="already refused"):
+        store.swap(first)
+    with pytest.raises(TokenError, match="already refused"):
+        store.swap(first, newer_only=True)
+    assert store.get() == second and not store.rejected
+
+
+def test_newer_only_keeps_the_later_token(key: rsa.RSAPrivateKey) -> None:
+    now = time.time()
+    older = mint(key, KID, claims_for(ANALYSIS, lifetime=3600, now=now - 600))
+    newer = mint(key, KID, claims_for(ANALYSIS, lifetime=300, now=now))  # lives shorter, issued later
+    store = TokenStore(older)
+    store.swap(newer, newer_only=True)
+    with pytest.raises(TokenError, match="issued before"):
+        store.swap(older, newer_only=True)
+    assert store.get() == newer
+    store.swap(newer, newer_only=True)  # the same token again: taken
+    store.swap(older)  # without newer_only (the SDK's own tests and tools): taken
+    assert store.get() == older
+    # once a service refused the current token, any usable replacement is taken
+    third = mint(key, KID, claims_for(ANALYSIS, lifetime=300, now=now - 1200))
+    store.mark_rejected(older)
+    store.swap(third, newer_only=True)
+    assert store.get() == third

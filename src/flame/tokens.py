@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -177,8 +179,14 @@ def _number(claims: Mapping[str, Any], name: str, token_name: str) -> float | No
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TokenMalformedError(f"the {name!r} claim is not a number", token_name=token_name)
+    try:
+        finite = math.isfinite(value)  # an int beyond float's range (10**400) raises OverflowError
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise TokenMalformedError(f"the {name!r} claim is not a finite number", token_name=token_name)
     return value
 
 
@@ -568,6 +576,20 @@ test_token.__test__ = False  # type: ignore[attr-defined]  # not a pytest test d
 TokenListener = Callable[[TokenClaims], None]
 
 
+_MAX_REFUSED_TOKENS = 64  # hashes of refused tokens a TokenStore remembers
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _older(new: TokenClaims, current: TokenClaims) -> bool:
+    """Whether ``new`` was issued before ``current`` (by ``iat``, else by ``exp``)."""
+    if new.iat is not None and current.iat is not None:
+        return new.iat < current.iat
+    return new.exp is not None and current.exp is not None and new.exp < current.exp
+
+
 class TokenStore:
     """A thread-safe holder of the current Keycloak token, replaced when the pod orchestrator pushes one.
 
@@ -588,6 +610,8 @@ class TokenStore:
         self._token: str | None = None
         self._claims: TokenClaims | None = None
         self._rejected = False
+        # hashes of tokens a service refused (newest last, bounded): pushing one again is refused
+        self._refused: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._version = 0
         if token is not None and token.strip():
             self._claims = TokenClaims.from_token(token.strip(), token_name=token_name)
@@ -614,11 +638,32 @@ class TokenStore:
         with self._lock:
             return self._token, self._claims
 
-    def swap(self, new_token: str) -> None:
-        """Replace the current token; :class:`TokenMalformedError` (old token kept) if it does not decode."""
+    def swap(self, new_token: str, *, newer_only: bool = False) -> None:
+        """Replace the current token; :class:`TokenMalformedError` (old token kept) if it does not decode.
+
+        A token a service refused before (:meth:`mark_rejected`) is refused with :class:`TokenError`.
+        With ``newer_only``, so is one issued (``iat``; ``exp`` when either lacks it) before the current
+        one, unless a service refused the current one: of two refreshes racing, the older token cannot
+        win by finishing last. ``iat`` rather than ``exp``: a token the orchestrator pushes may live
+        shorter than the one the pod started with, and is still the newer one.
+        """
         token = new_token.strip() if isinstance(new_token, str) else new_token
         claims = TokenClaims.from_token(token, token_name=self._token_name)
         with self._lock:
+            if _token_hash(token) in self._refused:
+                raise TokenError(
+                    "a node service already refused this token; push a new one", token_name=self._token_name
+                )
+            if (
+                newer_only
+                and self._claims is not None
+                and not self._rejected
+                and _older(claims, self._claims)
+            ):
+                raise TokenError(
+                    "it was issued before the current token; the current one stays",
+                    token_name=self._token_name,
+                )
             self._token = token
             self._claims = claims
             self._rejected = False
@@ -657,6 +702,9 @@ class TokenStore:
                 return False
             first = not self._rejected
             self._rejected = True
+            self._refused[_token_hash(self._token)] = None
+            while len(self._refused) > _MAX_REFUSED_TOKENS:
+                self._refused.popitem(last=False)
         if first:
             log.warning("a node service refused the current token; reporting it as expired until a new one")
         return True

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.requests import ClientDisconnect
 
-from flame.errors import ProtocolError, ServiceError, TokenError
+from flame.errors import FlameError, ProtocolError, TokenError
 from flame.node import envelope
 from flame.node.messaging import NotReadyError
 
@@ -202,7 +202,7 @@ def create_api(node: AsyncNode, limits: ApiLimits | None = None) -> FastAPI:
         except TokenError as exc:
             log.warning("refused a token pushed to /token_refresh: %s", exc)
             return JSONResponse({"detail": f"token refused, the current one stays: {exc}"}, status_code=400)
-        except ServiceError as exc:
+        except FlameError as exc:  # ServiceError, or any other check that could not run now
             log.warning("cannot verify a token pushed to /token_refresh now: %s", exc)
             return JSONResponse(
                 {"detail": f"cannot verify the token now, the current one stays; push it again: {exc}"},

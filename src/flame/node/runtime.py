@@ -201,6 +201,13 @@ class AsyncNode:
                         "this node's Keycloak"
                     ) from None
                 raise
+            except (ProtocolError, ValueError) as exc:  # a reply that is not {nodeId, nodeType} JSON
+                raise ServiceUnavailableError(
+                    "message-broker",
+                    "GET /participants/self",
+                    None,
+                    f"cannot verify the token: malformed answer ({type(exc).__name__})",
+                ) from None
             if self.node_id and me["nodeId"] != self.node_id:
                 raise TokenAudienceError(f"it belongs to node {me['nodeId']!r}, not to {self.node_id!r}")
         else:
@@ -213,7 +220,7 @@ class AsyncNode:
                 raise ServiceUnavailableError(
                     "keycloak", "GET (key set)", None, f"no key set within {bound:g} s"
                 ) from None
-        self.tokens.swap(token)
+        self.tokens.swap(token, newer_only=True)  # TokenError if refused before or older than the current
         return claims
 
     def token_remaining_time(self) -> int:
