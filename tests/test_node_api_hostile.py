@@ -26,6 +26,7 @@ from flame.config import NodeConfig
 from flame.errors import ServiceUnavailableError
 from flame.federated import FederationOptions
 from flame.node import AsyncNode, Timeouts
+from flame.node.inbox import MEMORY_FACTOR
 from flame.sim.faults import FaultPlan, ServiceOutage, parse_faults
 from flame.sim.federation import run_federation
 from flame.sim.launch import Mode, node_config
@@ -553,3 +554,51 @@ async def test_token_refresh_with_a_malformed_broker_answer_is_503(reply: bytes)
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# -- review: the inbox bounds the bytes a sender may hold, and acknowledgements in flight ------------------
+
+
+async def test_webhook_refuses_a_sender_over_its_unread_byte_budget(federation: MakeFederation) -> None:
+    fed = await federation(analysis_nodes=1)
+    aggregator, node_1 = await fed.start_all()
+    blob = "x" * 1_000_000
+    budget = node_1.inbox.max_unread_bytes_per_sender // MEMORY_FACTOR  # bytes on the wire
+    answers = []
+    transport = httpx.ASGITransport(app=node_1.api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analysis", timeout=30) as client:
+        for n in range(budget // len(blob) + 5):
+            body = {**forged(aggregator.node_id, number=n), "blob": blob}
+            answers.append((await client.post("/webhook", json=body)).status_code)
+            if answers[-1] != 200:
+                break
+        assert answers[-1] == 429, answers
+        assert len(answers) <= budget // len(blob) + 1
+        stored = node_1.inbox.unread_bytes(aggregator.node_id)
+        assert 0 < stored <= node_1.inbox.max_unread_bytes_per_sender
+        # once the analysis has read them, the sender's resend is taken
+        node_1.inbox.mark_read(node_1.inbox.messages())
+        assert node_1.inbox.unread_bytes(aggregator.node_id) == 0
+        body = {**forged(aggregator.node_id, number=len(answers) - 1), "blob": blob}
+        assert (await client.post("/webhook", json=body)).status_code == 200
+        # deleting read messages changes nothing; deleting an unread one gives its budget back
+        node_1.inbox.clear("read")
+        cost = node_1.inbox.unread_bytes(aggregator.node_id)
+        assert cost > 0
+        assert node_1.inbox.clear("all") == 1
+        assert node_1.inbox.unread_bytes(aggregator.node_id) == 0
+
+
+async def test_duplicate_deliveries_start_one_acknowledgement(federation: MakeFederation) -> None:
+    fed = await federation(analysis_nodes=1)
+    aggregator, node_1 = await fed.start_all()
+    body = {**forged(aggregator.node_id, number=1), "blob": "y" * 100_000}
+    transport = httpx.ASGITransport(app=node_1.api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analysis", timeout=30) as client:
+        answers = await asyncio.gather(*(client.post("/webhook", json=body) for _ in range(200)))
+        in_flight = len(node_1.messenger._background)
+    assert all(a.status_code == 200 for a in answers)
+    assert in_flight <= 1, in_flight
+    assert await node_1.messenger.drain(10)
+    assert node_1.messenger._acking == set()
+    assert len(node_1.inbox) == 1

@@ -12,6 +12,8 @@ still treats every body as hostile input, with bounds a security review can chec
   for deliveries, :attr:`ApiLimits.control_bytes` for the orchestrator's calls;
 - JSON nested deeper than :attr:`ApiLimits.max_depth` is refused with 400, whether the parser itself
   gives up or the parsed value is too deep (nothing recursive ever sees it);
+- a delivery whose sender's unread messages are over the inbox's byte budget is refused with 429
+  (the sender resends it until it is acknowledged; see :mod:`flame.node.inbox`);
 - every refusal is logged (without the body).
 
 The schema of the four endpoints is published at ``/openapi.json``.
@@ -33,6 +35,7 @@ from starlette.requests import ClientDisconnect
 
 from flame.errors import FlameError, ProtocolError, TokenError
 from flame.node import envelope
+from flame.node.inbox import InboxFullError
 from flame.node.messaging import NotReadyError
 
 if TYPE_CHECKING:
@@ -42,7 +45,9 @@ log = logging.getLogger(__name__)
 
 #: Default limit of a webhook body (bytes). The SDK sends messages of at most
 #: :data:`flame.node.envelope.MAX_MESSAGE_BYTES` (700 KB of compact UTF-8 JSON; the hub relays nothing
-#: over 1 MB); re-encoded with ASCII escapes such a message grows to at most about 2.1 MB.
+#: over 1 MB); re-encoded with ASCII escapes such a message grows to at most about 2.1 MB. Kept at
+#: 4 MiB (not lowered to the hub's 1 MB): a broker that re-escapes must not lose honest messages, and
+#: what a sender may hold in memory is bounded by the inbox's per-sender byte budget, not by this.
 DEFAULT_WEBHOOK_BYTES = 4 * 1024 * 1024
 #: Default limit of a token refresh or partner status body (bytes): a token is 1 to 2 KB, the
 #: statuses of 1,000 partners about 60 KB.
@@ -138,6 +143,7 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "not JSON, nested too deep, or not what the endpoint takes",
         413: "the body is larger than the endpoint's limit",
         422: "valid JSON of the wrong shape",
+        429: "the sender's stored unread messages are over this node's budget; it resends later",
         503: "cannot be handled now; send it again later",
     }
     return {status: {"model": Problem, "description": meanings[status]} for status in statuses}
@@ -161,17 +167,22 @@ def create_api(node: AsyncNode, limits: ApiLimits | None = None) -> FastAPI:
     @app.post(
         "/webhook",
         response_model=Received,
-        responses=_problems(400, 413, 503),
+        responses=_problems(400, 413, 429, 503),
         openapi_extra=_body(WebhookMessage),
     )
     async def webhook(request: Request) -> JSONResponse:
-        body = await _read_json(request, bounds.webhook_bytes, bounds.max_depth)
-        if isinstance(body, JSONResponse):
-            return body
+        sized = await _read_json_sized(request, bounds.webhook_bytes, bounds.max_depth)
+        if isinstance(sized, JSONResponse):
+            return sized
+        body, size = sized
         try:
-            await node.messenger.receive(body)
+            await node.messenger.receive(body, size=size)
         except NotReadyError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=503)
+        except InboxFullError as exc:
+            # a 4xx: the broker drops it, and the sender resends it until it is acknowledged
+            log.warning("refused a webhook delivery, the inbox is full for its sender: %s", exc)
+            return JSONResponse({"detail": str(exc)}, status_code=429)
         except ProtocolError as exc:
             log.warning("rejected a webhook delivery: %s", exc)
             return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -246,6 +257,12 @@ def create_api(node: AsyncNode, limits: ApiLimits | None = None) -> FastAPI:
 
 async def _read_json(request: Request, limit: int, max_depth: int) -> Any:
     """The body as JSON, or the 4xx answer: read in chunks, never more than ``limit`` bytes kept."""
+    sized = await _read_json_sized(request, limit, max_depth)
+    return sized if isinstance(sized, JSONResponse) else sized[0]
+
+
+async def _read_json_sized(request: Request, limit: int, max_depth: int) -> tuple[Any, int] | JSONResponse:
+    """Like :func:`_read_json`, with the body's size in bytes."""
     where = request.url.path
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
@@ -271,7 +288,7 @@ async def _read_json(request: Request, limit: int, max_depth: int) -> Any:
         return JSONResponse({"detail": "the body is not JSON (UTF-8)"}, status_code=400)
     if envelope.json_depth(value, max_depth) > max_depth:
         return _too_deep(where, max_depth)
-    return value
+    return value, size
 
 
 def _too_large(limit: int) -> JSONResponse:

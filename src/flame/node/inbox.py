@@ -4,8 +4,12 @@ All methods run on the runtime's event loop (the webhook handler and the awaitin
 each change is atomic; waiters wake on an :class:`asyncio.Condition`, never on a sleep loop.
 
 Its memory is bounded per sender: the messenger lets only the analysis' participants' messages in,
-each sender may have at most :data:`MAX_MESSAGES_PER_SENDER` messages stored at a time, and the ids
-remembered for de-duplication are the latest :data:`MAX_SEEN_PER_SENDER` of each sender.
+each sender may have at most :data:`MAX_MESSAGES_PER_SENDER` messages stored at a time, its unread
+messages may take at most :data:`MAX_UNREAD_BYTES_PER_SENDER` (estimated: the wire size times
+:data:`MEMORY_FACTOR`, since parsed JSON such as ``[{}, {}, ...]`` takes many times its wire size), and
+the ids remembered for de-duplication are the latest :data:`MAX_SEEN_PER_SENDER` of each sender. A
+message over the budget is refused (:class:`InboxFullError`, a 429 to the broker) and not acknowledged,
+so its sender resends it once the analysis has read what it holds.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ MessageStatus = Literal["unread", "read"]
 MAX_MESSAGES_PER_SENDER = 10_000
 #: Message ids remembered per sender for de-duplication (the oldest are forgotten first).
 MAX_SEEN_PER_SENDER = 100_000
+#: Parsed size of a message per byte on the wire, as the inbox estimates it: above the worst case
+#: (``[{},{},...]`` takes about 25 times its wire size; strings and numbers about 1 to 3).
+MEMORY_FACTOR = 32
+#: Estimated memory the unread messages of one sender may take (512 MiB: 16 MiB on the wire, 4
+#: messages at the webhook's 4 MiB limit, about 23 at the SDK's 700 KB per message).
+MAX_UNREAD_BYTES_PER_SENDER = 512 << 20
 
 
 class InboxFullError(ProtocolError):
-    """A sender has :data:`MAX_MESSAGES_PER_SENDER` messages stored; nothing more is taken from it."""
+    """A sender has too many messages, or too many unread bytes, stored; nothing more is taken from it."""
 
 
 @dataclass
@@ -37,6 +47,8 @@ class Message:
     body: dict[str, Any]
     recipients: list[str]
     received_at: float = field(default_factory=time.monotonic)
+    #: its size on the wire (bytes); the inbox charges ``size * MEMORY_FACTOR`` while it is unread
+    size: int = 0
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -72,12 +84,17 @@ class Inbox:
         *,
         max_per_sender: int = MAX_MESSAGES_PER_SENDER,
         max_seen_per_sender: int = MAX_SEEN_PER_SENDER,
+        max_unread_bytes_per_sender: int = MAX_UNREAD_BYTES_PER_SENDER,
     ) -> None:
         self._messages: dict[str, Message] = {}
         #: ids stored so far, per sender, oldest first: a late duplicate of a deleted message is
         #: still recognised (within the latest ``max_seen_per_sender`` of its sender)
         self._seen: dict[str, dict[str, None]] = {}
         self._stored: dict[str, int] = {}
+        #: estimated bytes of each sender's unread messages; ids of the messages charged
+        self._unread_bytes: dict[str, int] = {}
+        self._charged: set[str] = set()
+        self.max_unread_bytes_per_sender = max_unread_bytes_per_sender
         self._acks: dict[str, set[str]] = {}
         self._changed = asyncio.Condition()
         self.max_per_sender = max_per_sender
@@ -102,6 +119,14 @@ class Inbox:
                 f"{self.max_per_sender} messages of {sender} are stored already; read and delete "
                 "messages, or the sender is flooding this node"
             )
+        cost = max(message.size, 0) * MEMORY_FACTOR
+        unread = self._unread_bytes.get(sender, 0)
+        if unread + cost > self.max_unread_bytes_per_sender:
+            raise InboxFullError(
+                f"the unread messages of {sender} take about {unread} bytes already and this one about "
+                f"{cost} more (limit {self.max_unread_bytes_per_sender}); it is taken once the analysis "
+                "has read what it holds (the sender resends it)"
+            )
         seen[message.id] = None
         if len(seen) > self.max_seen_per_sender:
             del seen[next(iter(seen))]
@@ -110,6 +135,9 @@ class Inbox:
         message.meta.setdefault("status", "unread")
         if message.meta["status"] not in ("unread", "read"):
             message.meta["status"] = "unread"
+        if message.status == "unread":
+            self._unread_bytes[sender] = unread + cost
+            self._charged.add(message.id)
         self._messages[message.id] = message
         await self._notify()
         return True
@@ -155,10 +183,25 @@ class Inbox:
             found.setdefault(message.sender, []).append(message)
         return found
 
-    @staticmethod
-    def mark_read(messages: Iterable[Message]) -> None:
+    def mark_read(self, messages: Iterable[Message]) -> None:
         for message in messages:
             message.meta["status"] = "read"
+            self._uncharge(message)
+
+    def _uncharge(self, message: Message) -> None:
+        """Release what ``message`` costs against its sender's unread budget (once)."""
+        if message.id in self._charged and self._messages.get(message.id) is message:
+            self._charged.discard(message.id)
+            sender = message.sender
+            left = self._unread_bytes.get(sender, 0) - max(message.size, 0) * MEMORY_FACTOR
+            if left > 0:
+                self._unread_bytes[sender] = left
+            else:
+                self._unread_bytes.pop(sender, None)
+
+    def unread_bytes(self, sender: str) -> int:
+        """The estimated bytes of ``sender``'s unread messages."""
+        return self._unread_bytes.get(sender, 0)
 
     def messages(self, status: MessageStatus | Literal["all"] = "unread") -> list[Message]:
         return [m for m in self._messages.values() if status == "all" or m.status == status]
@@ -167,8 +210,10 @@ class Inbox:
         """Delete messages by id; returns how many were there."""
         count = 0
         for message_id in message_ids:
-            message = self._messages.pop(message_id, None)
+            message = self._messages.get(message_id)
             if message is not None:
+                self._uncharge(message)
+                del self._messages[message_id]
                 count += 1
                 self._stored[message.sender] -= 1
         return count

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -50,6 +51,11 @@ DEFAULT_ATTEMPT_TIMEOUT = 10.0
 DEFAULT_AWAIT_TIMEOUT = 600.0
 #: Sent messages whose acknowledgements are still accepted (the oldest are forgotten first).
 MAX_SENT_REMEMBERED = 100_000
+#: acknowledgements being sent at once; a delivery past this is not acknowledged now (its sender
+#: resends it, and the duplicate is acknowledged then)
+MAX_ACKS_IN_FLIGHT = 256
+#: the envelope fields an acknowledgement echoes (a sender may add others; they are not copied)
+_ACK_FIELDS = ("type", "category", "id", "akn_id", "status", "sender", "created_at", "arrived_at", "number")
 
 
 class NotReadyError(ProtocolError):
@@ -65,6 +71,9 @@ class Messenger:
         self.inbox = inbox if inbox is not None else Inbox()
         self._numbers = itertools.count(1)
         self._background = BackgroundTasks()
+        #: ids of the messages whose acknowledgement is being sent (at most MAX_ACKS_IN_FLIGHT)
+        self._acking: set[str] = set()
+        self.acks_skipped = 0
         self.finished = asyncio.Event()
         self.sent = 0
         self.resent = 0
@@ -190,12 +199,15 @@ class Messenger:
 
     # -- receiving ----------------------------------------------------------------------------------
 
-    async def receive(self, body: Any) -> bool:
+    async def receive(self, body: Any, *, size: int | None = None) -> bool:
         """Handle one webhook delivery. Returns True when it was a new message for the analysis.
 
-        Raises :class:`ProtocolError` for a body without a valid envelope, from a sender that is not a
-        participant, or acknowledging what this node did not send (nothing changes then), and
-        :class:`NotReadyError` while the participants are not known yet.
+        ``size`` is the delivery's size on the wire (bytes), what the inbox charges against the
+        sender's unread budget; without it the compact JSON is measured. Raises
+        :class:`ProtocolError` for a body without a valid envelope, from a sender that is not a
+        participant, or acknowledging what this node did not send (nothing changes then);
+        :class:`~flame.node.inbox.InboxFullError` (a ProtocolError) when the sender's stored messages
+        are over budget; :class:`NotReadyError` while the participants are not known yet.
         """
         meta = envelope.parse_meta(body)
         participants = self.participants
@@ -220,17 +232,33 @@ class Messenger:
             )
         if meta.category == envelope.ANALYSIS_FINISHED:
             self.finished.set()  # before the inbox wakes its waiters, so they see it
-        is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id]))
-        self._background.spawn(self._acknowledge(body))
+        if size is None:
+            size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace"))
+        is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id], size=size))
+        # one acknowledgement per id at a time, a bounded number in all; it echoes the envelope only
+        if meta.id in self._acking:
+            pass  # a resend while its acknowledgement is under way: that one answers both
+        elif len(self._acking) >= MAX_ACKS_IN_FLIGHT:
+            self.acks_skipped += 1
+            log.warning(
+                "not acknowledging %s now: %d acknowledgements are being sent (its sender resends it)",
+                meta.id,
+                len(self._acking),
+            )
+        else:
+            self._acking.add(meta.id)
+            self._background.spawn(self._acknowledge({k: body["meta"].get(k) for k in _ACK_FIELDS}))
         return is_new
 
-    async def _acknowledge(self, body: dict[str, Any]) -> None:
-        ack = envelope.acknowledgement(body, self.node_id)
+    async def _acknowledge(self, meta: dict[str, Any]) -> None:
         try:
-            await self.broker.send([body["meta"]["sender"]], ack)
+            ack = envelope.acknowledgement({"meta": meta}, self.node_id)
+            await self.broker.send([meta["sender"]], ack)
         except ServiceError as exc:
             # the sender resends until acknowledged, and the duplicate is acknowledged again
-            log.warning("acknowledging %s failed: %s", body["meta"]["id"], exc)
+            log.warning("acknowledging %s failed: %s", meta["id"], exc)
+        finally:
+            self._acking.discard(meta["id"])
 
     async def drain(self, timeout: float) -> bool:
         """Wait (up to ``timeout``) until acknowledgements still being sent are out; True if all are."""
