@@ -7,6 +7,8 @@ result is the reference. Every faulty run is then put in one class:
 
 - **finished**: exit 0, the report says ok, and the final result equals the fault-free one (to 1e-9 relative);
 - **failed cleanly**: exit 1, a report was written, no node is left running, and the report names an error;
+- **timed out**: ``--timeout`` ran out; flame sim stopped every node and wrote its report (exit 124). Bounded, so
+  not a hang, but the federation did not finish in time: a slow run, or one that waits for something lost;
 - **hung**: the process outlived the outer bound, or exited without writing its report (must be 0);
 - **wrong result**: a final result reached the hub that differs from the fault-free one (must be 0);
 - **unclean**: anything else (an exit code other than 0/1, exit 0 with a report that is not ok, exit 1 with no
@@ -43,7 +45,7 @@ EXAMPLES = {
     "logistic_regression": ROOT / "examples" / "logistic_regression" / "analysis.py",
     "secure_mean": ROOT / "examples" / "secure_mean" / "analysis.py",
 }
-CLASSES = ("finished", "failed cleanly", "hung", "wrong result", "unclean")
+CLASSES = ("finished", "failed cleanly", "timed out", "hung", "wrong result", "unclean")
 
 #: fault class -> rate -> the --faults text. Rates grow left to right; times are seconds of stack time
 #: (a fault-free run of an example takes 0.5 to 3 s there).
@@ -130,6 +132,8 @@ def run_sim(example: str, spec: str, seed: int, timeout: float, workdir: Path, s
         outcome.kind = "finished"
     elif proc.returncode == 1 and not running and errors:
         outcome.kind, outcome.detail = "failed cleanly", str(errors[0])[:160]
+    elif proc.returncode == 124 and data.get("status") == "timeout" and not running:
+        outcome.kind, outcome.detail = "timed out", str(errors[0])[:160] if errors else ""
     else:
         outcome.detail = (
             f"exit {proc.returncode}, ok={data.get('ok')}, running={running}, errors={errors[:2]}"
