@@ -10,21 +10,20 @@ from flame.sim.federation import run_federation
 from flame.sim.launch import start_node
 from flame.sim.settings import StackSettings
 from flame.sim.stack import FlameStack
-from tests.test_federation import _ROWS, ALL3, FAST_TIMEOUTS, SumAggregator, SumAnalyzer, expected_total
-
-
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    for name, rows in _ROWS.items():
-        folder = root / name / "s3"
-        folder.mkdir(parents=True)
-        lines = ["node,value", *(f"{name},{value}" for value in rows)]
-        (folder / "values.csv").write_text("\n".join(lines) + "\n")
-    return root
+from tests.test_federation import (
+    ALL3,
+    FAST_TIMEOUTS,
+    SumAggregator,
+    SumAnalyzer,
+    expected_total,
+    write_sum_data,
+)
 
 
 async def test_a_forged_wrap_record_does_not_stop_a_first_aggregator_pod(tmp_path: Path) -> None:
-    stack = FlameStack.create(3, data_root=data_root(tmp_path), settings=StackSettings.fast(po_enabled=False))
+    stack = FlameStack.create(
+        3, data_root=write_sum_data(tmp_path), settings=StackSettings.fast(po_enabled=False)
+    )
     try:
         aggregator = stack.node("aggregator")
         assert aggregator.restart_counter == 0

@@ -106,8 +106,7 @@ SLOW_ROUNDS = {(name, r): 0.25 for name in ALL3 for r in range(1, 9)}
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def data_root(tmp_path: Path) -> Path:
+def write_sum_data(tmp_path: Path) -> Path:
     """``node-1``..``node-3`` and ``aggregator`` folders, each with an S3 ``values.csv`` of its own."""
     root = tmp_path / "data"
     for name, rows in _ROWS.items():
@@ -116,6 +115,11 @@ def data_root(tmp_path: Path) -> Path:
         lines = ["node,value", *(f"{name},{value}" for value in rows)]
         (folder / "values.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    return write_sum_data(tmp_path)
 
 
 @pytest.fixture
@@ -279,7 +283,9 @@ async def test_silent_node_quorum_not_reached(
         assert outcome.status == "failed", run.report()
         assert "aborted" in (outcome.error or "") and "quorum" in (outcome.error or "")
         assert stack.po.status(name) == "failed"
-    assert run.outcomes["node-3"].status == "failed"
+    # offline from the start: failed by the orchestrator once its health checks ran out, or stopped by the
+    # run's end if the aggregator's quorum failure came first (which one depends on the machine's load)
+    assert run.outcomes["node-3"].status in ("failed", "stopped")
     assert stack.po.status("aggregator") == "failed"
     assert run.rounds == []
 

@@ -36,12 +36,12 @@ from flame.sim.federation import Federation, FederationRun, run_federation
 from flame.sim.settings import StackSettings
 from flame.sim.stack import FlameStack
 from tests.test_federation import (
-    _ROWS,
     ALL3,
     FAST_TIMEOUTS,
     SumAggregator,
     SumAnalyzer,
     expected_total,
+    write_sum_data,
 )
 
 LOCAL_DP = {"epsilon": 1.0, "sensitivity": 1.0}
@@ -49,13 +49,7 @@ LOCAL_DP = {"epsilon": 1.0, "sensitivity": 1.0}
 
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    for name, rows in _ROWS.items():
-        folder = root / name / "s3"
-        folder.mkdir(parents=True)
-        lines = ["node,value", *(f"{name},{value}" for value in rows)]
-        (folder / "values.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return write_sum_data(tmp_path)
 
 
 @pytest.fixture

@@ -42,13 +42,13 @@ from tests.helpers_tokens import (
     unsigned_token,
 )
 from tests.test_federation import (
-    _ROWS,
     ALL3,
     SLOW_ROUNDS,
     SumAggregator,
     SumAnalyzer,
     expected_total,
     subclass,
+    write_sum_data,
 )
 from tests.test_node_runtime import FAST, QUICK_RETRY, Federation
 
@@ -77,17 +77,6 @@ async def federation() -> AsyncIterator[MakeFederation]:
     yield make
     for fed in made:
         await fed.aclose()
-
-
-def sum_data(tmp_path: Path) -> Path:
-    """The data of ``tests/test_federation.py``'s sum analysis: a ``values.csv`` per node."""
-    root = tmp_path / "data"
-    for name, rows in _ROWS.items():
-        folder = root / name / "s3"
-        folder.mkdir(parents=True)
-        lines = ["node,value", *(f"{name},{value}" for value in rows)]
-        (folder / "values.csv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def signed_by(stack: FlameStack, name: str, claims: dict[str, Any]) -> str:
@@ -201,7 +190,7 @@ async def test_token_refresh_verifies_the_signature_against_a_configured_jwks() 
 
 @pytest.mark.integration
 async def test_tokens_expiring_mid_run_are_replaced_and_the_run_finishes(tmp_path: Path) -> None:
-    root = sum_data(tmp_path)
+    root = write_sum_data(tmp_path)
     deadline = 20.0
     faults = parse_faults("expire=node-1@0.3")
     # the pod orchestrator runs (every 0.1 s here) and pushes new tokens as on FLAME
@@ -488,7 +477,7 @@ async def test_stop_returns_in_bounded_time_when_the_services_hang(
 async def test_a_run_starting_during_a_broker_outage_finishes(tmp_path: Path) -> None:
     stack = FlameStack.create(
         3,
-        data_root=sum_data(tmp_path),
+        data_root=write_sum_data(tmp_path),
         settings=StackSettings.fast(po_healthz_timeout=500.0),
         faults=parse_faults("outage=message-broker@0-1"),
     )
