@@ -273,14 +273,14 @@ class DisclosureGuard:
     async def _overtaken(
         self, record: ReleaseRecord, before: list[dict[str, Any]], where: str
     ) -> Finding | None:
-        """The dp-budget refusal when a concurrent spend recorded before ``record`` exhausted the budget.
+        """The dp-budget refusal when concurrent spends and ``record`` together exceed the budget.
 
         The ledger is read again after ``record`` was appended. Entries that were not there when the
-        budget was checked (``before``) and whose time precedes ``record``'s (ties broken by analysis
-        and digest) came first: if they and ``record`` together exceed the budget, ``record``'s release
-        is refused (its spend stays counted, on the side of caution, like a send that failed). The
-        window that remains: two analyses whose records reach storage in the opposite order of their
-        times, each re-reading before the other's record is stored, both pass.
+        budget was checked (``before``) are concurrent spends: if they and ``record`` together exceed the
+        budget, ``record``'s release is refused (its spend stays counted, on the side of caution, like a
+        send that failed). Of two concurrent releases that together exceed the budget at most one is
+        released: the one that re-reads first may not see the other, but then the other, appended
+        later, sees it. Both may be refused; the budget is never exceeded.
         """
         mine = _entry_key(record.as_dict())
         seen = Counter(_entry_key(e) for e in before)
@@ -293,15 +293,9 @@ class DisclosureGuard:
                 mine = ""  # our own entry, once
             else:
                 concurrent.append(entry)
-        order = (record.time, record.analysis, record.digest)
-        earlier = [
-            e
-            for e in concurrent
-            if (str(e.get("time", "")), str(e.get("analysis", "")), str(e.get("digest", ""))) < order
-        ]
-        if not earlier:
+        if not concurrent:
             return None
-        used_epsilon, used_delta = spent(before + earlier)
+        used_epsilon, used_delta = spent(before + concurrent)
         budget = dp.Budget(
             self.policy.dp_epsilon_budget, self.policy.dp_delta_budget, used_epsilon, used_delta
         )
