@@ -758,7 +758,7 @@ async def test_stop_tasks_is_bounded_even_for_a_task_that_ignores_cancellation()
     await asyncio.sleep(0)
     started = time.monotonic()
     assert await stop_tasks({task}, 0.3, every=0.1) == {task}
-    assert time.monotonic() - started < 0.6
+    assert time.monotonic() - started < 2.0  # bounded (0.3 s grace), with room for a loaded machine
     assert await within(asyncio.sleep(5, "late"), 0.05, "default") == "default"
     assert await within(asyncio.sleep(0, "soon"), 1.0, "default") == "soon"
     release.set()

@@ -77,7 +77,7 @@ async def test_close_is_bounded_when_the_po_never_answers_and_ignores_cancellati
         await asyncio.wait_for(reporter.aclose(0.2), 0.2 + CANCEL_GRACE + 2.0)
     finally:
         release.set()
-    assert time.monotonic() - started < 0.2 + CANCEL_GRACE + 0.5
+    assert time.monotonic() - started < 0.2 + CANCEL_GRACE + 1.5
     assert reporter.dropped >= 1  # the line still queued was dropped, not sent after the close
 
 
@@ -137,7 +137,7 @@ async def test_background_tasks_close_is_bounded_for_a_task_that_ignores_cancell
     try:
         await asyncio.wait({closing}, timeout=3.0)  # not wait_for: it would wait for the cancel too
         assert closing.done(), "closing the background tasks did not end"
-        assert time.monotonic() - started < 0.1 + CANCEL_GRACE + 0.5
+        assert time.monotonic() - started < 0.1 + CANCEL_GRACE + 1.5
     finally:
         release.set()
         await asyncio.wait({task, closing}, timeout=1.0)
