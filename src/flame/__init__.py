@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 from flame.errors import FlameError
 
 if TYPE_CHECKING:
-    from flame.federated import Aggregator, AnalysisClient, Analyzer, Data, FederationOptions
+    from flame.federated import Aggregator, Analysis, AnalysisClient, Analyzer, Data, FederationOptions
     from flame.runner import run
 
 __version__ = "0.1.0"
 
 # Imported on first use, so that ``import flame.codec`` or ``flame.protocols`` stays light.
 _LAZY = {
+    "Analysis": "flame.federated",
     "AnalysisClient": "flame.federated",
     "Aggregator": "flame.federated",
     "Analyzer": "flame.federated",
@@ -55,6 +56,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Aggregator",
+    "Analysis",
     "AnalysisClient",
     "Analyzer",
     "Data",

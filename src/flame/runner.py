@@ -12,23 +12,24 @@ import contextvars
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from flame.errors import FlameError
-from flame.federated import Aggregator, Analyzer, FederationOptions, run_node
+from flame.errors import ConfigurationError, FlameError
+from flame.federated import Aggregator, Analysis, Analyzer, FederationOptions, run_node
 from flame.node.loop import LoopThread
 from flame.node.runtime import AsyncNode
 
 log = logging.getLogger(__name__)
 
 #: Set by ``flame sim``: receives what ``flame.run`` was given instead of running on a node.
-RunHook = Callable[[Any, Any, FederationOptions], Any]
+RunHook = Callable[[Analysis], Any]
 _hook: contextvars.ContextVar[RunHook | None] = contextvars.ContextVar("flame_run_hook", default=None)
 
 
 def run(
-    analyzer: Analyzer | type[Analyzer],
-    aggregator: Aggregator | type[Aggregator],
+    analyzer: Analyzer | type[Analyzer] | Analysis,
+    aggregator: Aggregator | type[Aggregator] | None = None,
     options: FederationOptions | None = None,
     *,
     role: str | None = None,
@@ -36,16 +37,19 @@ def run(
 ) -> Any:
     """Run this analysis on the node it was started on; returns the final result (or aggregate).
 
-    ``options`` or keyword options (``max_rounds=``, ``quorum=``, ``round_deadline=``,
-    ``output_type=``, ``filename=``, ``aggregator_analyses=``, ...; see :class:`FederationOptions`).
-    ``role`` overrides the role from ``participants/self`` (tests only). Raises a
-    :class:`~flame.errors.FlameError` when the analysis fails (the node's status is then ``failed``).
+    The first argument is an :class:`Analyzer` (then ``aggregator`` is required) or a ready
+    :class:`~flame.federated.analysis.Analysis` (as :mod:`flame.stats` returns), whose options the
+    keyword options change. ``options`` or keyword options (``max_rounds=``, ``quorum=``,
+    ``round_deadline=``, ``output_type=``, ``filename=``, ``aggregator_analyses=``, ...; see
+    :class:`FederationOptions`). ``role`` overrides the role from ``participants/self`` (tests only).
+    Raises a :class:`~flame.errors.FlameError` when the analysis fails (the node's status is then
+    ``failed``).
     """
-    opts = (options or FederationOptions()).with_changes(**option_values) if option_values else options
-    opts = opts or FederationOptions()
+    analysis = as_analysis(analyzer, aggregator, options, **option_values)
     hook = _hook.get()
     if hook is not None:
-        return hook(analyzer, aggregator, opts)
+        return hook(analysis)
+    analyzer, aggregator, opts = analysis.analyzer, analysis.aggregator, analysis.options
     _configure_logging()
     loop = LoopThread("flame-node")
     try:
@@ -73,6 +77,30 @@ def _instance(obj: Any) -> Any:
     return obj() if isinstance(obj, type) else obj
 
 
+def as_analysis(
+    analyzer: Analyzer | type[Analyzer] | Analysis,
+    aggregator: Aggregator | type[Aggregator] | None = None,
+    options: FederationOptions | None = None,
+    **option_values: Any,
+) -> Analysis:
+    """One :class:`Analysis` from what ``flame.run`` (or ``flame.simulate``) was given."""
+    if isinstance(analyzer, Analysis):
+        if aggregator is not None:
+            raise ConfigurationError(
+                "aggregator", "given together with a ready Analysis", "pass the Analysis alone"
+            )
+        analysis = analyzer if options is None else replace(analyzer, options=options)
+        return analysis.with_options(**option_values) if option_values else analysis
+    if aggregator is None:
+        raise ConfigurationError(
+            "aggregator", "missing", "flame.run(MyAnalyzer(), MyAggregator()) or a ready flame.Analysis"
+        )
+    opts = options or FederationOptions()
+    if option_values:
+        opts = opts.with_changes(**option_values)
+    return Analysis(analyzer, aggregator, opts)
+
+
 def _configure_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
@@ -91,4 +119,4 @@ def reset_run_hook(token: contextvars.Token[RunHook | None]) -> None:
     _hook.reset(token)
 
 
-__all__ = ["FlameError", "reset_run_hook", "run", "set_run_hook"]
+__all__ = ["FlameError", "as_analysis", "reset_run_hook", "run", "set_run_hook"]

@@ -65,7 +65,7 @@ from flame import __version__, codec
 from flame.config import NO_DATA_ACCESS
 from flame.disclosure.policy import policy_files
 from flame.errors import ConfigurationError, FlameError
-from flame.federated import Aggregator, Analyzer, FederationOptions
+from flame.federated import Aggregator, Analysis, Analyzer, FederationOptions
 from flame.node.messaging import DEFAULT_ATTEMPT_TIMEOUT
 from flame.node.runtime import Timeouts
 from flame.node.status import FINAL_STATUSES
@@ -132,6 +132,8 @@ class LoadedAnalysis:
     analyzer: Analyzer | type[Analyzer]
     aggregator: Aggregator | type[Aggregator]
     options: FederationOptions
+    #: All of it as one object (its :meth:`~flame.federated.analysis.Analysis.interpret` reads the result)
+    analysis: Analysis
 
 
 @contextlib.contextmanager
@@ -183,10 +185,10 @@ def load_analysis(path: Path | str) -> LoadedAnalysis:
     file = Path(path)
     if not file.is_file():
         raise AnalysisFileError(f"{file}: no such file; give the path of an analysis .py file")
-    captured: list[tuple[Any, Any, FederationOptions]] = []
+    captured: list[Analysis] = []
 
-    def hook(analyzer: Any, aggregator: Any, options: FederationOptions) -> Any:
-        captured.append((analyzer, aggregator, options))
+    def hook(analysis: Analysis) -> Any:
+        captured.append(analysis)
         raise _HandedOver
 
     token = set_run_hook(hook)
@@ -199,6 +201,13 @@ def load_analysis(path: Path | str) -> LoadedAnalysis:
         raise AnalysisFileError(
             f"{file} exited (sys.exit({exc.code!r})) before calling flame.run(...)"
         ) from None
+    except ConfigurationError as exc:
+        if exc.variable not in ("analyzer", "aggregator"):
+            raise AnalysisFileError(
+                f"{file} raised {type(exc).__name__} while loading: {exc}{_file_frames(exc, file)}"
+            ) from exc
+        which = "first" if exc.variable == "analyzer" else "second"
+        raise AnalysisFileError(f"{file}: flame.run's {which} argument {exc.problem}") from None
     except Exception as exc:
         raise AnalysisFileError(
             f"{file} raised {type(exc).__name__} while loading: {exc}{_file_frames(exc, file)}"
@@ -211,19 +220,8 @@ def load_analysis(path: Path | str) -> LoadedAnalysis:
             '    if __name__ == "__main__":\n'
             "        flame.run(MyAnalyzer(), MyAggregator())\n"
         )
-    analyzer, aggregator, options = captured[0]
-    _check_kind(file, "first", analyzer, Analyzer)
-    _check_kind(file, "second", aggregator, Aggregator)
-    return LoadedAnalysis(file, analyzer, aggregator, options)
-
-
-def _check_kind(file: Path, which: str, obj: Any, base: type) -> None:
-    if isinstance(obj, base) or (isinstance(obj, type) and issubclass(obj, base)):
-        return
-    raise AnalysisFileError(
-        f"{file}: flame.run's {which} argument must be a flame.{base.__name__} (an instance or the class), "
-        f"not {type(obj).__name__}"
-    )
+    analysis = captured[0]
+    return LoadedAnalysis(file, analysis.analyzer, analysis.aggregator, analysis.options, analysis)
 
 
 def _file_frames(exc: BaseException, file: Path) -> str:
