@@ -46,6 +46,16 @@ data_root = _data_root  # the fixtures, by their names
 stacks = _stacks
 
 
+def _print_processes(processes: Any, stack: FlameStack) -> None:
+    """What a hung process-mode run looked like (pytest shows it with the failure)."""
+    for name, records in processes.records.items():
+        for record in records:
+            print(name, record.to_json())
+            print("    " + "\n    ".join(record.tail))
+    for event in stack.events:
+        print(event)
+
+
 def assert_one_incarnation_at_a_time(stack: FlameStack) -> dict[str, int]:
     """From the orchestrator's start/stop events: no node ever ran two incarnations; count them."""
     running: dict[str, int | None] = dict.fromkeys(stack.nodes)
@@ -394,7 +404,11 @@ async def test_process_mode_restarts_never_overlap(tmp_path: Path) -> None:
     processes = ProcessFederation(stack, analysis)
     try:
         await processes.start()
-        await asyncio.wait_for(processes.wait(), 90)
+        try:
+            await asyncio.wait_for(processes.wait(), 90)
+        except TimeoutError:
+            _print_processes(processes, stack)
+            raise
     finally:
         await processes.stop()
         results = await stack.final_results()

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from flame.node.serving import HTTPServer
+from flame.node.status import FINAL_STATUSES
 from flame.sim import backends, broker, data, po, storage
 from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
@@ -403,6 +404,12 @@ class FlameStack:
                 count = self.node(rule.node).issuer.expire_all()
                 self.events.record("fault.token_expiry", rule.node, tokens=count)
             elif isinstance(rule, NodeRestart):
+                record = self.po.record(rule.node)
+                if record.incarnation and not record.running and record.status in FINAL_STATUSES:
+                    # as on FLAME: a pod that ended its analysis is not restarted (a new one would
+                    # resume and wait for an aggregator that has finished too)
+                    self.events.record("fault.restart.skipped", rule.node, status=record.status)
+                    continue
                 self.events.record("fault.restart", rule.node)
                 await self.restart_node(rule.node, reason="fault")
 
