@@ -421,6 +421,10 @@ def _aggregator_side(flame: FlameCoreSDK) -> dict[str, Any]:
     # no data access on the aggregator: None with a warning
     assert flame.get_fhir_data(["Patient"]) is None and flame.get_s3_data() is None
     assert flame.get_data_sources() is None and flame.node_has_data() is False
+    # no per-analysis key to seal a checkpoint with: refused, not stored readable by later analyses
+    with pytest.raises(ConfigurationError, match="set_checkpoint"):
+        flame.set_checkpoint({"round": 1})
+    assert flame.load_checkpoint(-1) is None
     data = flame.await_intermediate_data(analyzers)
     assert all(np.array_equal(d["arr"], np.arange(3)) for d in data.values())
     # an explicit timeout returns None for a sender without a message; None as timeout is bounded and raises
@@ -477,6 +481,9 @@ def _analyzer_side(flame: FlameCoreSDK) -> dict[str, Any]:
     assert flame.load_checkpoint(0) == {"round": 1}
     assert flame.load_checkpoint(-1) == {"round": 2}
     assert flame.load_checkpoint(7) is None
+    # node storage is project-wide: what is stored is sealed, not the checkpoint in the clear
+    stored = flame._call(flame._node.storage.read_tagged("checkpoint-1", "all"), "reading")
+    assert stored and all(b"round" not in raw for raw in stored)
     # data
     assert flame.node_has_data() is True
     sources = flame.get_data_sources()

@@ -60,6 +60,7 @@ from flame.errors import (
     FlameTimeoutError,
     ProtocolError,
 )
+from flame.federated.checkpoint import Sealer, node_sealer
 from flame.node import envelope
 from flame.node.inbox import Message
 from flame.node.loop import LoopThread
@@ -92,6 +93,7 @@ LOG_LEVELS: dict[str, int] = {
     "emerg": logging.CRITICAL,
 }
 _CHECKPOINT_TAG = re.compile(r"checkpoint-(\d+)")
+_CHECKPOINT_KIND = "compat-checkpoint"
 
 
 # -- the runtime a FlameCoreSDK works on ------------------------------------------------------------------
@@ -846,19 +848,25 @@ class FlameCoreSDK:
     def set_checkpoint(self, checkpoint: dict[str, Any]) -> int:
         """Save ``checkpoint`` in node-local storage under the reserved tag ``checkpoint-<n>``; returns n.
 
-        Checkpoints are numbered 0, 1, ... per analysis and node; records of other analyses of the
-        project under the same tags are ignored.
+        Checkpoints are numbered 0, 1, ... per analysis and node. Node storage is readable by every
+        later analysis of the project, so the record is sealed (AES-256-GCM) under a key only pods of
+        this analysis on this node can derive (:func:`flame.federated.checkpoint.node_sealer`); records
+        of other analyses under the same tags do not open and are ignored. A node without data access
+        (an aggregator) has no such key, and refuses to keep a checkpoint readable by others.
         """
         if not isinstance(checkpoint, dict):
             raise TypeError(f"a checkpoint is a dict, got {type(checkpoint).__name__}")
+        sealer = self._checkpoint_sealer()
+        if sealer is None:
+            raise ConfigurationError(
+                "DATA_SOURCE_TOKEN",
+                "is none_needed, so set_checkpoint has no per-analysis key to seal the checkpoint with "
+                "and later analyses of the project could read it",
+                "checkpoints on nodes with data access, or state kept in memory on the aggregator",
+            )
         known = self._own_checkpoints()
         index = (max(known) + 1) if known else 0
-        record = {
-            "analysis_id": self.get_analysis_id(),
-            "node_id": self.get_id(),
-            "index": index,
-            "checkpoint": checkpoint,
-        }
+        record = sealer.seal(_CHECKPOINT_KIND, {"index": index, "checkpoint": checkpoint})
         payload = codec.encode(record)
         self._call(
             self._node.storage.save_local(payload, tag=f"checkpoint-{index}", filename=f"checkpoint-{index}"),
@@ -876,29 +884,36 @@ class FlameCoreSDK:
             index = sorted(known)[index]
         if index not in known:
             return None
-        record = self._checkpoint_record(index)
-        return None if record is None else cast(dict[str, Any], record["checkpoint"])
+        return self._checkpoint_record(index)
+
+    def _checkpoint_sealer(self) -> Sealer | None:
+        return node_sealer(self._node, _CHECKPOINT_KIND)
 
     def _checkpoint_record(self, index: int) -> dict[str, Any] | None:
+        sealer = self._checkpoint_sealer()
+        if sealer is None:
+            return None
         raws = self._call(
             self._node.storage.read_tagged(f"checkpoint-{index}", "all"), f"reading checkpoint {index}"
         )
         for raw in reversed(raws):
             try:
-                record = codec.decode(raw)
+                opened = sealer.open(codec.decode(raw), _CHECKPOINT_KIND)
             except FlameError:
                 continue
             if (
-                isinstance(record, dict)
-                and record.get("analysis_id") == self.get_analysis_id()
-                and record.get("node_id") == self.get_id()
-                and isinstance(record.get("checkpoint"), dict)
+                isinstance(opened, dict)
+                and opened.get("index") == index
+                and isinstance(opened.get("checkpoint"), dict)
             ):
-                return record
+                return cast(dict[str, Any], opened["checkpoint"])
         return None
 
     def _own_checkpoints(self) -> list[int]:
         if self._checkpoints is None:
+            if self._checkpoint_sealer() is None:
+                self._checkpoints = []
+                return self._checkpoints
             tags = self._call(self._node.storage.tags(), "listing checkpoints")
             numbers = sorted(int(m[1]) for t in tags if (m := _CHECKPOINT_TAG.fullmatch(t)))
             self._checkpoints = [n for n in numbers if self._checkpoint_record(n) is not None]
