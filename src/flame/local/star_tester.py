@@ -39,6 +39,7 @@ from flame.star.core_sdk import NodeRuntime, reset_node_factory, set_node_factor
 from flame.star.model import StarLocalDPModel, StarModel
 
 if TYPE_CHECKING:
+    from flame.sim.federation import FederationRun
     from flame.sim.stack import FlameStack
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,42 @@ def run_star_script(
         timeouts=timeouts,
         payload=payload,
         data=data,
+    )
+
+
+async def run_star_federation(
+    stack: FlameStack, path: Path, mode: Mode, timeout: float
+) -> tuple[FederationRun, bool]:
+    """A PrivateAIM-style script on every node of ``stack`` (see :func:`run_star_script`), for ``flame sim``.
+
+    Runs on a loop thread of its own, which starts and closes ``stack``; returns the run in the form of
+    a ``flame.run`` federation, and whether ``timeout`` ran out.
+    """
+    star_run = await asyncio.to_thread(run_star_script, path, stack, mode=mode, timeout=timeout)
+    return federation_run(stack, star_run), star_run.seconds >= timeout
+
+
+def federation_run(stack: FlameStack, star_run: StarRun) -> FederationRun:
+    """A :class:`StarRun` as the :class:`~flame.sim.federation.FederationRun` the run report reads."""
+    from flame.sim.federation import FederationRun
+    from flame.sim.federation import NodeOutcome as FederationOutcome
+
+    outcomes = {
+        name: FederationOutcome(
+            name,
+            outcome.role,
+            status=outcome.status,
+            error=None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}",
+            incarnations=1,
+        )
+        for name, outcome in star_run.outcomes.items()
+    }
+    return FederationRun(
+        outcomes=outcomes,
+        final_results=star_run.final_results,
+        seconds=star_run.seconds,
+        events=star_run.events,
+        stopped=None if star_run.failed_first is None else f"node {star_run.failed_first} failed",
     )
 
 
