@@ -453,9 +453,13 @@ def test_timeout_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert report["status"] == "timeout" and report["ok"] is False
 
 
+_STARTED, _RELEASE = threading.Event(), threading.Event()
+
+
 class _Stuck(flame.Analyzer):
     def analyze(self, data: Any, aggregate: Any, round: int) -> int:
-        time.sleep(4.0)  # author code that cannot be interrupted
+        _STARTED.set()
+        _RELEASE.wait(30.0)  # author code that cannot be interrupted
         return 1
 
 
@@ -465,11 +469,17 @@ class _Sum(flame.Aggregator):
 
 
 def test_simulate_does_not_wait_for_busy_author_threads() -> None:
-    started = time.monotonic()
-    result = simulate(_Stuck(), _Sum(), nodes=1, timeout=0.5)
-    assert result.status == "timeout" and result.exit_code == EXIT_TIMEOUT
-    assert time.monotonic() - started < 3.5  # not the 4 s the analyzer sleeps
-    assert busy_threads()  # still sleeping, and reported
+    _STARTED.clear()
+    _RELEASE.clear()
+    try:
+        started = time.monotonic()
+        result = simulate(_Stuck(), _Sum(), nodes=1, timeout=3.0)
+        assert result.status == "timeout" and result.exit_code == EXIT_TIMEOUT
+        assert _STARTED.is_set()  # the analyzer ran, and is still blocked
+        assert time.monotonic() - started < 20.0  # not the 30 s the analyzer blocks
+        assert busy_threads()  # still running, and reported
+    finally:
+        _RELEASE.set()
 
 
 def test_usage_errors(project: tuple[Path, Path, pd.DataFrame], capsys: pytest.CaptureFixture[str]) -> None:

@@ -238,3 +238,23 @@ def test_simulate_in_a_notebook_on_a_real_kernel(data: Path) -> None:
     client.execute()
     outputs = [o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", [])]
     assert "result 15 1\n" in outputs and "twin 15\n" in outputs, outputs
+
+
+class Missing(flame.Analyzer):
+    def analyze(self, data: Any, aggregate: Any, round: int) -> int:
+        return len(data.dataframe("missing.csv"))
+
+
+class Total(flame.Aggregator):
+    def aggregate(self, updates: dict[str, Any], round: int, previous: Any) -> int:
+        return sum(updates.values())
+
+
+def test_a_missing_data_key_names_what_the_node_has_and_hints_at_data(data: Path) -> None:
+    result = flame.simulate(Missing(), Total(), data=data, timeout=60)
+    assert result.status == "failed"
+    node = next(error for error in result.errors if error.startswith("node-1 "))
+    assert "missing.csv" in node and "s3 keys: values.csv" in node and "--data DIR" in node
+    without = flame.simulate(Missing(), Total(), nodes=1, timeout=60)
+    node = next(error for error in without.errors if error.startswith("node-1 "))
+    assert "node-1 has no data sources" in node and "--data DIR" in node

@@ -37,6 +37,7 @@ from flame.local.config import (
 )
 from flame.local.loading import LoadedAnalysis, load_analysis
 from flame.local.report import SimOutcome, final_value
+from flame.local.star_tester import StarJob
 from flame.node.loop import LoopThread
 from flame.runner import as_analysis
 
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 #: What :func:`simulate` runs: an analysis file, a ready :class:`Analysis`, or an analyzer (with an aggregator).
-Runnable = str | Path | Analysis | Analyzer | type[Analyzer]
+#: (PrivateAIM's tester passes a :class:`~flame.local.star_tester.StarJob`: its nodes and their code.)
+Runnable = str | Path | Analysis | Analyzer | type[Analyzer] | StarJob
 #: Extra seconds the sync form waits beyond the run's own bound (loading the file, starting the stack).
 LOAD_GRACE = 60.0
 _MODES = ("inprocess", "served", "processes")
@@ -233,6 +235,10 @@ def prepare(
     if mode not in _MODES:
         raise SimUsageError(f"mode={mode!r}: use one of {', '.join(_MODES)}")
     path: Path | None = None
+    if mode == "processes" and not isinstance(analysis, str | Path):
+        raise SimUsageError(
+            "mode='processes' starts 'python ANALYSIS.py' on every node: pass the analysis file's path"
+        )
     if isinstance(analysis, str | Path):
         if aggregator is not None:
             raise SimUsageError("an analysis file brings its own aggregator; pass the path alone")
@@ -254,8 +260,10 @@ def prepare(
     config.check()
     if path is not None:
         loaded = load_analysis(path)
+    elif isinstance(analysis, StarJob):
+        loaded = LoadedAnalysis.star_job(analysis, analysis.name)
     else:
-        assert not isinstance(analysis, str | Path)
+        assert not isinstance(analysis, str | Path | StarJob)
         loaded = LoadedAnalysis.of(as_analysis(analysis, aggregator))
     # options that do not exist are refused before anything starts
     unknown = sorted(set(config.option_changes) - {f.name for f in dataclasses.fields(loaded.options)})

@@ -8,6 +8,7 @@ machine-readable summary as the only thing on stdout (everything else goes to st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -28,29 +29,32 @@ def sim_command(args: Any) -> int:
     as_json = bool(getattr(args, "json", False))
     console = Console(stderr=as_json)
     mode: SimMode = "processes" if args.processes else ("served" if args.served else "inprocess")
-    try:
-        if args.faults:
-            parse_faults(args.faults, seed=args.seed)
-        result = simulate(
-            args.analysis,
-            data=args.data,
-            nodes=args.nodes,
-            split=args.split,
-            faults=args.faults or "",
-            seed=args.seed,
-            mode=mode,
-            policy=list(getattr(args, "policy", None) or ()),
-            timeout=args.timeout,
-            time_scale=args.time_scale,
-            max_rounds=args.max_rounds,
-            console=console,
-            live=not args.no_live and console.is_terminal and not as_json,
-        )
-    except AnalysisFileError:
-        raise
-    except (SimUsageError, FaultSpecError, ConfigurationError) as exc:
-        # options, a node name the run does not have, a bad --policy file (known once the nodes are)
-        return _usage_error(console, exc)
+    # with --json, stdout carries the summary alone: what the analysis prints goes to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with quiet:
+        try:
+            if args.faults:
+                parse_faults(args.faults, seed=args.seed)
+            result = simulate(
+                args.analysis,
+                data=args.data,
+                nodes=args.nodes,
+                split=args.split,
+                faults=args.faults or "",
+                seed=args.seed,
+                mode=mode,
+                policy=list(getattr(args, "policy", None) or ()),
+                timeout=args.timeout,
+                time_scale=args.time_scale,
+                max_rounds=args.max_rounds,
+                console=console,
+                live=not args.no_live and console.is_terminal and not as_json,
+            )
+        except AnalysisFileError:
+            raise
+        except (SimUsageError, FaultSpecError, ConfigurationError) as exc:
+            # options, a node name the run does not have, a bad --policy file (known once the nodes are)
+            return _usage_error(console, exc)
     print_summary(result.outcome, console)
     report_path = args.report if args.report is not None else default_report_path()
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -114,9 +114,14 @@ async def execute(
                     f"split {config.split} across {nodes} nodes: {', '.join(map(str, sizes))}",
                     highlight=False,
                 )
-        stack = FlameStack.create(
-            nodes, data_root=data_root, seed=config.seed, faults=faults, settings=stack_settings(config)
-        )
+        if loaded.job is not None:  # PrivateAIM's tester: its own nodes, one per data split
+            stack = FlameStack(
+                loaded.job.nodes, seed=config.seed, faults=faults, settings=loaded.job.settings
+            )
+        else:
+            stack = FlameStack.create(
+                nodes, data_root=data_root, seed=config.seed, faults=faults, settings=stack_settings(config)
+            )
         try:
             faults.validate(stack.nodes)
             stack.disclosure_policies.update(policy_files(config.policies, stack.nodes))
@@ -160,6 +165,7 @@ async def _simulate(
     config, loaded = about.config, about.loaded
     clock = time.monotonic()
     records: dict[str, list[ProcessRecord]] = {}
+    star_run: Any = None
     options = loaded.options
     # a PrivateAIM-style script in process: its runner starts and closes the stack on a loop of its own
     star = loaded.kind == "star" and config.mode != "processes"
@@ -172,10 +178,9 @@ async def _simulate(
             elif star:
                 from flame.local.star_tester import run_star_federation
 
-                assert loaded.path is not None
                 mode: Literal["inprocess", "served"] = "served" if config.mode == "served" else "inprocess"
-                run, timed_out = await run_star_federation(stack, loaded.path, mode, remaining(deadline))
-                reason = timeout_reason(config) if timed_out else None
+                run, star_run = await run_star_federation(stack, loaded, mode, remaining(deadline))
+                reason = timeout_reason(config) if star_run.timed_out else None
             else:
                 run, reason = await run_federation(stack, loaded, options, config, progress, deadline)
             if printer is not None:
@@ -196,7 +201,7 @@ async def _simulate(
         loaded=loaded,
         run=run,
         stack_info=info,
-        errors=run_errors(run, reason),
+        errors=run_errors(run, reason, stack),
         timings=timings,
         faults=about.faults,
         started_at=about.started_at,
@@ -205,6 +210,7 @@ async def _simulate(
         events=events,
         stopped_reason=reason,
         timed_out=reason == timeout_reason(config),
+        star_run=star_run,
     )
 
 
@@ -239,7 +245,7 @@ def _abandoned(
         loaded=about.loaded,
         run=run,
         stack_info=stack_info(stack),
-        errors=run_errors(run, reason),
+        errors=run_errors(run, reason, stack),
         timings=timings,
         faults=about.faults,
         started_at=about.started_at,

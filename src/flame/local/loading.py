@@ -9,6 +9,7 @@ call is not executed. A file that never calls ``flame.run`` is refused with :cla
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import runpy
 import sys
 import traceback
@@ -65,6 +66,8 @@ class LoadedAnalysis:
     #: ``"flame"``: ``flame.run(...)`` handed the analysis over; ``"star"``: a PrivateAIM-style script
     #: (``StarModel(...)`` or ``FlameCoreSDK()``), run whole on every node
     kind: Literal["flame", "star"] = "flame"
+    #: a :class:`~flame.local.star_tester.StarJob` (PrivateAIM's tester): code per node instead of a file
+    job: Any = None
 
     @classmethod
     def of(
@@ -78,11 +81,24 @@ class LoadedAnalysis:
         """A PrivateAIM-style script: every node runs the whole file, as its container would."""
         return cls.of(Analysis(_ScriptAnalyzer(), _ScriptAggregator(), name=path.name), path, "star")
 
+    @classmethod
+    def star_job(cls, job: Any, name: str) -> LoadedAnalysis:
+        """PrivateAIM's tester: ``job`` says which code each node runs."""
+        loaded = cls.of(Analysis(_ScriptAnalyzer(), _ScriptAggregator(), name=name), None, "star")
+        return dataclasses.replace(loaded, job=job)
+
     def with_options(self, **changes: Any) -> LoadedAnalysis:
         """The same analysis with some federation options changed."""
         if not changes:
             return self
-        return LoadedAnalysis.of(self.analysis.with_options(**changes), self.path, self.kind)
+        return dataclasses.replace(self, analysis=self.analysis.with_options(**changes)).synced()
+
+    def synced(self) -> LoadedAnalysis:
+        """The fields taken from :attr:`analysis` again."""
+        analysis = self.analysis
+        return dataclasses.replace(
+            self, analyzer=analysis.analyzer, aggregator=analysis.aggregator, options=analysis.options
+        )
 
     @property
     def label(self) -> str:
@@ -187,7 +203,7 @@ def load_analysis(path: Path | str) -> LoadedAnalysis:
         token.var.reset(token)
     if not captured:
         raise AnalysisFileError(
-            f"{file} never called flame.run(...). End the file with\n\n"
+            f"{file} never called flame.run(...) (nor built PrivateAIM's StarModel). End the file with\n\n"
             '    if __name__ == "__main__":\n'
             "        flame.run(MyAnalyzer(), MyAggregator())\n"
         )

@@ -45,6 +45,9 @@ class SimOutcome:
     stopped_reason: str | None = None
     #: ``--timeout`` ran out (the federation was stopped, or the run abandoned, at its deadline)
     timed_out: bool = False
+    #: a PrivateAIM-style run's own outcome (:class:`~flame.local.star_tester.StarRun`): each node's error
+    #: and return value
+    star_run: Any = None
 
     @property
     def ok(self) -> bool:
@@ -190,18 +193,51 @@ def notable_events(stack: FlameStack, limit: int = 1000) -> list[dict[str, Any]]
     return [{k: redact(v) if isinstance(v, str) else v for k, v in e.items()} for e in events]
 
 
-def run_errors(run: FederationRun, reason: str | None) -> list[str]:
-    """The run's errors, redacted: an exception's message can quote a token (in-process mode too)."""
+def run_errors(run: FederationRun, reason: str | None, stack: FlameStack | None = None) -> list[str]:
+    """The run's errors, redacted: an exception's message can quote a token (in-process mode too).
+
+    A node that asked for data it does not have gets what it has appended (``stack`` given).
+    """
     errors: list[str] = []
     if reason is not None:
         errors.append(f"stopped: {reason}")
     for outcome in run.outcomes.values():
         if outcome.error:
             outcome.error = redact(outcome.error)
+            if stack is not None and outcome.name in stack.nodes and _missing_data(outcome.error):
+                outcome.error += "; " + data_hint(stack, outcome.name)
             errors.append(f"{outcome.name} ({outcome.role}, {outcome.status}): {outcome.error}")
     if not run.final_results and not errors:
         errors.append("no final result reached the hub")
     return errors
+
+
+#: What a node's error says when it asked for data its sources do not have.
+_MISSING_DATA = ("NoSuchKey", "DataNotFoundError", "data source on this node", "answered 404")
+
+
+def _missing_data(error: str) -> bool:
+    return any(marker in error for marker in _MISSING_DATA) and ("s3" in error or "fhir" in error)
+
+
+def data_hint(stack: FlameStack, name: str, limit: int = 12) -> str:
+    """What data node ``name`` has (its sources, and the S3 keys of folder sources), and how to give it."""
+    node = stack.node(name)
+    parts = []
+    for source in node.sources:
+        if source.kind == "s3" and source.folder is not None and source.folder.is_dir():
+            keys = sorted(str(p.relative_to(source.folder)) for p in source.folder.rglob("*") if p.is_file())
+            shown = ", ".join(keys[:limit]) + (
+                f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+            )
+            parts.append(f"{source.name} (s3 keys: {shown or 'none'})")
+        else:
+            parts.append(f"{source.name} ({source.kind})")
+    has = "; ".join(parts) if parts else "no data sources"
+    return (
+        f"{name} has {has}. Give each node its data with --data DIR (DIR/{name}/s3/<key> for S3 objects, "
+        f"DIR/{name}/fhir/ for FHIR bundles) or --split FILE"
+    )
 
 
 def default_report_path(base: Path | None = None) -> Path:

@@ -39,7 +39,10 @@ from flame.star.core_sdk import NodeRuntime, reset_node_factory, set_node_factor
 from flame.star.model import StarLocalDPModel, StarModel
 
 if TYPE_CHECKING:
+    from flame.local.loading import LoadedAnalysis
     from flame.sim.federation import FederationRun
+    from flame.sim.node import NodeSpec
+    from flame.sim.settings import StackSettings
     from flame.sim.stack import FlameStack
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ class StarRun:
     events: dict[str, int] = field(default_factory=dict)
     #: the node whose code failed first (the others were stopped because of it)
     failed_first: str | None = None
+    #: the run's bound ran out (the nodes still running were aborted)
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -354,19 +359,39 @@ def run_star_script(
     )
 
 
+@dataclass(frozen=True)
+class StarJob:
+    """What PrivateAIM's tester hands to :func:`flame.simulate`: its nodes and the code each runs.
+
+    ``target(node_name)`` runs in that node's thread with ``FlameCoreSDK()`` bound to the node (see
+    :func:`run_star_nodes`); ``nodes`` are the stack's node specs, ``settings`` its timing.
+    """
+
+    target: Callable[[str], Any]
+    nodes: Sequence[NodeSpec]
+    settings: StackSettings | None = None
+    name: str = "StarModelTester"
+
+
 async def run_star_federation(
-    stack: FlameStack, path: Path, mode: Mode, timeout: float
-) -> tuple[FederationRun, bool]:
-    """A PrivateAIM-style script on every node of ``stack`` (see :func:`run_star_script`), for ``flame sim``.
+    stack: FlameStack, loaded: LoadedAnalysis, mode: Mode, timeout: float
+) -> tuple[FederationRun, StarRun]:
+    """A PrivateAIM-style run on every node of ``stack``: the tester's job, or the script of ``loaded``.
 
     Runs on a loop thread of its own, which starts and closes ``stack``; returns the run in the form of
-    a ``flame.run`` federation, and whether ``timeout`` ran out.
+    a ``flame.run`` federation (what the run report reads) and as the :class:`StarRun` itself.
     """
-    star_run = await asyncio.to_thread(run_star_script, path, stack, mode=mode, timeout=timeout)
-    return federation_run(stack, star_run), star_run.seconds >= timeout
+    job: StarJob | None = loaded.job
+    if job is not None:
+        star_run = await asyncio.to_thread(run_star_nodes, stack, job.target, mode=mode, timeout=timeout)
+    else:
+        assert loaded.path is not None
+        star_run = await asyncio.to_thread(run_star_script, loaded.path, stack, mode=mode, timeout=timeout)
+    star_run.timed_out = star_run.seconds >= timeout
+    return federation_run(star_run), star_run
 
 
-def federation_run(stack: FlameStack, star_run: StarRun) -> FederationRun:
+def federation_run(star_run: StarRun) -> FederationRun:
     """A :class:`StarRun` as the :class:`~flame.sim.federation.FederationRun` the run report reads."""
     from flame.sim.federation import FederationRun
     from flame.sim.federation import NodeOutcome as FederationOutcome
@@ -427,11 +452,10 @@ class StarModelTester:
         aggregator_kwargs: dict[str, Any] | None = None,
         epsilon: float | None = None,
         sensitivity: float | None = None,
-        result_filepath: str | None = None,
+        result_filepath: str | list[str] | None = None,
     ) -> None:
         from flame.sim.node import NodeSpec
         from flame.sim.settings import StackSettings
-        from flame.sim.stack import FlameStack
 
         if data_type not in ("fhir", "s3"):
             raise ValueError(f"data_type must be 'fhir' or 's3', got {data_type!r}")
@@ -449,7 +473,6 @@ class StarModelTester:
             splits[name] = split
         if "aggregator" not in roles:
             specs.insert(0, NodeSpec(aggregator_name, role="aggregator"))
-        stack = FlameStack(specs, settings=StackSettings.fast(po_enabled=False))
         local_dp = epsilon is not None and sensitivity is not None
 
         def target(name: str) -> StarModel:
@@ -486,7 +509,14 @@ class StarModelTester:
                 test_kwargs=test_kwargs,
             )
 
-        self.run = run_star_nodes(stack, target, timeout=self.timeout).check()
+        from flame.local.api import simulate
+
+        job = StarJob(target, specs, StackSettings.fast(po_enabled=False))
+        outcome = simulate(job, timeout=self.timeout)
+        star_run: StarRun | None = outcome.outcome.star_run
+        if star_run is None:  # the run was abandoned before its nodes reported
+            raise FederationError("the local run did not finish: " + "; ".join(outcome.errors))
+        self.run = star_run.check()
         self.final_results = self.run.final_results
         model = self.run.outcomes[aggregator_name].result
         node = model.node if isinstance(model, StarModel) else None
@@ -495,7 +525,7 @@ class StarModelTester:
             self.num_iterations = node.num_iterations
         self.converged = True
         self.result = self._hub_result(output_type)
-        self.write_result(self.result, output_type, result_filepath)
+        self.write_result(self.result, output_type, result_filepath, multiple_results)
 
     def _hub_result(self, output_type: str) -> Any:
         """The final result as the analyst downloads it (one value, or a list for several files)."""
@@ -512,21 +542,67 @@ class StarModelTester:
                 values.append(data)
         return values[0] if len(values) == 1 else values
 
-    def write_result(self, result: Any, output_type: str, result_filepath: str | None) -> None:
-        """Write the hub's files to ``result_filepath`` (or print the result)."""
+    def write_result(
+        self,
+        result: Any,
+        output_type: str,
+        result_filepath: str | list[str] | None = None,
+        multiple_results: bool = False,
+    ) -> None:
+        """Print the result, or write the hub's files to ``result_filepath``, as PrivateAIM's tester does.
+
+        With ``multiple_results`` and several results, each gets its own line (``Final result_1: ...``)
+        or file: ``result_filepath`` is then a list with one path per result, or one path that gets
+        ``_1``, ``_2``, ... before its extension. A list of paths that does not match the number of
+        results, or ``multiple_results`` with a single result, is warned about and written as one.
+        """
+        several = False
+        if multiple_results:
+            if not isinstance(result, list | tuple):
+                print(
+                    f"Warning: multiple_results=True, but the result is a {type(result).__name__}, not a "
+                    "list or tuple; it is written as one result.",
+                    flush=True,
+                )
+            elif isinstance(result_filepath, list) and len(result_filepath) != len(result):
+                print(
+                    f"Warning: {len(result_filepath)} result_filepath(s) for {len(result)} results; "
+                    "multiple_results is ignored.",
+                    flush=True,
+                )
+            else:
+                several = True
+        items = list(result) if several else [result]
         if result_filepath is None:
-            print(f"Final result: {result}", flush=True)
+            for index, item in enumerate(items, 1):
+                print(f"Final result_{index}: {item}" if several else f"Final result: {item}", flush=True)
             return
+        if isinstance(result_filepath, list):
+            paths = [Path(path) for path in result_filepath] if several else [Path(result_filepath[0])]
+        elif several:
+            paths = [_numbered(result_filepath, index) for index in range(1, len(items) + 1)]
+        else:
+            paths = [Path(result_filepath)]
         files = list(self.final_results.values())
-        path = Path(result_filepath)
-        targets = (
-            [path]
-            if len(files) == 1
-            else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(1, len(files) + 1)]
-        )
-        for file_path, content in zip(targets, files, strict=True):
-            file_path.write_bytes(content)
-        print(f"Final result written to {', '.join(str(t) for t in targets)}", flush=True)
+        for index, (path, item) in enumerate(zip(paths, items, strict=False), 1):
+            if len(files) == len(items):
+                content = files[index - 1]  # the hub's file, as the analyst downloads it
+            elif isinstance(item, bytes | bytearray):
+                content = bytes(item)
+            else:  # several files written as one: the aggregator's result object, as text
+                whole = self.latest_result if self.latest_result is not None else item
+                content = str(whole).encode("utf-8")
+            path.write_bytes(content)
+            label = f"Final result_{index}" if several else "Final result"
+            print(f"{label} written to {path}", flush=True)
+
+
+def _numbered(path: str, index: int) -> Path:
+    """``result.txt`` -> ``result_1.txt`` (``result`` -> ``result_1``): one file per result."""
+    stem, dot, extension = path.rpartition(".")
+    if not dot or "/" in extension:
+        return Path(f"{path}_{index}")
+    return Path(f"{stem}_{index}.{extension}")
 
 
 def _roles(count: int, node_roles: list[str] | None) -> list[str]:
@@ -547,4 +623,13 @@ def _roles(count: int, node_roles: list[str] | None) -> list[str]:
     return roles
 
 
-__all__ = ["NodeOutcome", "StarModelTester", "StarRun", "run_star_nodes", "run_star_script"]
+__all__ = [
+    "NodeOutcome",
+    "StarJob",
+    "StarModelTester",
+    "StarRun",
+    "federation_run",
+    "run_star_federation",
+    "run_star_nodes",
+    "run_star_script",
+]
