@@ -18,7 +18,8 @@ module                    what it holds
 ``report``                the outcome, the JSON run report and the printed summary
 ``api``                   the public API: :func:`simulate`, :func:`simulate_async`, :class:`SimulationResult`
 ``command``               the ``flame sim`` handler
-``star_tester``           PrivateAIM's ``StarModelTester`` and the runner of PrivateAIM-style scripts
+``star_runs``             PrivateAIM-style code on every node (scripts under ``flame sim``, the tester)
+``star_tester``           PrivateAIM's ``StarModelTester``
 ========================= ===========================================================================
 """
 

@@ -37,7 +37,7 @@ from flame.local.config import (
 )
 from flame.local.loading import LoadedAnalysis, load_analysis
 from flame.local.report import SimOutcome, final_value
-from flame.local.star_tester import StarJob
+from flame.local.star_runs import StarJob
 from flame.node.loop import LoopThread
 from flame.runner import as_analysis
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 #: What :func:`simulate` runs: an analysis file, a ready :class:`Analysis`, or an analyzer (with an aggregator).
-#: (PrivateAIM's tester passes a :class:`~flame.local.star_tester.StarJob`: its nodes and their code.)
+#: (PrivateAIM's tester passes a :class:`~flame.local.star_runs.StarJob`: its nodes and their code.)
 Runnable = str | Path | Analysis | Analyzer | type[Analyzer] | StarJob
 #: Extra seconds the sync form waits beyond the run's own bound (loading the file, starting the stack).
 LOAD_GRACE = 60.0

@@ -176,7 +176,7 @@ async def _simulate(
             if config.mode == "processes":
                 run, reason, records = await run_processes(stack, loaded, options, config, progress, deadline)
             elif star:
-                from flame.local.star_tester import run_star_federation
+                from flame.local.star_runs import run_star_federation
 
                 mode: Literal["inprocess", "served"] = "served" if config.mode == "served" else "inprocess"
                 run, star_run = await run_star_federation(stack, loaded, mode, remaining(deadline))

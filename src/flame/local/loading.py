@@ -66,7 +66,7 @@ class LoadedAnalysis:
     #: ``"flame"``: ``flame.run(...)`` handed the analysis over; ``"star"``: a PrivateAIM-style script
     #: (``StarModel(...)`` or ``FlameCoreSDK()``), run whole on every node
     kind: Literal["flame", "star"] = "flame"
-    #: a :class:`~flame.local.star_tester.StarJob` (PrivateAIM's tester): code per node instead of a file
+    #: a :class:`~flame.local.star_runs.StarJob` (PrivateAIM's tester): code per node instead of a file
     job: Any = None
 
     @classmethod

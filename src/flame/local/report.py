@@ -45,7 +45,7 @@ class SimOutcome:
     stopped_reason: str | None = None
     #: ``--timeout`` ran out (the federation was stopped, or the run abandoned, at its deadline)
     timed_out: bool = False
-    #: a PrivateAIM-style run's own outcome (:class:`~flame.local.star_tester.StarRun`): each node's error
+    #: a PrivateAIM-style run's own outcome (:class:`~flame.local.star_runs.StarRun`): each node's error
     #: and return value
     star_run: Any = None
 
