@@ -70,6 +70,8 @@ def test_a_module_level_star_model_runs_in_process(
     code, summary = sim_json(capsys, str(script), "--data", str(data), "--report", str(tmp_path / "r.json"))
     assert code == 0, summary["errors"]
     assert summary["result"] == str(len(pooled()))
+    assert main(["sim", str(script), "--data", str(data), "--max-rounds", "2", "--no-live"]) == 2
+    assert "sets its own options in StarModel" in capsys.readouterr().out
 
 
 @pytest.mark.process

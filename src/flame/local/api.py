@@ -265,6 +265,11 @@ def prepare(
     else:
         assert not isinstance(analysis, str | Path | StarJob)
         loaded = LoadedAnalysis.of(as_analysis(analysis, aggregator))
+    if loaded.kind == "star" and (config.max_rounds is not None or config.option_changes):
+        raise SimUsageError(
+            "a PrivateAIM-style script sets its own options in StarModel(...); max_rounds and federation "
+            "options cannot change them"
+        )
     # options that do not exist are refused before anything starts
     unknown = sorted(set(config.option_changes) - {f.name for f in dataclasses.fields(loaded.options)})
     if unknown:
