@@ -65,8 +65,8 @@ class SimulationResult:
     """
 
     result: Any
-    report: dict[str, Any]
-    events: list[dict[str, Any]]
+    report: dict[str, Any] = field(repr=False)
+    events: list[dict[str, Any]] = field(repr=False)
     errors: list[str]
     status: str
     #: the run as ``flame sim`` sees it (display, report file, exit code)
