@@ -254,8 +254,20 @@ class ProcessFederation:
                 )
                 if record.logs:
                     outcome.error += f"; last log: {record.logs[-1].get('log')}"
+                error_line = _last_error(last)
+                if error_line is not None:
+                    message = error_line.partition(": ")[2] or error_line  # without time and logger
+                    if message not in outcome.error:
+                        outcome.error += f"; its last error: {message}"
             outcomes[name] = outcome
         return outcomes
+
+
+def _last_error(record: ProcessRecord | None) -> str | None:
+    """The last line of a node process' output that logged an error (already redacted), if any."""
+    if record is None:
+        return None
+    return next((line for line in reversed(record.tail) if " ERROR " in line or "Error:" in line), None)
 
 
 def free_port() -> int:
