@@ -174,8 +174,10 @@ def simulate(
     ``faults``: a fault plan (``"drop=0.2;restart=node-1@5"``); ``seed`` seeds ids, the split and the
     faults. ``mode``: ``"inprocess"`` (default), ``"served"`` (real HTTP on loopback) or
     ``"processes"`` (the file as ``python FILE`` per node). ``policy``: a disclosure policy file for
-    every node, or ``{node: file}``. ``timeout`` bounds the whole run (600 s). Other keywords are
-    federation options (``max_rounds=``, ``quorum=``, ...) that override the analysis' own.
+    every node, or ``{node: file}``. ``timeout`` bounds the whole run (600 s); ``time_scale`` multiplies
+    the platform's delays and periods. ``console`` shows the run as ``flame sim`` does (``live``: the
+    live table). Other keywords are federation options (``max_rounds=``, ``quorum=``, ...) that override
+    the analysis' own.
 
     A failed run does not raise: look at ``.ok``, ``.errors`` (or call ``.check()``). Raises
     :class:`~flame.local.loading.AnalysisFileError` for a file that cannot be loaded and
