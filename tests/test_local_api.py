@@ -194,6 +194,14 @@ def test_sim_nodes_not_matching_the_data_folders_is_a_usage_error(
     assert main(["sim", str(analysis), "--data", str(data), "--nodes", "4", "--no-live"]) == 2
     out = capsys.readouterr().out
     assert "--nodes 4" in out and "2 node folder" in out
+    # with --json the summary still comes, and stdout holds nothing else
+    assert main(["sim", str(analysis), "--data", str(data), "--nodes", "4", "--json"]) == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "usage" and summary["exit_code"] == 2 and "--nodes 4" in summary["errors"][0]
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    assert main(["sim", str(tmp_path / "empty.py"), "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "failed" and "never called flame.run" in summary["errors"][0]
 
 
 def test_sim_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:

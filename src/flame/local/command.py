@@ -12,13 +12,13 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 
 from flame.errors import ConfigurationError, FlameError
 from flame.local.api import SimulationResult, busy_threads, simulate
-from flame.local.config import EXIT_USAGE, SimMode, SimUsageError
+from flame.local.config import EXIT_FAILED, EXIT_USAGE, SimMode, SimUsageError
 from flame.local.loading import AnalysisFileError
 from flame.local.report import default_report_path, final_value, jsonable, print_summary
 from flame.sim.faults import FaultSpecError, parse_faults
@@ -30,6 +30,7 @@ def sim_command(args: Any) -> int:
     console = Console(stderr=as_json)
     mode: SimMode = "processes" if args.processes else ("served" if args.served else "inprocess")
     # with --json, stdout carries the summary alone: what the analysis prints goes to stderr
+    stdout = sys.stdout
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with quiet:
         try:
@@ -50,11 +51,15 @@ def sim_command(args: Any) -> int:
                 console=console,
                 live=not args.no_live and console.is_terminal and not as_json,
             )
-        except AnalysisFileError:
-            raise
+        except AnalysisFileError as exc:
+            if not as_json:
+                raise
+            console.print(f"flame sim: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+            return _json_failure(stdout, EXIT_FAILED, "failed", exc)
         except (SimUsageError, FaultSpecError, ConfigurationError) as exc:
             # options, a node name the run does not have, a bad --policy file (known once the nodes are)
-            return _usage_error(console, exc)
+            code = _usage_error(console, exc)
+            return _json_failure(stdout, code, "usage", exc) if as_json else code
     print_summary(result.outcome, console)
     report_path = args.report if args.report is not None else default_report_path()
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +129,14 @@ def write_result_files(result: SimulationResult, folder: Path) -> list[Path]:
             path.write_text(json.dumps(jsonable(item), indent=2, allow_nan=False) + "\n", encoding="utf-8")
         written.append(path)
     return written
+
+
+def _json_failure(stdout: TextIO, code: int, status: str, exc: FlameError) -> int:
+    """``--json`` when no run took place: the summary still comes, with the reason as its error."""
+    summary = {"ok": False, "status": status, "exit_code": code, "result": None, "errors": [str(exc)]}
+    stdout.write(json.dumps(summary) + "\n")
+    stdout.flush()
+    return code
 
 
 def _usage_error(console: Console, exc: FlameError) -> int:
