@@ -141,4 +141,5 @@ def node_kwargs(config: SimConfig) -> dict[str, Any]:
 
 
 def timeout_reason(config: SimConfig) -> str:
+    """Why a run was stopped at its deadline (the outcome compares it to tell a timeout)."""
     return f"the federation did not finish within {config.timeout:g} s (--timeout)"
