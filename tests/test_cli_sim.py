@@ -18,22 +18,15 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+import flame
 from flame.cli import main
-from flame.sim.cli_sim import (
-    EXIT_TIMEOUT,
-    AnalysisFileError,
-    SimConfig,
-    busy_threads,
-    cannot_finish,
-    default_report_path,
-    load_analysis,
-    run_async,
-    run_simulation,
-    simulate,
-    stop_tasks,
-    within,
-)
+from flame.local.api import busy_threads, simulate, simulate_async
+from flame.local.config import EXIT_TIMEOUT
+from flame.local.loading import AnalysisFileError, load_analysis
+from flame.local.report import default_report_path
+from flame.local.waiting import stop_tasks, within
 from flame.sim.display import node_rows, node_table
+from flame.sim.federation import cannot_finish
 from flame.sim.stack import FlameStack
 
 MEAN_ANALYSIS = '''
@@ -141,7 +134,7 @@ def test_node_count_defaults_to_the_data_folders(
     analysis, data, pooled = project
     run = simulate(analysis, data=data)
     assert run.ok
-    assert len(run.outcomes) == 4
+    assert len(run.outcome.run.outcomes) == 4
     assert run.result["n"] == len(pooled)
 
 
@@ -283,7 +276,7 @@ def test_one_failing_node_is_tolerated_with_a_quorum(tmp_path: Path) -> None:
     make_data(tmp_path / "data")
     run = simulate(analysis, data=tmp_path / "data", time_scale=0.02)
     assert run.result == 2  # the aggregator went on with the quorum
-    assert run.outcomes["node-2"].status == "failed"
+    assert run.outcome.run.outcomes["node-2"].status == "failed"
     assert not run.ok
 
 
@@ -424,10 +417,10 @@ def test_a_pod_restart_resumes_the_node(tmp_path: Path) -> None:
         """,
     )
     run = simulate(analysis, nodes=2, faults="restart=node-1@0.5", time_scale=0.1, timeout=60)
-    assert run.ok, run.report()
+    assert run.ok, run.errors
     assert run.result == 2 * (1 + 2 + 3 + 4)
-    assert run.outcomes["node-1"].incarnations == 2
-    assert run.events["node.restart"] == 1
+    assert run.outcome.run.outcomes["node-1"].incarnations == 2
+    assert [e["kind"] for e in run.events].count("node.restart") == 1
 
 
 def test_timeout_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -460,16 +453,33 @@ def test_timeout_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert report["status"] == "timeout" and report["ok"] is False
 
 
-def test_run_async_does_not_wait_for_busy_author_threads() -> None:
-    async def stuck() -> str:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.to_thread(time.sleep, 1.0), 0.05)
-        return "stopped"
+_STARTED, _RELEASE = threading.Event(), threading.Event()
 
-    started = time.monotonic()
-    assert run_async(stuck()) == "stopped"
-    assert time.monotonic() - started < 0.8
-    assert busy_threads()  # still sleeping, and reported
+
+class _Stuck(flame.Analyzer):
+    def analyze(self, data: Any, aggregate: Any, round: int) -> int:
+        _STARTED.set()
+        _RELEASE.wait(30.0)  # author code that cannot be interrupted
+        return 1
+
+
+class _Sum(flame.Aggregator):
+    def aggregate(self, updates: dict[str, Any], round: int, previous: Any) -> int:
+        return sum(updates.values())
+
+
+def test_simulate_does_not_wait_for_busy_author_threads() -> None:
+    _STARTED.clear()
+    _RELEASE.clear()
+    try:
+        started = time.monotonic()
+        result = simulate(_Stuck(), _Sum(), nodes=1, timeout=3.0)
+        assert result.status == "timeout" and result.exit_code == EXIT_TIMEOUT
+        assert _STARTED.is_set()  # the analyzer ran, and is still blocked
+        assert time.monotonic() - started < 20.0  # not the 30 s the analyzer blocks
+        assert busy_threads()  # still running, and reported
+    finally:
+        _RELEASE.set()
 
 
 def test_usage_errors(project: tuple[Path, Path, pd.DataFrame], capsys: pytest.CaptureFixture[str]) -> None:
@@ -500,7 +510,7 @@ async def test_live_display_shows_every_node(project: tuple[Path, Path, pd.DataF
     analysis, data, _ = project
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=140)
-    outcome = await run_simulation(SimConfig(analysis, data=data), console=console, live=True)
+    outcome = await simulate_async(analysis, data=data, console=console, live=True)
     assert outcome.ok
     text = out.getvalue()
     for name in ("aggregator", "node-1", "node-2", "node-3", "executed", "messages", "retries"):

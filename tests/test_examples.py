@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flame.local.loading import load_analysis
 from flame.sim import FlameStack, StackSettings
-from flame.sim.cli_sim import load_analysis
 from flame.sim.federation import FederationRun, run_federation
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

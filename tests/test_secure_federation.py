@@ -23,12 +23,12 @@ from flame.federated.secure import (
     SecureUpdates,
     total,
 )
+from flame.local.loading import load_analysis
 from flame.node.inbox import Message
 from flame.node.runtime import Timeouts
 from flame.protocols import paillier
 from flame.protocols import threshold_paillier as tp
 from flame.sim import FlameStack, StackSettings
-from flame.sim.cli_sim import load_analysis
 from flame.sim.events import Event
 from flame.sim.faults import FaultPlan, NodeOffline
 from flame.sim.federation import Federation, FederationRun, run_federation

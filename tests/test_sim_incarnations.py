@@ -348,19 +348,19 @@ def _sim_data(root: Path) -> Path:
 
 
 async def _simulate(tmp_path: Path, text: str, mode: str, faults: str = "", timeout: float = 120.0) -> Any:
-    from flame.sim.cli_sim import SimConfig, run_simulation
+    from flame.local.api import simulate_async
 
     analysis = tmp_path / "analysis.py"
     analysis.write_text(text)
-    config = SimConfig(
-        analysis=analysis,
+    result = await simulate_async(
+        analysis,
         nodes=2,
         data=_sim_data(tmp_path / "data"),
         faults=faults,
         mode=mode,  # type: ignore[arg-type]
         timeout=timeout,
     )
-    return await run_simulation(config)
+    return result.outcome
 
 
 @pytest.mark.process
@@ -393,7 +393,7 @@ async def test_flame_sim_node_process_that_raises_at_import_ends_the_run_at_once
 
 @pytest.mark.process
 async def test_process_mode_restarts_never_overlap(tmp_path: Path) -> None:
-    from flame.sim.cli_sim import ProcessFederation
+    from flame.local.processes import ProcessFederation
 
     analysis = tmp_path / "analysis.py"
     analysis.write_text(SUM_FILE)

@@ -18,7 +18,9 @@ Write an :class:`Analyzer` (runs next to the data on every analysis node) and an
     if __name__ == "__main__":
         flame.run(Mean(), Pool())
 
-The same file runs on FLAME nodes (``python analysis.py``) and locally (``flame sim analysis.py``).
+The same file runs on FLAME nodes (``python analysis.py``) and locally (``flame sim analysis.py``); from
+Python, a test or a notebook, ``flame.simulate(Mean(), Pool(), data="data")`` runs it on a local
+federation and returns its result, per-round figures and run report.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from flame.errors import FlameError
 
 if TYPE_CHECKING:
     from flame.federated import Aggregator, Analysis, AnalysisClient, Analyzer, Data, FederationOptions
+    from flame.local import SimulationResult, simulate, simulate_async
     from flame.runner import run
 
 __version__ = "0.1.0"
@@ -43,6 +46,9 @@ _LAZY = {
     "Data": "flame.federated",
     "FederationOptions": "flame.federated",
     "run": "flame.runner",
+    "simulate": "flame.local",
+    "simulate_async": "flame.local",
+    "SimulationResult": "flame.local",
 }
 
 
@@ -62,6 +68,9 @@ __all__ = [
     "Data",
     "FederationOptions",
     "FlameError",
+    "SimulationResult",
     "__version__",
     "run",
+    "simulate",
+    "simulate_async",
 ]

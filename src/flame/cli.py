@@ -137,6 +137,17 @@ def _parser() -> argparse.ArgumentParser:
         "node, NODE=FILE for one; repeatable. It tightens the library's defaults, never loosens them",
     )
     sim.add_argument("--report", type=Path, help="run report (default: flame-runs/<timestamp>/report.json)")
+    sim.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write the final result into DIR: a DataFrame as result.csv, bytes as result.bin, else result.json",
+    )
+    sim.add_argument(
+        "--json",
+        action="store_true",
+        help="print a machine-readable summary (status, result, rounds, errors) on stdout, the rest on stderr",
+    )
     sim.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
     sim.set_defaults(handler=_sim)
 
@@ -154,7 +165,7 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from flame.sim.cli_sim import sim_command
+    from flame.local.command import sim_command
 
     return sim_command(args)
 
@@ -197,7 +208,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from flame.demo import check_environment
+    from flame.check import check_environment
 
     return check_environment(jwks_url=args.jwks_url)
 

@@ -1,4 +1,4 @@
-"""The README's main job (``flame demo``), the token self-check, and ``flame check``.
+"""The README's main job (``flame demo``) and the token self-check (``flame demo --selfcheck``).
 
 ``flame demo`` (``make demo``) runs ``flame sim`` of the mean example on three hospitals: the emulated
 FLAME node stack, the node runtimes and the star protocol, with a live display; then it prints the
@@ -44,7 +44,8 @@ def run_demo(console: Console | None = None, examples: Path = EXAMPLES) -> int:
     """``flame sim`` of the mean example on three hospitals, then federated vs pooled; 0 when they agree."""
     import pandas as pd
 
-    from flame.sim.cli_sim import SimConfig, load_analysis, print_summary, run_async, run_simulation
+    from flame.local.api import simulate
+    from flame.local.report import print_summary
 
     console = console or Console()
     analysis, data = examples / "mean_std" / "analysis.py", examples / "data"
@@ -54,13 +55,11 @@ def run_demo(console: Console | None = None, examples: Path = EXAMPLES) -> int:
     console.print(
         f"[bold]flame sim {analysis.relative_to(examples.parent)} --data {data.relative_to(examples.parent)} --nodes 3[/]"
     )
-    config = SimConfig(analysis=analysis, nodes=3, data=data, timeout=120.0)
-    loaded = load_analysis(analysis)
-    outcome = run_async(run_simulation(config, loaded, console=console, live=console.is_terminal))
-    print_summary(outcome, console)
+    outcome = simulate(analysis, data=data, nodes=3, timeout=120.0, console=console, live=console.is_terminal)
+    print_summary(outcome.outcome, console)
     if not outcome.ok:
         return 1
-    federated = outcome.run.result
+    federated = outcome.result
     pooled = pd.concat(
         [pd.read_csv(folder / "s3" / "patients.csv") for folder in sorted(data.glob("node-*"))]
     )
@@ -215,24 +214,3 @@ def _check_codec(console: Console) -> list[str]:
         pass
     console.print(f"  [green]codec[/] round trip of {len(data)} bytes exact; pickle refused by default")
     return failures
-
-
-def check_environment(jwks_url: str | None = None, console: Console | None = None) -> int:
-    """``flame check``: this container's configuration and token, as a FLAME node gave them."""
-    console = console or Console()
-    config = NodeConfig.from_env()
-    console.print(
-        f"analysis {config.analysis_id}, project {config.project_id}, deployment {config.deployment_name}"
-    )
-    console.print(f"message broker at {config.urls.message_broker}; data access: {config.has_data_access}")
-    if config.keycloak_token is None:
-        console.print(
-            "[bold red]KEYCLOAK_TOKEN is empty[/]: the node could not mint a token; ask the node admin."
-        )
-        return 1
-    claims = check_token(config.keycloak_token, config.analysis_id, jwks_url=jwks_url or config.jwks_url)
-    verified = (
-        "signature verified" if (jwks_url or config.jwks_url) else "signature not checked (no JWKS URL)"
-    )
-    console.print(f"token valid for {claims.seconds_remaining()} s more; {verified}")
-    return 0

@@ -102,11 +102,19 @@ def as_analysis(
 
 
 def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    """Show the ``flame`` logger's INFO lines on stderr, unless the application configured logging.
+
+    Only the ``flame`` logger is touched, never the root logger: an application's own logging set-up
+    (or a notebook's) stays as it is. Nothing changes when the root or ``flame`` logger has handlers.
+    """
+    logger = logging.getLogger("flame")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 def set_run_hook(hook: RunHook | None) -> contextvars.Token[RunHook | None]:

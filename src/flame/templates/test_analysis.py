@@ -1,7 +1,7 @@
 """The analysis on a local federation: the federated mean must equal the mean of all rows pooled.
 
-``simulate`` runs ``main_generic.py`` exactly as ``flame sim main_generic.py --data data`` does: an
-emulated FLAME node stack with one aggregator and one node per ``data/node-*`` folder, every node
+``flame.simulate`` runs ``main_generic.py`` exactly as ``flame sim main_generic.py --data data`` does:
+an emulated FLAME node stack with one aggregator and one node per ``data/node-*`` folder, every node
 talking HTTP to its emulated services. Run with ``python -m pytest``.
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from analyzer_generic import COLUMN, DATA_KEY  # type: ignore[import-not-found]
 
-from flame.sim.cli_sim import simulate
+import flame
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -27,9 +27,10 @@ def pooled() -> pd.Series:
 
 
 def test_federated_mean_equals_pooled_mean() -> None:
-    run = simulate(HERE / "main_generic.py", data=DATA, timeout=120)
-    assert run.ok, run.report()
+    run = flame.simulate(HERE / "main_generic.py", data=DATA, timeout=120)
+    assert run.ok, run.errors
     values = pooled()
     assert run.result["n"] == len(values)
     assert run.result["nodes"] == len(list(DATA.glob("node-*")))
     assert run.result["mean"] == pytest.approx(values.mean(), rel=1e-12)
+    assert list(run.rounds["round"]) == [1]

@@ -1,16 +1,13 @@
-"""Run analyses written for PrivateAIM's SDK locally, through the emulated FLAME node stack.
+"""Analyses written for PrivateAIM's SDK on the emulated FLAME node stack: one thread per node.
 
 :func:`run_star_nodes` runs one piece of code per node of a :class:`~flame.sim.stack.FlameStack`, each in
 its own thread, with ``FlameCoreSDK()`` in that thread bound to that node's runtime (instead of the
 environment). All node runtimes and the stack share one event loop on a
 :class:`~flame.node.loop.LoopThread`, so the messages, acknowledgements, storage uploads and data reads
-travel the same HTTP paths as on FLAME. :func:`run_star_script` runs an analysis script (its
-``if __name__ == "__main__":`` block constructs ``StarModel(...)``) on every node, as each container would
-run it. :class:`StarModelTester` is PrivateAIM's tester on top: one analyzer per data split, one
-aggregator, the splits handed to the analyzers verbatim.
-
-The emulator (:mod:`flame.sim`) is imported only when one of these runs, never by the production path
-(``StarModel`` on a FLAME node).
+travel the same HTTP paths as on FLAME. :func:`run_star_script` runs an analysis script (``StarModel(...)``
+at module level or in its ``if __name__ == "__main__":`` block) on every node, as each container would
+run it; :func:`run_star_federation` is that run inside :func:`flame.simulate` (``flame sim`` of such a
+script, and :class:`~flame.local.star_tester.StarModelTester`).
 """
 
 from __future__ import annotations
@@ -28,17 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from flame import codec
 from flame.errors import FederationError, FlameError, FlameTimeoutError
 from flame.node.loop import LoopThread
 from flame.node.runtime import AsyncNode, Timeouts
 from flame.node.status import FINAL_STATUSES
-from flame.star.aggregator import StarAggregator
-from flame.star.analyzer import StarAnalyzer
 from flame.star.core_sdk import NodeRuntime, reset_node_factory, set_node_factory
-from flame.star.model import StarLocalDPModel, StarModel
 
 if TYPE_CHECKING:
+    from flame.local.loading import LoadedAnalysis
+    from flame.sim.federation import FederationRun
+    from flame.sim.node import NodeSpec
+    from flame.sim.settings import StackSettings
     from flame.sim.stack import FlameStack
 
 log = logging.getLogger(__name__)
@@ -72,6 +69,8 @@ class StarRun:
     events: dict[str, int] = field(default_factory=dict)
     #: the node whose code failed first (the others were stopped because of it)
     failed_first: str | None = None
+    #: the run's bound ran out (the nodes still running were aborted)
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -353,161 +352,68 @@ def run_star_script(
     )
 
 
-class StarModelTester:
-    """PrivateAIM's ``StarModelTester``: one analyzer per data split and one aggregator, run locally.
+@dataclass(frozen=True)
+class StarJob:
+    """What PrivateAIM's tester hands to :func:`flame.simulate`: its nodes and the code each runs.
 
-    Every node runs through the emulated node stack (messages, acknowledgements, storage, the final
-    upload), while each analyzer receives its split **verbatim** as ``data``. ``node_roles`` optionally
-    gives each split a role (``'default'`` or, for at most one split, ``'aggregator'``: that node
-    aggregates, and no extra aggregator is added). With ``epsilon`` and ``sensitivity`` the local-DP
-    model runs (the storage service adds the noise). The final result, as the hub received it, is
-    written to ``result_filepath`` (files of ``multiple_results`` get ``_1``, ``_2``, ... before the
-    extension) or printed. Returns when done; raises the first node's error if the analysis failed.
-
-    After the run: ``latest_result`` (the aggregator's final result object), ``num_iterations``,
-    ``converged``, ``final_results`` (file name -> bytes at the hub) and ``run``
-    (:class:`StarRun`).
+    ``target(node_name)`` runs in that node's thread with ``FlameCoreSDK()`` bound to the node (see
+    :func:`run_star_nodes`); ``nodes`` are the stack's node specs, ``settings`` its timing.
     """
 
-    #: Bound of the whole local run (seconds).
-    timeout: float = DEFAULT_RUN_TIMEOUT
-    latest_result: Any = None
-    num_iterations: int = 0
-    converged: bool = False
+    target: Callable[[str], Any]
+    nodes: Sequence[NodeSpec]
+    settings: StackSettings | None = None
+    name: str = "StarModelTester"
 
-    def __init__(
-        self,
-        data_splits: list[Any],
-        analyzer: type[StarAnalyzer],
-        aggregator: type[StarAggregator],
-        data_type: Literal["fhir", "s3"],
-        node_roles: list[str] | None = None,
-        query: str | list[str] | None = None,
-        simple_analysis: bool = True,
-        output_type: Literal["str", "bytes", "pickle"] = "str",
-        multiple_results: bool = False,
-        analyzer_kwargs: dict[str, Any] | None = None,
-        aggregator_kwargs: dict[str, Any] | None = None,
-        epsilon: float | None = None,
-        sensitivity: float | None = None,
-        result_filepath: str | None = None,
-    ) -> None:
-        from flame.sim.node import NodeSpec
-        from flame.sim.settings import StackSettings
-        from flame.sim.stack import FlameStack
 
-        if data_type not in ("fhir", "s3"):
-            raise ValueError(f"data_type must be 'fhir' or 's3', got {data_type!r}")
-        if not isinstance(data_splits, list | tuple) or not data_splits:
-            raise ValueError("data_splits must be a non-empty list: one split per analysis node")
-        roles = _roles(len(data_splits), node_roles)
-        specs: list[NodeSpec] = []
-        splits: dict[str, Any] = {}
-        aggregator_name = "aggregator"
-        for index, (split, role) in enumerate(zip(data_splits, roles, strict=True), start=1):
-            name = f"node-{index}"
-            if role == "aggregator":
-                aggregator_name = name
-            specs.append(NodeSpec(name, role="aggregator" if role == "aggregator" else "default"))
-            splits[name] = split
-        if "aggregator" not in roles:
-            specs.insert(0, NodeSpec(aggregator_name, role="aggregator"))
-        stack = FlameStack(specs, settings=StackSettings.fast(po_enabled=False))
-        local_dp = epsilon is not None and sensitivity is not None
+async def run_star_federation(
+    stack: FlameStack, loaded: LoadedAnalysis, mode: Mode, timeout: float
+) -> tuple[FederationRun, StarRun]:
+    """A PrivateAIM-style run on every node of ``stack``: the tester's job, or the script of ``loaded``.
 
-        def target(name: str) -> StarModel:
-            test_kwargs: dict[str, Any] = {"node_name": name}
-            if name in splits:
-                test_kwargs[f"{data_type}_data"] = splits[name]
-            if local_dp:
-                return StarLocalDPModel(
-                    analyzer,
-                    aggregator,
-                    data_type,
-                    query,
-                    simple_analysis,
-                    output_type,
-                    multiple_results,
-                    analyzer_kwargs,
-                    aggregator_kwargs,
-                    epsilon,
-                    sensitivity,
-                    test_mode=True,
-                    test_kwargs=test_kwargs,
-                )
-            return StarModel(
-                analyzer,
-                aggregator,
-                data_type,
-                query,
-                simple_analysis,
-                output_type,
-                multiple_results,
-                analyzer_kwargs,
-                aggregator_kwargs,
-                test_mode=True,
-                test_kwargs=test_kwargs,
-            )
+    Runs on a loop thread of its own, which starts and closes ``stack``; returns the run in the form of
+    a ``flame.run`` federation (what the run report reads) and as the :class:`StarRun` itself.
+    """
+    job: StarJob | None = loaded.job
+    if job is not None:
+        star_run = await asyncio.to_thread(run_star_nodes, stack, job.target, mode=mode, timeout=timeout)
+    else:
+        assert loaded.path is not None
+        star_run = await asyncio.to_thread(run_star_script, loaded.path, stack, mode=mode, timeout=timeout)
+    star_run.timed_out = star_run.seconds >= timeout
+    return federation_run(star_run), star_run
 
-        self.run = run_star_nodes(stack, target, timeout=self.timeout).check()
-        self.final_results = self.run.final_results
-        model = self.run.outcomes[aggregator_name].result
-        node = model.node if isinstance(model, StarModel) else None
-        if node is not None:
-            self.latest_result = node.latest_result
-            self.num_iterations = node.num_iterations
-        self.converged = True
-        self.result = self._hub_result(output_type)
-        self.write_result(self.result, output_type, result_filepath)
 
-    def _hub_result(self, output_type: str) -> Any:
-        """The final result as the analyst downloads it (one value, or a list for several files)."""
-        values: list[Any] = []
-        for data in self.final_results.values():
-            if output_type == "str":
-                values.append(data.decode("utf-8", errors="replace"))
-            elif output_type == "pickle":
-                try:
-                    values.append(codec.decode(data, allow_pickle=True))
-                except FlameError:
-                    values.append(self.latest_result)
-            else:
-                values.append(data)
-        return values[0] if len(values) == 1 else values
+def federation_run(star_run: StarRun) -> FederationRun:
+    """A :class:`StarRun` as the :class:`~flame.sim.federation.FederationRun` the run report reads."""
+    from flame.sim.federation import FederationRun
+    from flame.sim.federation import NodeOutcome as FederationOutcome
 
-    def write_result(self, result: Any, output_type: str, result_filepath: str | None) -> None:
-        """Write the hub's files to ``result_filepath`` (or print the result)."""
-        if result_filepath is None:
-            print(f"Final result: {result}", flush=True)
-            return
-        files = list(self.final_results.values())
-        path = Path(result_filepath)
-        targets = (
-            [path]
-            if len(files) == 1
-            else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(1, len(files) + 1)]
+    outcomes = {
+        name: FederationOutcome(
+            name,
+            outcome.role,
+            status=outcome.status,
+            error=None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}",
+            incarnations=1,
         )
-        for file_path, content in zip(targets, files, strict=True):
-            file_path.write_bytes(content)
-        print(f"Final result written to {', '.join(str(t) for t in targets)}", flush=True)
+        for name, outcome in star_run.outcomes.items()
+    }
+    return FederationRun(
+        outcomes=outcomes,
+        final_results=star_run.final_results,
+        seconds=star_run.seconds,
+        events=star_run.events,
+        stopped=None if star_run.failed_first is None else f"node {star_run.failed_first} failed",
+    )
 
 
-def _roles(count: int, node_roles: list[str] | None) -> list[str]:
-    if node_roles is None:
-        return ["default"] * count
-    roles = list(node_roles)
-    if len(roles) != count:
-        raise ValueError(
-            f"node_roles has {len(roles)} entries for {count} data splits; give one role per split"
-        )
-    unknown = [r for r in roles if r not in ("default", "aggregator")]
-    if unknown:
-        raise ValueError(f"node_roles: unknown role(s) {unknown}; use 'default' or 'aggregator'")
-    if roles.count("aggregator") > 1:
-        raise ValueError("node_roles: at most one split can be the aggregator")
-    if roles.count("default") == 0:
-        raise ValueError("node_roles: at least one split must be an analysis node ('default')")
-    return roles
-
-
-__all__ = ["NodeOutcome", "StarModelTester", "StarRun", "run_star_nodes", "run_star_script"]
+__all__ = [
+    "NodeOutcome",
+    "StarJob",
+    "StarRun",
+    "federation_run",
+    "run_star_federation",
+    "run_star_nodes",
+    "run_star_script",
+]
