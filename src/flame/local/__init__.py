@@ -1,0 +1,1 @@
+"""Local federations on emulated FLAME nodes."""
