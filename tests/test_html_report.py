@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from flame.errors import PayloadError
-from flame.local.html_report import audit_records, render_html
-from flame.sim.cli_sim import SimConfig, run_async, run_simulation
+from flame.local.html_report import audit_records, render_html, stack_timeline
+from flame.sim import FlameStack, parse_faults
+from flame.sim.cli_sim import SimConfig, load_analysis, run_async, run_simulation
+from flame.sim.federation import Federation
+from flame.sim.settings import StackSettings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HOSTILE = '<script>document.body.setAttribute("data-pwned","1")</script>'
@@ -37,6 +40,60 @@ def fault_report() -> dict[str, Any]:
     # the file flame sim writes is this dict through JSON; the page is made from what a reader loads
     loaded: dict[str, Any] = json.loads(json.dumps(report, allow_nan=False))
     return loaded
+
+
+@pytest.fixture(scope="module")
+def timeline_report() -> dict[str, Any]:
+    """A report of a real federation with the stack's whole event log (``events.timeline``)."""
+    loaded = load_analysis(EXAMPLES / "mean_std" / "analysis.py")
+
+    async def run() -> dict[str, Any]:
+        stack = FlameStack.create(
+            3,
+            data_root=EXAMPLES / "data",
+            seed=2,
+            settings=StackSettings.fast(),
+            faults=parse_faults("drop=0.2@node-1>aggregator", seed=2),
+        )
+        async with stack:
+            outcome = await Federation(stack, loaded.analyzer, loaded.aggregator, loaded.options).run(60)
+            nodes = {name: {"node_id": node.node_id, "role": node.role} for name, node in stack.nodes.items()}
+            return {
+                "status": "ok" if outcome.ok else "failed",
+                "run": outcome.report(),
+                "result": outcome.result,
+                "stack": {"nodes": nodes},
+                "events": {"counts": outcome.events, "timeline": stack_timeline(stack)},
+            }
+
+    report = run_async(run())
+    assert report["status"] == "ok", report["run"]
+    loaded_report: dict[str, Any] = json.loads(json.dumps(report, default=str))
+    return loaded_report
+
+
+def test_event_log_gives_states_messages_and_the_audit(timeline_report: dict[str, Any]) -> None:
+    page = render_html(timeline_report)
+    timeline = page.split('<section id="timeline">')[1].split("</section>")[0]
+    # each node's states over time, from what it reported to the pod orchestrator
+    for name in ("aggregator", "node-1", "node-2", "node-3"):
+        assert re.search(rf'data-group="states" data-info="{name}: executing from', timeline), name
+    assert 'data-info="aggregator: executed from' in timeline
+    # one line per delivered message, and the dropped ones from node-1 to the aggregator
+    delivered = timeline_report["events"]["counts"]["delivery.ok"]
+    assert timeline.count('data-group="delivery.ok"') == delivered
+    assert timeline.count("<line ") >= delivered
+    assert re.search(
+        r'data-group="delivery.dropped" data-info="[^"]*delivery.dropped node-1 &gt; aggregator', timeline
+    )
+    assert "no event log" not in timeline
+    # the disclosure audit, from the audit lines each node streamed to the pod orchestrator
+    records = audit_records(timeline_report)
+    names = {node["node_id"]: name for name, node in timeline_report["stack"]["nodes"].items()}
+    assert {names[r["node"]] for r in records} == {"node-1", "node-2", "node-3", "aggregator"}
+    audit = page.split('<section id="audit">')[1].split("</section>")[0]
+    assert "message:flame-update" in audit and "<td>final</td>" in audit and "<td>node-2</td>" in audit
+    assert audit.count("<tr>") == len(records) + 1
 
 
 def audit_line(node: str, outcome: str = "released", **extra: Any) -> str:
@@ -226,6 +283,16 @@ def test_report_loads_in_chromium_without_console_errors(
     assert 'id="timeline-svg"' in dom
     # the page's own script ran (its hash matches the content security policy) and found the timeline
     assert re.search(r'<section id="timeline" data-ready="1"', dom)
+
+
+@pytest.mark.integration
+@needs_chromium
+def test_event_log_report_loads_in_chromium(timeline_report: dict[str, Any], tmp_path: Path) -> None:
+    page = tmp_path / "timeline.html"
+    page.write_text(render_html(timeline_report), encoding="utf-8")
+    dom, console = load_in_chromium(page, tmp_path / "profile")
+    assert console == []
+    assert 'data-ready="1"' in dom and dom.count('data-group="states"') >= 4
 
 
 @pytest.mark.integration

@@ -4,10 +4,11 @@
 page with everything inline (CSS, a few lines of JavaScript, the timeline as SVG): it loads nothing from
 the network and can be mailed or attached to a ticket as it is. The page shows
 
-- a **timeline**: one lane per node from the start of the federation to its end, coloured by the node's
-  final status, the rounds as bands across every lane, node restarts and failures as markers, and, when
-  the report carries the stack's events (``events.timeline``, in the shape of
-  :meth:`flame.sim.events.EventLog.to_list`), every message delivery, retry, drop and fault;
+- a **timeline**: one lane per node from the start of the federation to its end, the rounds as bands
+  across every lane, node restarts and failures as markers, and, when the report carries the stack's
+  events (``events.timeline``, as :func:`stack_timeline` makes them), each node's states over time and
+  a line per message from its sending to its delivery, drop or retry; without them each lane shows the
+  node's final status;
 - the **rounds**: duration, number of updates and the contributing nodes of each;
 - **faults and retries**: the fault plan, its rules, the fault, retry and drop counts and the notable events;
 - the **final result** as a table (a dict of dicts as rows and columns, records as rows, anything else as
@@ -28,12 +29,16 @@ import hashlib
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from flame.errors import PayloadError
 
-__all__ = ["audit_records", "render_html"]
+if TYPE_CHECKING:
+    from flame.sim.stack import FlameStack
+
+__all__ = ["audit_records", "render_html", "stack_timeline"]
 
 #: Events drawn on the timeline at most; the rest are counted, not drawn.
 MAX_TIMELINE_EVENTS = 4000
@@ -44,8 +49,13 @@ MAX_VALUE_CHARS = 2000
 
 AUDIT_PREFIX = "disclosure audit "
 
+#: Events that are not drawn as marks of their own (states and messages show them, or they are noise).
+QUIET_EVENTS = ("po.log", "broker.", "storage.upload", "storage.read", "data.", "po.incarnation", "po.token")
+
 #: Colours of final node statuses and event kinds on the timeline.
 STATUS_COLOURS = {
+    "starting": "#b0bec5",
+    "started": "#90caf9",
     "executed": "#2e7d32",
     "finished": "#2e7d32",
     "failed": "#c62828",
@@ -144,6 +154,25 @@ def render_html(report: Mapping[str, Any]) -> str:
     )
 
 
+def stack_timeline(stack: FlameStack) -> list[dict[str, Any]]:
+    """Every event of ``stack`` for a report's ``events.timeline``, each ``po.log`` with its log text.
+
+    The log text of a node is what its analysis streamed to the pod orchestrator (status lines, the
+    ``disclosure audit`` records), redacted of tokens as every text in a report is.
+    """
+    from flame.redact import redact
+
+    events = stack.events.to_list()
+    logs = {name: iter(record.logs) for name, record in stack.po.records.items()}
+    for event in events:
+        node = event.get("node")
+        if event["kind"] == "po.log" and node in logs:
+            entry = next(logs[node], None)
+            if isinstance(entry, Mapping) and isinstance(entry.get("log"), str):
+                event["log"] = redact(entry["log"])
+    return events
+
+
 def audit_records(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The disclosure audit records a run report holds.
 
@@ -208,7 +237,7 @@ def _timeline_section(report: Mapping[str, Any], names: list[str]) -> str:
     start = _number(timings.get("setup")) or 0.0
     run_seconds = _number(run.get("seconds")) or 0.0
     rounds = [r for r in _list(run.get("rounds")) if isinstance(r, Mapping)]
-    bands = _round_bands(rounds, start)
+    bands = _round_bands(rounds, start, _round_starts(detailed))
     end = max(
         [start + run_seconds, *(_number(e.get("t")) or 0.0 for e in timed), *(b[2] for b in bands), 1e-3]
     )
@@ -244,14 +273,20 @@ def _timeline_section(report: Mapping[str, Any], names: list[str]) -> str:
             f'<rect x="{x(start):.1f}" y="{y + 6}" width="{max(x(end) - x(start), 1.0):.1f}" height="14" '
             f'rx="3" fill="{colour}" fill-opacity="0.35"><title>{_text(label)}</title></rect></g>'
         )
-    drawn = 0
-    for event in sorted(timed, key=lambda e: _number(e.get("t")) or 0.0):
-        if drawn >= MAX_TIMELINE_EVENTS:
-            break
+    ordered = sorted(timed, key=lambda e: _number(e.get("t")) or 0.0)
+    parts += _state_segments(ordered, lane_of, statuses, end, x, top, lane_h)
+    lines, with_lines = _message_lines(ordered, lane_of, x, top, lane_h)
+    parts += lines
+    drawn = len(lines)
+    left_out = 0
+    for event in ordered:
         node = str(event.get("node"))
-        if node not in lane_of:
-            continue
         kind = str(event.get("kind", ""))
+        if node not in lane_of or id(event) in with_lines or kind.startswith(QUIET_EVENTS):
+            continue
+        if drawn >= MAX_TIMELINE_EVENTS:
+            left_out += 1
+            continue
         t = _number(event.get("t")) or 0.0
         group = _event_group(kind)
         colour = EVENT_COLOURS.get(kind, EVENT_COLOURS.get(group, "#546e7a"))
@@ -277,25 +312,33 @@ def _timeline_section(report: Mapping[str, Any], names: list[str]) -> str:
             f'<text x="{x(tick):.1f}" y="{axis_y + 16}" text-anchor="middle">{_text(_seconds(tick))}</text>'
         )
     parts.append("</svg>")
-    groups = sorted({_event_group(str(e.get("kind", ""))) for e in timed} | ({"rounds"} if bands else set()))
+    groups = sorted(set(re.findall(r'data-group="([^"]+)"', "".join(parts))))
     checkboxes = "".join(
         f'<label><input type="checkbox" value="{_attr(g)}" checked> {_text(g)}</label> ' for g in groups
     )
     notes = []
     if not detailed:
         notes.append(
-            "This report holds no event log (events.timeline): the lanes show restarts and failures only, "
-            "not every message."
+            "This report holds no event log (events.timeline): each lane shows the node's final status, "
+            "restarts and failures, not its states over time or its messages."
         )
-    if rounds and not any(_number(r.get("start")) is not None for r in rounds):
+    if bands and not any(_number(r.get("start")) is not None for r in rounds) and not _round_starts(detailed):
         notes.append(
             "The report holds each round's duration, not its start: rounds are laid end to end from the "
             "start of the federation."
         )
-    if len(timed) > drawn:
-        notes.append(f"{len(timed) - drawn} event(s) not drawn (first {drawn} shown).")
+    if left_out:
+        notes.append(f"{left_out} event(s) not drawn (the first {drawn} are).")
     legend = "".join(
         f'<span><i style="background:{c}"></i>{_text(k)}</span>' for k, c in STATUS_COLOURS.items()
+    ) + "".join(
+        f'<span><i style="background:{EVENT_COLOURS[k]};height:3px"></i>{_text(label)}</span>'
+        for k, label in (
+            ("delivery.ok", "message delivered"),
+            ("delivery.retry", "retried"),
+            ("delivery.dropped", "dropped"),
+            ("fault", "fault"),
+        )
     )
     return (
         '<section id="timeline"><h2>Timeline</h2>'
@@ -306,6 +349,86 @@ def _timeline_section(report: Mapping[str, Any], names: list[str]) -> str:
         + "".join(f'<p class="muted">{_text(n)}</p>' for n in notes)
         + "</section>"
     )
+
+
+def _state_segments(
+    events: Sequence[Mapping[str, Any]],
+    lane_of: Mapping[str, int],
+    final: Mapping[str, str],
+    end: float,
+    x: Callable[[float], float],
+    top: int,
+    lane_h: int,
+) -> list[str]:
+    """Each node's statuses over time, from the statuses it reported to the pod orchestrator."""
+    changes: dict[str, list[tuple[float, str]]] = {}
+    for event in events:
+        node, status = str(event.get("node")), event.get("status")
+        if event.get("kind") != "po.log" or node not in lane_of or not isinstance(status, str):
+            continue
+        history = changes.setdefault(node, [])
+        if not history or history[-1][1] != status:
+            history.append((_number(event.get("t")) or 0.0, status))
+    # a final status the node did not stream itself (the run decided it): from its last event on
+    last_seen = {str(e.get("node")): _number(e.get("t")) or 0.0 for e in events}
+    for node, history in changes.items():
+        status = final.get(node)
+        if status and history[-1][1] != status:
+            history.append((max(last_seen.get(node, history[-1][0]), history[-1][0]), status))
+    parts = []
+    for node, history in changes.items():
+        y = top + lane_of[node] * lane_h
+        for index, (begin, status) in enumerate(history):
+            finish = history[index + 1][0] if index + 1 < len(history) else end
+            label = f"{node}: {status} from {_seconds(begin)} to {_seconds(finish)}"
+            parts.append(
+                f'<g data-group="states" data-info="{_attr(label)}"><rect x="{x(begin):.1f}" y="{y + 6}" '
+                f'width="{max(x(finish) - x(begin), 1.0):.1f}" height="14" '
+                f'fill="{STATUS_COLOURS.get(status, "#9e9e9e")}" fill-opacity="0.8">'
+                f"<title>{_text(label)}</title></rect></g>"
+            )
+    return parts
+
+
+def _message_lines(
+    events: Sequence[Mapping[str, Any]],
+    lane_of: Mapping[str, int],
+    x: Callable[[float], float],
+    top: int,
+    lane_h: int,
+) -> tuple[list[str], set[int]]:
+    """A line per delivery (or drop, or retry) of a message, from its sending to its delivery."""
+    sent = {
+        event.get("message_seq"): _number(event.get("t")) or 0.0
+        for event in events
+        if event.get("kind") == "broker.sent" and event.get("message_seq") is not None
+    }
+    parts: list[str] = []
+    drawn: set[int] = set()
+    for event in events:
+        kind = str(event.get("kind", ""))
+        sender, receiver = str(event.get("sender")), str(event.get("receiver"))
+        start = sent.get(event.get("message_seq"))
+        if (
+            not kind.startswith("delivery.")
+            or start is None
+            or sender not in lane_of
+            or receiver not in lane_of
+        ):
+            continue
+        if len(parts) >= MAX_TIMELINE_EVENTS:
+            break
+        t = _number(event.get("t")) or start
+        y1, y2 = top + lane_of[sender] * lane_h + 13, top + lane_of[receiver] * lane_h + 13
+        info = f"{_seconds(start)} to {_seconds(t)}: {kind} {sender} > {receiver}" + _event_detail(event)
+        dash = ' stroke-dasharray="3 2"' if kind != "delivery.ok" else ""
+        parts.append(
+            f'<g data-group="{_attr(_event_group(kind))}" data-info="{_attr(info)}"><line x1="{x(start):.1f}" '
+            f'y1="{y1}" x2="{x(t):.1f}" y2="{y2}" stroke="{EVENT_COLOURS.get(kind, "#546e7a")}" '
+            f'stroke-width="1.2"{dash}/><title>{_text(info)}</title></g>'
+        )
+        drawn.add(id(event))
+    return parts, drawn
 
 
 def _rounds_section(report: Mapping[str, Any], names: list[str]) -> str:
@@ -459,6 +582,7 @@ def _audit_section(report: Mapping[str, Any]) -> str:
             '"disclosure audit" log lines). Every release is also in each node\'s log stream.</p></section>'
         )
         return "".join(parts)
+    by_id = _names_by_id(report)
     rows = []
     for record in records[:MAX_TABLE_ROWS]:
         statistics = [s for s in _list(record.get("statistics")) if isinstance(s, Mapping)]
@@ -474,7 +598,7 @@ def _audit_section(report: Mapping[str, Any]) -> str:
         rows.append(
             [
                 _cell(record.get("time")),
-                _cell(record.get("node")),
+                _cell(by_id.get(str(record.get("node")), record.get("node"))),
                 _cell(record.get("channel")),
                 _cell(len(_list(record.get("destination"))), numeric=True),
                 _cell(record.get("outcome")),
@@ -594,14 +718,34 @@ def _contributors(row: Mapping[str, Any]) -> list[Any]:
     return _list(row.get("contributors"))
 
 
+def _round_starts(events: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    """When each round began: the aggregator's ``round N: waiting for parameters`` log lines."""
+    starts: dict[int, float] = {}
+    for event in events:
+        text, t = event.get("log"), _number(event.get("t"))
+        if event.get("kind") != "po.log" or not isinstance(text, str) or t is None:
+            continue
+        for line in text.splitlines():
+            match = ROUND_START.match(line)
+            if match:
+                starts.setdefault(int(match.group(1)), t)
+    return starts
+
+
+ROUND_START = re.compile(r"^round (\d+): waiting for parameters")
+
+
 def _round_bands(
-    rounds: Sequence[Mapping[str, Any]], start: float
+    rounds: Sequence[Mapping[str, Any]], start: float, starts: Mapping[int, float] | None = None
 ) -> list[tuple[Any, float, float, Mapping[str, Any]]]:
     bands: list[tuple[Any, float, float, Mapping[str, Any]]] = []
     cursor = start
     for row in rounds:
         seconds = _number(row.get("seconds"))
         begin = _number(row.get("start"))
+        number = row.get("round")
+        if begin is None and starts and isinstance(number, int):
+            begin = starts.get(number)
         if begin is None:
             begin = cursor
         if seconds is None:
