@@ -107,3 +107,12 @@ def test_repository_paths_named_in_the_docs_exist() -> None:
         named |= set(re.findall(r"`((?:examples|benchmarks|tests|src)/[\w./-]+?)`", path.read_text()))
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, missing
+
+
+def test_readme_links_resolve() -> None:
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert any(t.startswith("docs/") for t in local), "the README links the documentation pages"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, missing

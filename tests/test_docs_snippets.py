@@ -53,7 +53,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        name = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page
+        return f"{name}:{self.line}"
 
 
 def blocks(page: Path) -> list[Block]:
@@ -153,13 +154,12 @@ def runnable(page: Path) -> list[Block]:
 WITH_CODE = [page for page in PAGES if runnable(page)]
 
 
-@pytest.mark.parametrize("page", WITH_CODE, ids=[p.relative_to(ROOT).as_posix() for p in WITH_CODE])
-def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("examples", ".venv"):
-        if (ROOT / name).exists():
-            (tmp_path / name).symlink_to(ROOT / name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+class SnippetFailed(AssertionError):
+    """A code block of the docs failed; the message names its page and line."""
+
+
+def run_page(page: Path, folder: Path) -> None:
+    """Run the page's blocks in order in ``folder`` (the caller makes it the working folder)."""
     namespace: dict[str, object] = {"__name__": "docs_snippet"}
     for block in runnable(page):
         started = time.monotonic()
@@ -167,11 +167,51 @@ def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             if block.language == "json":
                 json.loads(block.code)
             elif block.language in SHELL:
-                run_shell(block, tmp_path)
+                run_shell(block, folder)
             else:
                 with contextlib.redirect_stdout(io.StringIO()):
                     run_python(block, namespace)
         except Exception as exc:
             detail = "".join(traceback.format_exception(exc)[-8:])
-            pytest.fail(f"the code block at {block.where} failed:\n{detail}", pytrace=False)
-        assert time.monotonic() - started < BLOCK_LIMIT, f"{block.where} took too long for a snippet"
+            raise SnippetFailed(f"the code block at {block.where} failed:\n{detail}") from None
+        if time.monotonic() - started > BLOCK_LIMIT:
+            raise SnippetFailed(f"{block.where} took too long for a snippet")
+
+
+@pytest.mark.parametrize("page", WITH_CODE, ids=[p.relative_to(ROOT).as_posix() for p in WITH_CODE])
+def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("examples", ".venv"):
+        if (ROOT / name).exists():
+            (tmp_path / name).symlink_to(ROOT / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        run_page(page, tmp_path)
+    except SnippetFailed as failure:
+        pytest.fail(str(failure), pytrace=False)
+
+
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [
+        ("```python\nx = 1\n```\n\n```python\nassert x == 2\n```\n", 5),
+        ("```sh\nflame --version-that-does-not-exist\n```\n", 1),
+        ("```json\n{not json}\n```\n", 1),
+    ],
+)
+def test_a_failing_block_is_named(
+    code: str, line: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(code)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SnippetFailed, match=rf"page.md:{line}\b"):
+        run_page(page, tmp_path)
+
+
+def test_top_level_await_runs_in_a_loop(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("```python\nimport asyncio\nawait asyncio.sleep(0)\nresult = 3\n```\n")
+    namespace: dict[str, object] = {}
+    run_python(blocks(page)[0], namespace)
+    assert namespace["result"] == 3
