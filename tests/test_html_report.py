@@ -179,6 +179,19 @@ def test_real_run_report_has_every_section(fault_report: dict[str, Any]) -> None
     assert "Content-Security-Policy" in page and "https://" not in page and "http://" not in page
 
 
+def test_a_stopped_run_shows_its_status_and_errors() -> None:
+    config = SimConfig(
+        analysis=EXAMPLES / "logistic_regression" / "analysis.py", data=EXAMPLES / "data", timeout=1.0
+    )
+    report = json.loads(json.dumps(run_async(run_simulation(config)).report()))
+    assert report["status"] == "timeout"
+    page = render_html(report)
+    assert '<span class="badge timeout" id="status">timeout</span>' in page
+    errors = page.split('<section id="errors">')[1].split("</section>")[0]
+    assert "did not finish within 1 s (--timeout)" in errors
+    assert "No final result" in page
+
+
 def test_result_shapes_become_tables() -> None:
     records = {"result": [{"site": "a", "n": 10}, {"site": "b", "n": 12}]}
     page = render_html(records)
