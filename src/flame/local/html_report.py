@@ -102,8 +102,8 @@ _SCRIPT = """
   });
   document.querySelectorAll('#timeline-filter input[type=checkbox]').forEach(function(box){
     box.addEventListener('change',function(){
-      document.querySelectorAll('#timeline [data-group="'+box.value+'"]').forEach(function(el){
-        el.style.display=box.checked?'':'none';
+      document.querySelectorAll('#timeline [data-group]').forEach(function(el){
+        if(el.getAttribute('data-group')===box.value){el.style.display=box.checked?'':'none';}
       });
     });
   });
