@@ -87,6 +87,11 @@ def test_event_log_gives_states_messages_and_the_audit(timeline_report: dict[str
         r'data-group="delivery.dropped" data-info="[^"]*delivery.dropped node-1 &gt; aggregator', timeline
     )
     assert "no event log" not in timeline
+    # the notable events a flame sim report lists are in the event log too: drawn once
+    restart = {"seq": 10_000, "t": 0.5, "kind": "node.restart", "node": "node-2", "reason": "fault"}
+    both = {**timeline_report, "events": {**timeline_report["events"], "notable": [restart]}}
+    both["events"]["timeline"] = [*timeline_report["events"]["timeline"], restart]
+    assert render_html(both).count("s node-2 node.restart, reason=fault") == 2  # data-info and title
     # the disclosure audit, from the audit lines each node streamed to the pod orchestrator
     records = audit_records(timeline_report)
     names = {node["node_id"]: name for name, node in timeline_report["stack"]["nodes"].items()}

@@ -233,6 +233,8 @@ def _timeline_section(report: Mapping[str, Any], names: list[str]) -> str:
     events = _mapping(report.get("events"))
     notable = [e for e in _list(events.get("notable")) if isinstance(e, Mapping)]
     detailed = [e for e in _list(events.get("timeline")) if isinstance(e, Mapping)]
+    logged = {e.get("seq") for e in detailed if e.get("seq") is not None}
+    notable = [e for e in notable if e.get("seq") is None or e.get("seq") not in logged]  # once each
     timed = [e for e in [*notable, *detailed] if _number(e.get("t")) is not None]
     start = _number(timings.get("setup")) or 0.0
     run_seconds = _number(run.get("seconds")) or 0.0
