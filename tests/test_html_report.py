@@ -6,17 +6,15 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import flame
 from flame.errors import PayloadError
-from flame.local.html_report import audit_records, render_html, stack_timeline
-from flame.sim import FlameStack, parse_faults
-from flame.sim.cli_sim import SimConfig, load_analysis, run_async, run_simulation
-from flame.sim.federation import Federation
-from flame.sim.settings import StackSettings
+from flame.local.html_report import audit_records, render_html
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HOSTILE = '<script>document.body.setAttribute("data-pwned","1")</script>'
@@ -26,50 +24,76 @@ HOSTILE_IMG = "<img src=x onerror=\"document.body.setAttribute('data-pwned','1')
 @pytest.fixture(scope="module")
 def fault_report() -> dict[str, Any]:
     """The JSON report of a real run of examples/mean_std with a node restart and dropped deliveries."""
-    config = SimConfig(
-        analysis=EXAMPLES / "mean_std" / "analysis.py",
+    result = flame.simulate(
+        EXAMPLES / "mean_std" / "analysis.py",
         data=EXAMPLES / "data",
         faults="drop=0.1;restart=node-2@0.2",
         seed=3,
         time_scale=0.1,
         timeout=60,
     )
-    outcome = run_async(run_simulation(config))
-    report = outcome.report()
-    assert report["status"] == "ok", report["errors"]
+    assert result.status == "ok", result.errors
     # the file flame sim writes is this dict through JSON; the page is made from what a reader loads
-    loaded: dict[str, Any] = json.loads(json.dumps(report, allow_nan=False))
+    loaded: dict[str, Any] = json.loads(json.dumps(result.report, allow_nan=False))
     return loaded
 
 
 @pytest.fixture(scope="module")
-def timeline_report() -> dict[str, Any]:
-    """A report of a real federation with the stack's whole event log (``events.timeline``)."""
-    loaded = load_analysis(EXAMPLES / "mean_std" / "analysis.py")
+def timeline_run() -> flame.SimulationResult:
+    """A real federation (dropped deliveries from node-1 to the aggregator) with its whole event log."""
+    result = flame.simulate(
+        EXAMPLES / "mean_std" / "analysis.py",
+        data=EXAMPLES / "data",
+        faults="drop=0.2@node-1>aggregator",
+        seed=2,
+        timeout=60,
+    )
+    assert result.ok, result.errors
+    return result
 
-    async def run() -> dict[str, Any]:
-        stack = FlameStack.create(
-            3,
-            data_root=EXAMPLES / "data",
-            seed=2,
-            settings=StackSettings.fast(),
-            faults=parse_faults("drop=0.2@node-1>aggregator", seed=2),
-        )
-        async with stack:
-            outcome = await Federation(stack, loaded.analyzer, loaded.aggregator, loaded.options).run(60)
-            nodes = {name: {"node_id": node.node_id, "role": node.role} for name, node in stack.nodes.items()}
-            return {
-                "status": "ok" if outcome.ok else "failed",
-                "run": outcome.report(),
-                "result": outcome.result,
-                "stack": {"nodes": nodes},
-                "events": {"counts": outcome.events, "timeline": stack_timeline(stack)},
-            }
 
-    report = run_async(run())
-    assert report["status"] == "ok", report["run"]
+@pytest.fixture(scope="module")
+def timeline_report(timeline_run: flame.SimulationResult) -> dict[str, Any]:
+    """The run's report with the stack's whole event log (``events.timeline``), as ``to_html`` uses it."""
+    report = {**timeline_run.report}
+    report["events"] = {**report["events"], "timeline": timeline_run.events}
     loaded_report: dict[str, Any] = json.loads(json.dumps(report, default=str))
     return loaded_report
+
+
+def test_to_html_and_flame_sim_html_write_the_page(
+    timeline_run: flame.SimulationResult, timeline_report: dict[str, Any], tmp_path: Path
+) -> None:
+    page = timeline_run.to_html()
+    assert page == render_html(timeline_report)
+    assert 'data-group="states"' in page and "no event log" not in page
+    html_file = tmp_path / "run.html"
+    report_file = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flame",
+            "sim",
+            str(EXAMPLES / "mean_std" / "analysis.py"),
+            "--data",
+            str(EXAMPLES / "data"),
+            "--report",
+            str(report_file),
+            "--html",
+            str(html_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["html"] == str(html_file)
+    written = html_file.read_text(encoding="utf-8")
+    assert written.startswith("<!DOCTYPE html>") and '<section id="timeline">' in written
+    assert 'data-group="states"' in written
 
 
 def test_event_log_gives_states_messages_and_the_audit(timeline_report: dict[str, Any]) -> None:
@@ -185,10 +209,10 @@ def test_real_run_report_has_every_section(fault_report: dict[str, Any]) -> None
 
 
 def test_a_stopped_run_shows_its_status_and_errors() -> None:
-    config = SimConfig(
-        analysis=EXAMPLES / "logistic_regression" / "analysis.py", data=EXAMPLES / "data", timeout=1.0
+    result = flame.simulate(
+        EXAMPLES / "logistic_regression" / "analysis.py", data=EXAMPLES / "data", timeout=1.0
     )
-    report = json.loads(json.dumps(run_async(run_simulation(config)).report()))
+    report = json.loads(json.dumps(result.report))
     assert report["status"] == "timeout"
     page = render_html(report)
     assert '<span class="badge timeout" id="status">timeout</span>' in page

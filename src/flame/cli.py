@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--report", type=Path, help="run report (default: flame-runs/<timestamp>/report.json)")
     sim.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the run as one self-contained HTML page (timeline, rounds, faults, result, audit)",
+    )
+    sim.add_argument(
         "--out",
         type=Path,
         metavar="DIR",

@@ -98,6 +98,14 @@ class SimulationResult:
         """What ``flame sim`` exits with for this run (0 ok, 1 failed, 124 timeout)."""
         return self.outcome.exit_code
 
+    def to_html(self) -> str:
+        """The run as one self-contained HTML page: timeline, rounds, faults, result, disclosure audit."""
+        from flame.local.html_report import render_html
+
+        events = dict(self.report.get("events") or {})
+        events["timeline"] = self.events
+        return render_html({**self.report, "events": events})
+
     def check(self) -> SimulationResult:
         """Raise :class:`~flame.errors.FederationError` with the run's errors unless it is ok."""
         if not self.ok:

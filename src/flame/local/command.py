@@ -65,6 +65,11 @@ def sim_command(args: Any) -> int:
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(result.report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     console.print(f"report: {report_path}", highlight=False, markup=False)
+    html_path = getattr(args, "html", None)
+    if html_path is not None:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(result.to_html(), encoding="utf-8")
+        console.print(f"html report: {html_path}", highlight=False, markup=False)
     written: list[Path] = []
     out = getattr(args, "out", None)
     if out is not None:
@@ -81,13 +86,15 @@ def sim_command(args: Any) -> int:
             markup=False,
         )
     if as_json:
-        summary = json_summary(result, report_path, written)
+        summary = json_summary(result, report_path, written, html_path)
         sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")
         sys.stdout.flush()
     return result.exit_code
 
 
-def json_summary(result: SimulationResult, report: Path, written: list[Path]) -> dict[str, Any]:
+def json_summary(
+    result: SimulationResult, report: Path, written: list[Path], html: Path | None = None
+) -> dict[str, Any]:
     """What ``flame sim --json`` prints: the status, the final result as JSON, rounds, errors, files."""
     summary: dict[str, Any] = {
         "ok": result.ok,
@@ -98,6 +105,7 @@ def json_summary(result: SimulationResult, report: Path, written: list[Path]) ->
         "seconds": round(result.outcome.run.seconds, 3),
         "errors": result.errors,
         "report": str(report),
+        "html": None if html is None else str(html),
         "out": [str(path) for path in written],
     }
     converted: dict[str, Any] = jsonable(summary)

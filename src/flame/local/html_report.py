@@ -6,7 +6,7 @@ the network and can be mailed or attached to a ticket as it is. The page shows
 
 - a **timeline**: one lane per node from the start of the federation to its end, the rounds as bands
   across every lane, node restarts and failures as markers, and, when the report carries the stack's
-  events (``events.timeline``, as :func:`stack_timeline` makes them), each node's states over time and
+  events (``events.timeline``, as :func:`flame.local.report.all_events` makes them), each node's states over time and
   a line per message from its sending to its delivery, drop or retry; without them each lane shows the
   node's final status;
 - the **rounds**: duration, number of updates and the contributing nodes of each;
@@ -31,14 +31,11 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flame.errors import PayloadError
 
-if TYPE_CHECKING:
-    from flame.sim.stack import FlameStack
-
-__all__ = ["audit_records", "render_html", "stack_timeline"]
+__all__ = ["audit_records", "render_html"]
 
 #: Events drawn on the timeline at most; the rest are counted, not drawn.
 MAX_TIMELINE_EVENTS = 4000
@@ -152,25 +149,6 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<title>{_text(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n"
         f"<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
-
-
-def stack_timeline(stack: FlameStack) -> list[dict[str, Any]]:
-    """Every event of ``stack`` for a report's ``events.timeline``, each ``po.log`` with its log text.
-
-    The log text of a node is what its analysis streamed to the pod orchestrator (status lines, the
-    ``disclosure audit`` records), redacted of tokens as every text in a report is.
-    """
-    from flame.redact import redact
-
-    events = stack.events.to_list()
-    logs = {name: iter(record.logs) for name, record in stack.po.records.items()}
-    for event in events:
-        node = event.get("node")
-        if event["kind"] == "po.log" and node in logs:
-            entry = next(logs[node], None)
-            if isinstance(entry, Mapping) and isinstance(entry.get("log"), str):
-                event["log"] = redact(entry["log"])
-    return events
 
 
 def audit_records(report: Mapping[str, Any]) -> list[dict[str, Any]]:

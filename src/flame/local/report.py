@@ -7,6 +7,7 @@ import dataclasses
 import datetime as _dt
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -183,8 +184,21 @@ _NOTABLE_EVENTS = ("node.restart", "po.restart", "po.failed", "fault.restart", "
 
 
 def all_events(stack: FlameStack) -> list[dict[str, Any]]:
-    """Every event of the stack, JSON-ready, their texts redacted."""
-    return [{k: redact(v) if isinstance(v, str) else v for k, v in e.items()} for e in stack.events.to_list()]
+    """Every event of the stack, JSON-ready, their texts redacted; each ``po.log`` with its ``log`` text.
+
+    The log text of a node is what its analysis streamed to the pod orchestrator (status lines, the
+    ``disclosure audit`` records): the HTML report draws its timeline and audit from these events.
+    """
+    logs = {name: iter(record.logs) for name, record in stack.po.records.items()}
+    events = []
+    for event in stack.events.to_list():
+        node = event.get("node")
+        if event["kind"] == "po.log" and node in logs:
+            entry = next(logs[node], None)
+            if isinstance(entry, Mapping) and isinstance(entry.get("log"), str):
+                event["log"] = entry["log"]
+        events.append({k: redact(v) if isinstance(v, str) else v for k, v in event.items()})
+    return events
 
 
 def notable_events(stack: FlameStack, limit: int = 1000) -> list[dict[str, Any]]:
