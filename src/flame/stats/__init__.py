@@ -1,0 +1,76 @@
+"""Federated statistics, each equal to the pooled computation, each judged by the node's disclosure policy.
+
+Every function returns a ready :class:`flame.Analysis` (a :class:`~flame.stats.framework.StatsAnalysis`)
+that ``flame.run`` runs on FLAME nodes and the local simulation runs unchanged::
+
+    import flame
+    from flame import stats
+
+    flame.run(stats.describe(["age", "bmi"], source="patients.csv", where="age >= 18"))
+
+The final result is plain data; ``analysis.interpret(final)`` makes the typed result of it, with
+``to_frame()``, ``summary()`` and, where a picture helps, ``plot()`` (matplotlib: the ``plot`` extra).
+The per-node and combining steps of every statistic are public functions (``describe_local``,
+``describe_combine``, ...), for an author's own Analyzer and Aggregator.
+"""
+
+from __future__ import annotations
+
+from flame.stats.describe import (
+    CrossTable,
+    Description,
+    Matrix,
+    corr,
+    cov,
+    crossproducts_combine,
+    crossproducts_local,
+    crosstab,
+    crosstab_combine,
+    crosstab_local,
+    describe,
+    describe_combine,
+    describe_local,
+    level_counts,
+    union_levels,
+)
+from flame.stats.framework import (
+    StatsAggregator,
+    StatsAnalysis,
+    StatsAnalyzer,
+    Step,
+    build_analysis,
+    interpret,
+    node_policy,
+)
+from flame.stats.results import StatsResult
+from flame.stats.source import Source, as_source, parse_where, where_mask
+
+__all__ = [
+    "CrossTable",
+    "Description",
+    "Matrix",
+    "Source",
+    "StatsAggregator",
+    "StatsAnalysis",
+    "StatsAnalyzer",
+    "StatsResult",
+    "Step",
+    "as_source",
+    "build_analysis",
+    "corr",
+    "cov",
+    "crossproducts_combine",
+    "crossproducts_local",
+    "crosstab",
+    "crosstab_combine",
+    "crosstab_local",
+    "describe",
+    "describe_combine",
+    "describe_local",
+    "interpret",
+    "level_counts",
+    "node_policy",
+    "parse_where",
+    "union_levels",
+    "where_mask",
+]
