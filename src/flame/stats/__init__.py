@@ -42,6 +42,19 @@ from flame.stats.framework import (
     interpret,
     node_policy,
 )
+from flame.stats.hypothesis_tests import (
+    TestResult,
+    chi2_from_table,
+    chi2_test,
+    differences_local,
+    fisher_exact,
+    fisher_from_table,
+    group_summaries_local,
+    paired_combine,
+    ttest,
+    ttest_paired,
+    welch_combine,
+)
 from flame.stats.results import StatsResult
 from flame.stats.source import Source, as_source, parse_where, where_mask
 
@@ -55,8 +68,11 @@ __all__ = [
     "StatsAnalyzer",
     "StatsResult",
     "Step",
+    "TestResult",
     "as_source",
     "build_analysis",
+    "chi2_from_table",
+    "chi2_test",
     "corr",
     "cov",
     "crossproducts_combine",
@@ -67,10 +83,18 @@ __all__ = [
     "describe",
     "describe_combine",
     "describe_local",
+    "differences_local",
+    "fisher_exact",
+    "fisher_from_table",
+    "group_summaries_local",
     "interpret",
     "level_counts",
     "node_policy",
+    "paired_combine",
     "parse_where",
+    "ttest",
+    "ttest_paired",
     "union_levels",
+    "welch_combine",
     "where_mask",
 ]
