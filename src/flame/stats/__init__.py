@@ -42,6 +42,7 @@ from flame.stats.framework import (
     interpret,
     node_policy,
 )
+from flame.stats.glm import GLMResult, glm, glm_combine, glm_fit, glm_local, local_levels, union_of_levels
 from flame.stats.hypothesis_tests import (
     TestResult,
     chi2_from_table,
@@ -61,6 +62,7 @@ from flame.stats.source import Source, as_source, parse_where, where_mask
 __all__ = [
     "CrossTable",
     "Description",
+    "GLMResult",
     "Matrix",
     "Source",
     "StatsAggregator",
@@ -86,15 +88,21 @@ __all__ = [
     "differences_local",
     "fisher_exact",
     "fisher_from_table",
+    "glm",
+    "glm_combine",
+    "glm_fit",
+    "glm_local",
     "group_summaries_local",
     "interpret",
     "level_counts",
+    "local_levels",
     "node_policy",
     "paired_combine",
     "parse_where",
     "ttest",
     "ttest_paired",
     "union_levels",
+    "union_of_levels",
     "welch_combine",
     "where_mask",
 ]
