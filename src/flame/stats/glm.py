@@ -663,7 +663,8 @@ class GLMStep(LevelsFirst):
         return GLMResult(self.title, nodes, int(final["rounds"]), fit)
 
 
-def _levels_argument(levels: Mapping[str, Sequence[Any]] | None) -> Levels | None:
+def declared_levels(levels: Mapping[str, Sequence[Any]] | None) -> Levels | None:
+    """``levels`` as an analyst declares them, checked: variable -> non-empty list of distinct levels."""
     if levels is None:
         return None
     if not isinstance(levels, Mapping) or not all(
@@ -707,7 +708,7 @@ def glm(
         raise ConfigurationError("alpha", f"is {alpha!r}", "a level between 0 and 1, e.g. 0.05")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ConfigurationError("max_iter", f"is {max_iter!r}", "an integer >= 1")
-    step = GLMStep(formula, check_family(family), _levels_argument(levels), tol, max_iter, alpha)
+    step = GLMStep(formula, check_family(family), declared_levels(levels), tol, max_iter, alpha)
     return build_analysis(step, as_source(source, where), options=options, **option_values)
 
 
@@ -722,6 +723,7 @@ __all__ = [
     "check_design",
     "check_family",
     "complete_rows",
+    "declared_levels",
     "deviance",
     "forest_plot",
     "formula_variables",
