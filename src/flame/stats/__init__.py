@@ -55,6 +55,15 @@ from flame.stats.hypothesis_tests import (
     ttest_paired,
     welch_combine,
 )
+from flame.stats.quantiles import (
+    Quantiles,
+    median,
+    quantile_estimates,
+    quantile_search_local,
+    quantile_search_start,
+    quantile_search_step,
+    quantiles,
+)
 from flame.stats.results import StatsResult
 from flame.stats.source import Source, as_source, parse_where, where_mask
 
@@ -62,6 +71,7 @@ __all__ = [
     "CrossTable",
     "Description",
     "Matrix",
+    "Quantiles",
     "Source",
     "StatsAggregator",
     "StatsAnalysis",
@@ -89,9 +99,15 @@ __all__ = [
     "group_summaries_local",
     "interpret",
     "level_counts",
+    "median",
     "node_policy",
     "paired_combine",
     "parse_where",
+    "quantile_estimates",
+    "quantile_search_local",
+    "quantile_search_start",
+    "quantile_search_step",
+    "quantiles",
     "ttest",
     "ttest_paired",
     "union_levels",
