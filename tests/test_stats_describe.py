@@ -99,7 +99,7 @@ def test_a_node_with_a_suppressing_policy_sends_missing_cells_and_the_table_says
     assert np.isnan(combined["counts"][1, 0]) and combined["counts"][0, 0] == 20
     step = stats.crosstab("sex", "arm", source="x.csv").step
     assert step is not None
-    table = step.interpret({**combined, "statistic": "crosstab", "rounds": 2})
+    table = step.interpret({**combined, "result_of": "crosstab", "rounds": 2})
     assert table.suppressed == 1 and "suppressed by a node's disclosure policy" in table.summary()
 
 
@@ -127,7 +127,7 @@ def test_corr_pair_tests_equal_scipy_pearsonr(pooled: pd.DataFrame) -> None:
     step = stats.corr(["age", "systolic_bp"], "x.csv").step
     assert step is not None
     aggregate = step.combine(updates, 1, None)
-    result = step.interpret({**step.final(aggregate), "statistic": "corr", "rounds": 1})
+    result = step.interpret({**step.final(aggregate), "result_of": "corr", "rounds": 1})
     reference = scipy_stats.pearsonr(complete["age"], complete["systolic_bp"])
     row = result.tests().iloc[0]
     assert row["r"] == pytest.approx(reference.statistic, rel=1e-12)
@@ -153,5 +153,5 @@ def test_the_plots_draw(pooled: pd.DataFrame) -> None:
     updates = {"n": stats.crossproducts_local(pooled, ["age", "bmi"])}
     step = stats.corr(["age", "bmi"], "x.csv").step
     assert step is not None
-    result = step.interpret({**step.final(step.combine(updates, 1, None)), "statistic": "corr", "rounds": 1})
+    result = step.interpret({**step.final(step.combine(updates, 1, None)), "result_of": "corr", "rounds": 1})
     assert result.plot() is not None

@@ -107,7 +107,7 @@ def test_a_statistic_is_a_ready_analysis_that_flame_run_takes_as_it_is() -> None
 
 def test_interpret_refuses_a_final_result_of_another_statistic() -> None:
     with pytest.raises(ConfigurationError, match="not a result of describe"):
-        stats.describe("age", "p.csv").interpret({"statistic": "crosstab"})
+        stats.describe("age", "p.csv").interpret({"result_of": "crosstab"})
 
 
 def test_without_a_node_the_policy_is_the_library_default() -> None:

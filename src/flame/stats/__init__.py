@@ -56,6 +56,15 @@ from flame.stats.hypothesis_tests import (
     ttest_paired,
     welch_combine,
 )
+from flame.stats.quantiles import (
+    Quantiles,
+    median,
+    quantile_estimates,
+    quantile_search_local,
+    quantile_search_start,
+    quantile_search_step,
+    quantiles,
+)
 from flame.stats.results import StatsResult
 from flame.stats.source import Source, as_source, parse_where, where_mask
 from flame.stats.survival import (
@@ -84,6 +93,7 @@ __all__ = [
     "KaplanMeier",
     "LogRank",
     "Matrix",
+    "Quantiles",
     "Source",
     "StatsAggregator",
     "StatsAnalysis",
@@ -124,9 +134,15 @@ __all__ = [
     "local_levels",
     "logrank",
     "logrank_test",
+    "median",
     "node_policy",
     "paired_combine",
     "parse_where",
+    "quantile_estimates",
+    "quantile_search_local",
+    "quantile_search_start",
+    "quantile_search_step",
+    "quantiles",
     "quantise",
     "survival_combine",
     "survival_local",

@@ -7,8 +7,8 @@ typed result made of it (:meth:`Step.interpret`). :func:`build_analysis` wraps a
 :class:`~flame.stats.source.Source` into a :class:`StatsAnalysis`, which ``flame.run`` runs on FLAME
 nodes and the local simulation runs unchanged.
 
-What goes to the hub is plain data (``output_type="codec"``): ``{"statistic", "rounds", "nodes",
-...}``, with ``nodes`` the records each analysis node contributed; :meth:`StatsAnalysis.interpret`
+What goes to the hub is plain data (``output_type="codec"``): ``{"result_of", "rounds", "nodes",
+...}`` (``result_of`` the step's name), with ``nodes`` the records each analysis node contributed; :meth:`StatsAnalysis.interpret`
 (or :func:`interpret`) turns it into the result object.
 """
 
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from flame.federated.data import Data
+
+
+#: Keys of the final result the framework sets (a step's :meth:`Step.final` must not use them).
+RESERVED = frozenset({"result_of", "rounds"})
 
 
 class Step:
@@ -60,7 +64,7 @@ class Step:
         return True
 
     def final(self, aggregate: Any) -> dict[str, Any]:
-        """The plain data for the hub; must hold ``"nodes"`` (records per node)."""
+        """The plain data for the hub; must hold ``"nodes"`` (records per node), not :data:`RESERVED` keys."""
         raise NotImplementedError
 
     def interpret(self, final: Mapping[str, Any]) -> StatsResult:
@@ -131,7 +135,10 @@ class StatsAggregator(Aggregator):
         final = dict(self.step.final(aggregate["value"]))
         if "nodes" not in final:
             raise FlameError(f"{self.step.name}: the final result names no records per node")
-        return {"statistic": self.step.name, "rounds": int(aggregate["round"]), **final}
+        reserved = sorted(RESERVED & set(final))
+        if reserved:
+            raise FlameError(f"{self.step.name}: the final result uses the reserved key(s) {reserved}")
+        return {**final, "result_of": self.step.name, "rounds": int(aggregate["round"])}
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ class StatsAnalysis(Analysis):
 
 def interpret(step: Step, final: Any) -> StatsResult:
     """``step``'s typed result of a final result (as the aggregator submitted it)."""
-    if not isinstance(final, Mapping) or final.get("statistic") != step.name:
+    if not isinstance(final, Mapping) or final.get("result_of") != step.name:
         raise ConfigurationError(
             "final result",
             f"is not a result of {step.name} ({type(final).__name__})",
