@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +19,7 @@ from flame.sim.synthetic import generate_study_patients
 from flame.stats.glm import glm_combine, glm_fit, glm_local, local_levels, union_of_levels
 from tests.stats_helpers import run_stats, split
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPLITS = {"3 nodes": [400, 400, 0], "5 uneven nodes": [60, 700, 90, 250, 0]}
 FAMILIES = {
     "gaussian": sm.families.Gaussian(),
@@ -119,7 +124,7 @@ async def test_federated_gaussian_with_declared_levels_reports_the_dispersion(po
     reference = smf.glm(formula, pooled, family=FAMILIES["gaussian"]).fit()
     assert_matches_statsmodels(result.to_frame(), reference)
     assert result.fit.scale == pytest.approx(reference.scale, rel=1e-9)
-    assert result.rounds == 3  # no levels round: start, the exact solution, its deviance confirmed
+    assert result.rounds == 3  # no levels round: the start, the exact solution, its deviance confirmed
 
 
 def test_ten_covariates_converge_within_eight_rounds() -> None:
@@ -176,3 +181,36 @@ def test_bad_arguments_are_refused_before_anything_runs() -> None:
     frame = pd.DataFrame({"y": [0.0, 2.0, 1.0] * 10, "x": np.arange(30.0)})
     with pytest.raises(ConfigurationError, match=r"outside 0\.\.1"):
         glm_local(frame, "y ~ x", "binomial", None)
+
+
+def load_example(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_example_equals_its_pooled_check() -> None:
+    folder = EXAMPLES / "stats_glm"
+    example = load_example(folder / "analysis.py", "stats_glm_example")
+    pooled_check = load_example(folder / "pooled.py", "stats_glm_pooled_check")
+    files = sorted((EXAMPLES / "data").glob("node-*/s3/patients.csv"))
+    result = await run_stats(example.ANALYSIS, [pd.read_csv(f) for f in files])
+    reference = pooled_check.pooled_fit(EXAMPLES / "data")
+    ours = result.to_frame().loc[reference.index]
+    np.testing.assert_allclose(ours["estimate"], reference["estimate"], rtol=1e-6)
+    np.testing.assert_allclose(ours["std_error"], reference["std_error"], rtol=1e-6)
+
+
+def test_forest_plot_draws_every_coefficient_but_the_intercept(pooled: pd.DataFrame) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    table, _ = fit_in_process(split(pooled, [700, 0]), "bmi ~ age + gender", "gaussian")
+    fit = stats.GLMResult("glm(bmi ~ age + gender)", {"a": 700, "b": 800}, 2, None)
+    with pytest.raises(ConfigurationError):
+        fit.to_frame()
+    from flame.stats.glm import forest_plot
+
+    ax = forest_plot(table, "bmi", drop=("Intercept",))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["age", "gender[T.male]"]

@@ -3,6 +3,10 @@ on the same grid-quantised times; nodes refuse intervals with a handful of event
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -207,3 +211,31 @@ def test_bad_arguments_are_refused_before_anything_runs() -> None:
         stats.cox("age", time="time", event="event", source="patients.csv", grid=GRID, ties="exact")
     with pytest.raises(ConfigurationError, match="covariates only"):
         stats.cox("time ~ age", time="time", event="event", source="patients.csv", grid=GRID)
+
+
+def load_example(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_example_equals_its_pooled_check(tmp_path: Path) -> None:
+    folder = Path(__file__).resolve().parents[1] / "examples" / "stats_survival"
+    example = load_example(folder / "analysis.py", "stats_survival_example")
+    pooled_check = load_example(folder / "pooled.py", "stats_survival_pooled_check")
+    data = load_example(folder / "make_data.py", "stats_survival_make_data")
+    study = pd.read_csv(data.write(tmp_path / "study.csv"))
+    result = await run_stats(example.ANALYSIS, split(study, [1000, 1000, 0]))
+    reference = pooled_check.pooled_cox(study)
+    ours = result.to_frame().loc[reference.params_.index]
+    np.testing.assert_allclose(ours["estimate"], reference.params_, rtol=1e-6)
+    np.testing.assert_allclose(ours["std_error"], reference.standard_errors_, rtol=1e-6)
+    curves = await run_stats(example.KAPLAN_MEIER, split(study, [1000, 1000, 0]))
+    assert assert_km_equals_lifelines(curves.to_frame(), pooled_check.on_grid(study), "group") < 1e-9
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    ax = curves.plot()
+    assert [line.get_label() for line in ax.get_lines()] == ["A", "B"] and len(ax.collections) == 2
+    assert result.plot().get_yticklabels()[0].get_text() == "age"

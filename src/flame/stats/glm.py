@@ -402,6 +402,8 @@ def glm_combine(
             "category without records at any node; drop or merge terms"
         )
     deviances = [*(state or {}).get("deviances", []), dev]
+    # stop on an observed change, not on the one the next step predicts (the Newton decrement): the
+    # covariance is that of the last evaluated coefficients, which must be converged themselves
     converged = len(deviances) >= 2 and abs(deviances[-1] - deviances[-2]) / (abs(deviances[-1]) + 0.1) < tol
     return {
         "beta": beta.tolist(),

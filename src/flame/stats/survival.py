@@ -503,6 +503,8 @@ def cox_combine(
                 "collinear covariates, a covariate constant over everyone at risk, or no events"
             )
         beta = evaluated + step
+        # an observed change, not the one the next step predicts: the covariance is that of the
+        # evaluated coefficients, which must be converged themselves
         converged = len(logliks) >= 2 and abs(logliks[-1] - logliks[-2]) / (abs(logliks[-1]) + 0.1) < tol
     return {
         "beta": beta.tolist(),
