@@ -10,7 +10,7 @@ import pandas as pd
 
 from flame.errors import FederationError
 from flame.sim import FlameStack, StackSettings
-from flame.sim.federation import FederationRun, run_federation
+from flame.sim.federation import Federation, FederationRun
 from flame.stats import StatsAnalysis
 
 
@@ -44,9 +44,11 @@ async def run_stats_federation(
         if policy is not None:
             stack.disclosure_policies.update({name: policy for name in stack.nodes})
         async with stack:
-            return await run_federation(
-                stack, analysis.analyzer, analysis.aggregator, analysis.options, timeout=timeout
+            # a refused release decides the run at once: the other nodes get a short settle time
+            federation = Federation(
+                stack, analysis.analyzer, analysis.aggregator, analysis.options, settle=0.3
             )
+            return await federation.run(timeout)
 
 
 async def run_stats(analysis: StatsAnalysis, frames: list[pd.DataFrame], **kw: Any) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,8 @@ from flame import stats
 from flame.disclosure.policy import DisclosurePolicy
 from flame.errors import ConfigurationError
 from flame.runner import reset_run_hook, set_run_hook
+from flame.sim import FlameStack, StackSettings
+from flame.sim.federation import run_federation
 from flame.stats.framework import node_policy
 
 FRAME = pd.DataFrame(
@@ -118,3 +122,23 @@ def test_plot_without_a_picture_says_so() -> None:
     result = stats.StatsResult("t", {"a": 1})
     with pytest.raises(ConfigurationError, match="no picture"):
         result.plot()
+
+
+async def test_a_fhir_search_flattened_to_columns_is_a_source() -> None:
+    data = Path(__file__).resolve().parent.parent / "examples" / "data"
+    source = stats.Source(
+        fhir="Observation?code=http://loinc.org|39156-5", columns={"bmi": "valueQuantity.value"}
+    )
+    analysis = stats.describe("bmi", source, where="bmi >= 25")
+    stack = FlameStack.create(3, data_root=data, settings=StackSettings.fast(po_enabled=False))
+    async with stack:
+        run = await run_federation(
+            stack, analysis.analyzer, analysis.aggregator, analysis.options, timeout=120
+        )
+    assert run.ok, run.report()
+    pooled = pd.concat([pd.read_csv(data / f"node-{i}" / "s3" / "patients.csv") for i in (1, 2, 3)])
+    bmi = pooled.loc[pooled["bmi"] >= 25, "bmi"]
+    row = analysis.interpret(run.result).to_frame().loc["bmi"]
+    assert row["n"] == len(bmi)
+    assert row["mean"] == pytest.approx(bmi.mean(), rel=1e-12)
+    assert row["sd"] == pytest.approx(bmi.std(), rel=1e-12)

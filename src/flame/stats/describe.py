@@ -34,7 +34,6 @@ from flame.disclosure.policy import DisclosurePolicy
 from flame.errors import AggregationError, ConfigurationError
 from flame.federated.options import FederationOptions
 from flame.protocols.aggregation import (
-    contingency_table,
     merged_contingency_table,
     pooled_mean_variance,
     summarise,
@@ -224,9 +223,17 @@ def level_counts(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
     tables: dict[str, Any] = {}
     for column in columns:
         values = _categorical(frame, column).dropna()
-        levels = _sort_levels(list(set(values.tolist())))
-        tables[column] = contingency_table(values.tolist(), ["n"] * len(values), rows=levels, columns=["n"])
+        levels = _sort_levels(list({repr(v): v for v in values.unique().tolist()}.values()))
+        codes = _codes(values, levels)
+        counts = np.bincount(codes, minlength=len(levels)).astype(np.int64).reshape(-1, 1)
+        tables[column] = {"counts": counts, "rows": levels, "columns": ["n"]}
     return {"records": len(frame), "levels": tables}
+
+
+def _codes(values: pd.Series, levels: Sequence[Any]) -> npt.NDArray[np.intp]:
+    """Each value's index among ``levels`` (compared by ``repr``: 1 and "1" differ), -1 if absent."""
+    indexer: npt.NDArray[np.intp] = pd.Index([repr(v) for v in levels]).get_indexer(values.map(repr))
+    return indexer
 
 
 def union_levels(updates: Mapping[str, Mapping[str, Any]], column: str) -> list[Any]:
@@ -253,16 +260,23 @@ def crosstab_local(
     wanted_rows = [level(v) for v in rows]
     wanted_columns = [level(v) for v in columns] if columns is not None else ["n"]
     a, b = a[keep], b[keep]
-    unknown = ~a.map(repr).isin({repr(v) for v in wanted_rows}) | ~b.map(repr).isin(
-        {repr(v) for v in wanted_columns}
-    )
+    row_codes = _codes(a, wanted_rows)
+    column_codes = _codes(b, wanted_columns) if column is not None else np.zeros(len(b), dtype=np.intp)
+    unknown = (row_codes < 0) | (column_codes < 0)
     if unknown.any():
         raise ConfigurationError(
             "crosstab levels",
             f"this node has {int(unknown.sum())} record(s) with a level not among the given ones",
             "give every level of the variables (or none, to have them collected first)",
         )
-    table = contingency_table(a.tolist(), b.tolist(), rows=wanted_rows, columns=wanted_columns)
+    cells = np.bincount(
+        row_codes * len(wanted_columns) + column_codes, minlength=len(wanted_rows) * len(wanted_columns)
+    )
+    table = {
+        "counts": cells.astype(np.int64).reshape(len(wanted_rows), len(wanted_columns)),
+        "rows": wanted_rows,
+        "columns": wanted_columns,
+    }
     return {"records": len(frame), "missing": int((~keep).sum()), "table": table}
 
 

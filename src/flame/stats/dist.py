@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 from scipy import special
 
 
@@ -39,9 +41,11 @@ def chi2_sf(x: float, df: float) -> float:
     return float(special.chdtrc(df, x))
 
 
-def log_comb(n: int, k: int) -> float:
-    """log of the binomial coefficient n over k."""
-    return float(special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1))
+def log_comb(n: Any, k: Any) -> Any:
+    """log of the binomial coefficient n over k (element-wise for arrays)."""
+    return (
+        special.gammaln(np.add(n, 1)) - special.gammaln(np.add(k, 1)) - special.gammaln(np.subtract(n, k) + 1)
+    )
 
 
 __all__ = ["chi2_sf", "log_comb", "norm_cdf", "norm_ppf", "norm_sf", "t_ppf", "t_sf"]

@@ -366,13 +366,11 @@ def fisher_from_table(counts: np.ndarray[Any, Any], alternative: str = "two-side
     row1, col1, total = a + b, a + c, a + b + c + d
     low, high = max(0, col1 - (total - row1)), min(row1, col1)
     support = np.arange(low, high + 1)
-    log_pmf = np.array(
-        [
-            dist.log_comb(col1, int(x))
-            + dist.log_comb(total - col1, row1 - int(x))
-            - dist.log_comb(total, row1)
-            for x in support
-        ]
+    log_pmf = np.asarray(
+        dist.log_comb(col1, support)
+        + dist.log_comb(total - col1, row1 - support)
+        - dist.log_comb(total, row1),
+        dtype=np.float64,
     )
     pmf = np.exp(log_pmf)
     if alternative == "less":

@@ -11,7 +11,8 @@ the order statistics ``x[k]`` and ``x[k + 1]`` with ``k = floor((N - 1) q)``):
    ones it answered before only when each of the two intervals it makes, between the neighbouring
    answered thresholds, holds none or at least ``min_cell_count`` (its policy's) of its values. Every
    bin it ever releases therefore holds 0 or at least ``min_cell_count`` values, whatever rounds are
-   combined, and the node's guard judges the histogram like any count table.
+   combined (it sends only the answered thresholds next to this round's, merging the bins between,
+   which keeps that property), and the node's guard judges the histogram like any count table.
 3. The aggregator bounds the pooled count at or below each threshold by the nodes' answered
    neighbours and narrows each bracket to the thresholds that surely lie below and at or above the
    order statistic. It stops when every bracket is at most ``tolerance`` wide or did not narrow in a
@@ -91,11 +92,23 @@ class Answered:
                 self.thresholds.insert(i, t)
                 self.counts.insert(i, count)
 
-    def histogram(self) -> dict[str, Any]:
-        """The answered thresholds as a histogram ``{"edges": [-inf, ..., inf], "counts": [...]}``."""
-        cumulative = np.array([0, *self.counts, self.n], dtype=np.int64)
+    def histogram(self, near: npt.NDArray[np.float64] | None = None) -> dict[str, Any]:
+        """The answered thresholds as a histogram ``{"edges": [-inf, ..., inf], "counts": [...]}``.
+
+        With ``near``, only the answered thresholds next to one of those (the nearest at or below
+        and at or above each): the bins in between are merged, and still hold 0 or >= the minimum.
+        """
+        chosen: list[int] = list(range(len(self.thresholds)))
+        if near is not None:
+            picked: set[int] = set()
+            for value in np.asarray(near, dtype=np.float64):
+                below = bisect.bisect_right(self.thresholds, float(value)) - 1
+                above = bisect.bisect_left(self.thresholds, float(value))
+                picked.update(i for i in (below, above) if 0 <= i < len(self.thresholds))
+            chosen = sorted(picked)
+        cumulative = np.array([0, *(self.counts[i] for i in chosen), self.n], dtype=np.int64)
         return {
-            "edges": np.array([-math.inf, *self.thresholds, math.inf], dtype=np.float64),
+            "edges": np.array([-math.inf, *(self.thresholds[i] for i in chosen), math.inf], dtype=np.float64),
             "counts": np.diff(cumulative),
         }
 
@@ -120,7 +133,8 @@ def quantile_search_local(
         answered = Answered(present[column])
         for thresholds in asked[column]:
             answered.offer(np.asarray(thresholds, dtype=np.float64), smallest)
-        histograms[column] = answered.histogram()
+        current = np.asarray(asked[column][-1], dtype=np.float64) if asked[column] else np.zeros(0)
+        histograms[column] = answered.histogram(near=current)
     return {"records": len(frame), "histograms": histograms}
 
 
