@@ -138,6 +138,103 @@ CASES: list[Case] = [
     ),
 ]
 
+# -- models and survival (glm, kaplan_meier, logrank, cox): the pooled fits by statsmodels and lifelines --
+
+#: ten covariates (stage has three dummies) besides the intercept
+GLM_FORMULA = "diabetes ~ age + bmi + systolic_bp + cholesterol + smoker + gender + group + C(stage)"
+COX_COVARIATES = "age + diabetes + group + stage"
+#: quarter-years over five years (20 of 91 days): the public time grid of the survival statistics
+SURVIVAL_GRID = stats.time_grid(91, 1820)
+
+
+def _on_grid(frame: pd.DataFrame) -> pd.DataFrame:
+    times, events = stats.quantise(frame["time"], frame["event"], SURVIVAL_GRID)
+    return frame.assign(time=times, event=events)
+
+
+def _glm_reference(frame: pd.DataFrame) -> Any:
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+
+    return smf.glm(GLM_FORMULA, frame, family=sm.families.Binomial()).fit()
+
+
+def _glm_diff(result: Any, ref: Any) -> str:
+    frame = result.to_frame()
+    names = [c.replace("C(stage)", "stage") for c in frame.index]
+    params = ref.params.rename(lambda c: c.replace("C(stage)", "stage"))[names]
+    bse = ref.bse.rename(lambda c: c.replace("C(stage)", "stage"))[names]
+    return f"{max(relative(frame['estimate'], params), relative(frame['std_error'], bse)):.1e}"
+
+
+def _km_reference(frame: pd.DataFrame) -> dict[str, Any]:
+    from lifelines import KaplanMeierFitter
+
+    rows = _on_grid(frame)
+    return {
+        group: KaplanMeierFitter().fit(part["time"], part["event"]).survival_function_.iloc[:, 0]
+        for group, part in rows.groupby("group")
+    }
+
+
+def _km_diff(result: Any, ref: dict[str, Any]) -> str:
+    table = result.to_frame()
+    worst = 0.0
+    for group, curve in ref.items():
+        ours = table[table["group"] == group].set_index("time")["survival"]
+        times = [t for t in curve.index if t > 0]
+        worst = max(worst, float(np.max(np.abs(ours.loc[times].to_numpy() - curve.loc[times].to_numpy()))))
+    return f"{worst:.1e}"
+
+
+def _logrank_reference(frame: pd.DataFrame) -> Any:
+    from lifelines.statistics import multivariate_logrank_test
+
+    rows = _on_grid(frame)
+    return multivariate_logrank_test(rows["time"], rows["group"], rows["event"])
+
+
+def _cox_reference(frame: pd.DataFrame) -> Any:
+    from lifelines import CoxPHFitter
+
+    rows = _on_grid(frame)[["time", "event", "age", "diabetes", "group", "stage"]].dropna()
+    return CoxPHFitter().fit(rows, "time", "event", formula=COX_COVARIATES, fit_options={"precision": 1e-12})
+
+
+def _cox_diff(result: Any, ref: Any) -> str:
+    frame = result.to_frame().loc[ref.params_.index]
+    return f"{max(relative(frame['estimate'], ref.params_), relative(frame['std_error'], ref.standard_errors_)):.1e}"
+
+
+CASES += [
+    Case(
+        "glm binomial (10 covariates)",
+        lambda key: stats.glm(GLM_FORMULA, source=key, family="binomial"),
+        _glm_reference,
+        _glm_diff,
+    ),
+    Case(
+        "kaplan_meier by group",
+        lambda key: stats.kaplan_meier("time", "event", source=key, grid=SURVIVAL_GRID, group="group"),
+        _km_reference,
+        _km_diff,
+    ),
+    Case(
+        "logrank by group",
+        lambda key: stats.logrank("time", "event", "group", source=key, grid=SURVIVAL_GRID),
+        _logrank_reference,
+        lambda result, ref: (
+            f"{max(relative(result.statistic, ref.test_statistic), relative(result.p_value, ref.p_value)):.1e}"
+        ),
+    ),
+    Case(
+        "cox (6 covariates)",
+        lambda key: stats.cox(COX_COVARIATES, time="time", event="event", source=key, grid=SURVIVAL_GRID),
+        _cox_reference,
+        _cox_diff,
+    ),
+]
+
 
 def write_data(root: Path, nodes: int, records: int) -> pd.DataFrame:
     frames = []

@@ -186,8 +186,9 @@ def model_matrices(
         if name not in rows.columns:
             continue
         allowed = list(values)
-        present = rows[name].map(_plain)
-        unknown = sorted({v for v in present if v not in set(allowed)}, key=_sort_key)
+        known = set(allowed)
+        present = rows[name].astype(object)  # NumPy scalars as Python ones, as levels travel
+        unknown = sorted((v for v in pd.unique(present) if v not in known), key=_sort_key)
         if unknown:
             raise ConfigurationError(
                 f"glm: levels of {name!r}",
@@ -306,14 +307,18 @@ def glm_local(
     beta: Sequence[float] | None,
     levels: Mapping[str, Sequence[Any]] | None = None,
     policy: DisclosurePolicy | None = None,
+    *,
+    design: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], list[str]] | None = None,
 ) -> dict[str, Any]:
     """One node's IRLS sums at ``beta`` (``None``: the family's usual start from the node's own data).
 
-    Returns ``{"n", "columns", "xtwx", "xtwz", "deviance", "pearson"}``.
+    ``design``: the node's :func:`model_matrices` of ``formula`` over ``levels``, when already made
+    (they do not change from one iteration to the next). Returns ``{"n", "columns", "xtwx", "xtwz",
+    "deviance", "pearson"}``.
     """
     family = check_family(family)
     policy = policy or DisclosurePolicy()
-    y, x, columns = model_matrices(frame, formula, levels)
+    y, x, columns = design if design is not None else model_matrices(frame, formula, levels)
     check_design(x, columns, policy)
     _check_response(family, y, response_name(formula))
     if beta is None:
@@ -568,6 +573,20 @@ class LevelsFirst(Step):
     formula: str = ""
     levels: Levels | None = None
 
+    def cached(self, frame: pd.DataFrame, levels: Levels, make: Any) -> Any:
+        """``make()``, kept per node's table and levels: a node's model matrix is made once, not per
+        round (in the local federation the step is shared by every node, so it is keyed by table)."""
+        designs: dict[int, tuple[pd.DataFrame, str, Any]] = self.__dict__.setdefault("_designs", {})
+        key = repr(sorted(levels.items()))
+        entry = designs.get(id(frame))
+        if entry is not None and entry[0] is frame and entry[1] == key:
+            return entry[2]
+        value = make()
+        if len(designs) >= 64:
+            designs.clear()
+        designs[id(frame)] = (frame, key, value)
+        return value
+
     def sums(
         self, frame: pd.DataFrame, state: Mapping[str, Any] | None, levels: Levels, policy: DisclosurePolicy
     ) -> dict[str, Any]:
@@ -626,7 +645,8 @@ class GLMStep(LevelsFirst):
         self, frame: pd.DataFrame, state: Mapping[str, Any] | None, levels: Levels, policy: DisclosurePolicy
     ) -> dict[str, Any]:
         beta = None if state is None else state["beta"]
-        return glm_local(frame, self.formula, self.family, beta, levels, policy)
+        design = self.cached(frame, levels, lambda: model_matrices(frame, self.formula, levels))
+        return glm_local(frame, self.formula, self.family, beta, levels, policy, design=design)
 
     def fold(self, updates: Mapping[str, Any], state: Mapping[str, Any] | None) -> dict[str, Any]:
         return glm_combine(updates, state, tol=self.tol)

@@ -350,8 +350,12 @@ def cox_local(
     beta: Sequence[float] | None,
     levels: Mapping[str, Sequence[Any]] | None = None,
     policy: DisclosurePolicy | None = None,
+    *,
+    design: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], list[str]] | None = None,
 ) -> dict[str, Any]:
     """This node's sums per grid interval at the coefficients ``beta`` (``None``: all zero).
+
+    ``design``: the node's :func:`cox_design`, when already made (it does not change between rounds).
 
     Returns ``{"n", "columns", "events", "leaving", "s0", "s1", "s2", "e0", "e1", "e2", "x_events"}``:
     ``s*`` the sums of ``exp(x'b)``, ``x exp(x'b)``, ``x x' exp(x'b)`` over the records leaving the
@@ -360,7 +364,9 @@ def cox_local(
     """
     policy = policy or DisclosurePolicy()
     points = check_grid(grid)
-    times, raw_events, x, columns = cox_design(frame, formula, time, event, levels)
+    times, raw_events, x, columns = (
+        design if design is not None else cox_design(frame, formula, time, event, levels)
+    )
     _, flags, index = _on_grid(times, raw_events, points)
     check_design(x, columns, policy)
     p = x.shape[1]
@@ -791,7 +797,12 @@ class CoxStep(LevelsFirst):
         self, frame: pd.DataFrame, state: Mapping[str, Any] | None, levels: Levels, policy: DisclosurePolicy
     ) -> dict[str, Any]:
         beta = None if state is None else state["beta"]
-        return cox_local(frame, self.covariates, self.time, self.event, self.grid, beta, levels, policy)
+        design = self.cached(
+            frame, levels, lambda: cox_design(frame, self.covariates, self.time, self.event, levels)
+        )
+        return cox_local(
+            frame, self.covariates, self.time, self.event, self.grid, beta, levels, policy, design=design
+        )
 
     def fold(self, updates: Mapping[str, Any], state: Mapping[str, Any] | None) -> dict[str, Any]:
         return cox_combine(updates, state, ties=self.ties, tol=self.tol)
