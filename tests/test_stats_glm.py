@@ -214,3 +214,18 @@ def test_forest_plot_draws_every_coefficient_but_the_intercept(pooled: pd.DataFr
 
     ax = forest_plot(table, "bmi", drop=("Intercept",))
     assert [t.get_text() for t in ax.get_yticklabels()] == ["age", "gender[T.male]"]
+
+
+def test_a_boolean_response_is_an_outcome_not_a_category(pooled: pd.DataFrame) -> None:
+    frame = pooled.assign(diabetic=pooled["diabetes"] == 1)
+    assert local_levels(frame, "diabetic ~ age + gender") == {"gender": ["female", "male"]}
+    table, _ = fit_in_process(split(frame, [700, 0]), "diabetic ~ age + gender", "binomial")
+    reference = smf.glm("diabetes ~ age + gender", pooled, family=FAMILIES["binomial"]).fit()
+    assert_matches_statsmodels(table.rename(index=str), reference)
+
+
+async def test_a_fit_stopped_by_the_round_limit_says_so(pooled: pd.DataFrame) -> None:
+    analysis = stats.glm("diabetes ~ age + bmi", source="patients.csv", family="binomial", max_iter=2)
+    result = await run_stats(analysis, split(pooled, [700, 0]))
+    assert not result.fit.converged and result.rounds == 2
+    assert "NOT converged" in result.summary()

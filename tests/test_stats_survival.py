@@ -239,3 +239,33 @@ async def test_the_example_equals_its_pooled_check(tmp_path: Path) -> None:
     ax = curves.plot()
     assert [line.get_label() for line in ax.get_lines()] == ["A", "B"] and len(ax.collections) == 2
     assert result.plot().get_yticklabels()[0].get_text() == "age"
+
+
+def test_a_step_that_lowers_the_partial_likelihood_is_halved(cohort: pd.DataFrame) -> None:
+    grid = time_grid(30, 900)
+    parts = split(cohort, [5000, 0])
+    start = {f"node-{i}": cox_local(p, "age + bmi", "time", "event", grid, None) for i, p in enumerate(parts)}
+    state = cox_combine(start)
+    # pretend the last Newton step overshot far: the nodes evaluate a poor point
+    state = {**state, "beta": [0.5, -0.5]}
+    poor = {
+        f"node-{i}": cox_local(p, "age + bmi", "time", "event", grid, [0.5, -0.5])
+        for i, p in enumerate(parts)
+    }
+    halved = cox_combine(poor, state)
+    assert halved["logliks"][-1] < halved["logliks"][-2]
+    assert halved["beta"] == pytest.approx([0.25, -0.25]) and not halved["converged"]
+    state = halved
+    for _ in range(30):
+        updates = {
+            f"node-{i}": cox_local(p, "age + bmi", "time", "event", grid, state["beta"])
+            for i, p in enumerate(parts)
+        }
+        state = cox_combine(updates, state)
+        if state["converged"]:
+            break
+    rows = quantised(cohort, grid)[["time", "event", "age", "bmi"]]
+    reference = CoxPHFitter().fit(rows, "time", "event", fit_options={"precision": 1e-12})
+    np.testing.assert_allclose(
+        cox_fit(state, "age + bmi").params, reference.params_[["age", "bmi"]], rtol=1e-6
+    )

@@ -86,8 +86,10 @@ def formula_variables(formula: str) -> list[str]:
 
 
 def categorical_variables(frame: pd.DataFrame, formula: str) -> list[str]:
-    """The variables of ``formula`` coded as categories: non-numeric or boolean columns, and ``C(x)``."""
-    names = [v for v in formula_variables(formula) if v in frame.columns]
+    """The variables of ``formula`` coded as categories: non-numeric or boolean columns, and ``C(x)``
+    (not the response, which must be numeric or boolean)."""
+    response = formula.split("~", 1)[0].strip()
+    names = [v for v in formula_variables(formula) if v in frame.columns and v != response]
     wrapped = set(_C_CALL.findall(formula))
     out = []
     for name in names:
@@ -572,6 +574,8 @@ class LevelsFirst(Step):
 
     formula: str = ""
     levels: Levels | None = None
+    #: iterations at most (the round for the levels comes on top)
+    max_iter: int = 25
 
     def cached(self, frame: pd.DataFrame, levels: Levels, make: Any) -> Any:
         """``make()``, kept per node's table and levels: a node's model matrix is made once, not per
@@ -619,7 +623,8 @@ class LevelsFirst(Step):
         return {**self.fold(updates, state), "levels": previous["levels"]}
 
     def converged(self, aggregate: Any, previous: Any, round: int) -> bool:
-        return bool(aggregate.get("converged", False))
+        """Done when the fit converged, or after ``max_iter`` iterations (the result says which)."""
+        return bool(aggregate.get("converged", False)) or int(aggregate.get("iterations", 0)) >= self.max_iter
 
 
 class GLMStep(LevelsFirst):
@@ -635,6 +640,7 @@ class GLMStep(LevelsFirst):
         self.levels = levels
         self.tol = tol
         self.alpha = alpha
+        self.max_iter = max_iter
         self.max_rounds = max_iter + (1 if levels is None else 0)
 
     @property

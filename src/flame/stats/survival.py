@@ -787,6 +787,7 @@ class CoxStep(LevelsFirst):
         self.levels = levels
         self.tol = tol
         self.alpha = alpha
+        self.max_iter = max_iter
         self.max_rounds = max_iter + (1 if levels is None else 0)
 
     @property
