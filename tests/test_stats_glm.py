@@ -229,3 +229,17 @@ async def test_a_fit_stopped_by_the_round_limit_says_so(pooled: pd.DataFrame) ->
     result = await run_stats(analysis, split(pooled, [700, 0]))
     assert not result.fit.converged and result.rounds == 2
     assert "NOT converged" in result.summary()
+
+
+async def test_a_poisson_rate_with_an_offset_equals_statsmodels(pooled: pd.DataFrame) -> None:
+    rng = np.random.default_rng(11)
+    years = rng.uniform(0.5, 5.0, len(pooled))
+    frame = pooled.assign(
+        log_years=np.log(years), visits=rng.poisson(years * np.exp(-1 + 0.02 * (pooled["age"] - 50)))
+    )
+    formula = "visits ~ age + gender"
+    analysis = stats.glm(formula, source="patients.csv", family="poisson", offset="log_years")
+    result = await run_stats(analysis, split(frame, [400, 700, 0]))
+    reference = smf.glm(formula, frame, family=FAMILIES["poisson"], offset=frame["log_years"]).fit()
+    assert_matches_statsmodels(result.to_frame(), reference)
+    assert "offset=log_years" in result.summary()

@@ -209,6 +209,35 @@ def model_matrices(
     return y, np.asarray(matrix, dtype=float), [str(c) for c in matrix.columns]
 
 
+def glm_design(
+    frame: pd.DataFrame,
+    formula: str,
+    levels: Mapping[str, Sequence[Any]] | None = None,
+    offset: str | None = None,
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], list[str], np.ndarray[Any, Any]]:
+    """``(y, X, column names, offset)`` of ``formula`` over the rows complete in it and in ``offset``.
+
+    ``offset``: a column added to the linear predictor with coefficient 1 (for a Poisson rate, the
+    log of the person-time); zeros without one.
+    """
+    if offset is None:
+        y, x, columns = model_matrices(frame, formula, levels)
+        return y, x, columns, np.zeros(len(y))
+    if offset not in frame.columns:
+        raise ConfigurationError(
+            "glm: offset", f"{offset!r} is not a column of this node's table", "a column"
+        )
+    rows = frame.loc[frame[offset].notna()]
+    y, x, columns = model_matrices(rows, formula, levels)
+    shift = pd.to_numeric(rows.loc[complete_rows(rows, formula).index, offset], errors="coerce")
+    values = shift.to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        raise ConfigurationError(
+            "glm: offset", f"{offset!r} is not numeric and finite on this node", "numbers"
+        )
+    return y, x, columns, values
+
+
 # -- the family: link, variance, deviance ------------------------------------------------------------
 
 
@@ -310,17 +339,18 @@ def glm_local(
     levels: Mapping[str, Sequence[Any]] | None = None,
     policy: DisclosurePolicy | None = None,
     *,
-    design: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], list[str]] | None = None,
+    offset: str | None = None,
+    design: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], list[str], np.ndarray[Any, Any]] | None = None,
 ) -> dict[str, Any]:
     """One node's IRLS sums at ``beta`` (``None``: the family's usual start from the node's own data).
 
-    ``design``: the node's :func:`model_matrices` of ``formula`` over ``levels``, when already made
-    (they do not change from one iteration to the next). Returns ``{"n", "columns", "xtwx", "xtwz",
-    "deviance", "pearson"}``.
+    ``offset``: a column added to the linear predictor (see :func:`glm_design`). ``design``: the
+    node's :func:`glm_design`, when already made (it does not change from one iteration to the
+    next). Returns ``{"n", "columns", "xtwx", "xtwz", "deviance", "pearson"}``.
     """
     family = check_family(family)
     policy = policy or DisclosurePolicy()
-    y, x, columns = design if design is not None else model_matrices(frame, formula, levels)
+    y, x, columns, shift = design if design is not None else glm_design(frame, formula, levels, offset)
     check_design(x, columns, policy)
     _check_response(family, y, response_name(formula))
     if beta is None:
@@ -335,14 +365,15 @@ def glm_local(
             raise AggregationError(
                 f"glm_local: {len(coefficients)} coefficients for a model matrix of {x.shape[1]} columns"
             )
-        eta = x @ coefficients
+        eta = x @ coefficients + shift
         mu = _mean(family, eta)
         if family == "binomial":
             mu = np.clip(mu, _EPS, 1.0 - _EPS)
     gprime = _dmu_deta(family, mu)
     variance = _variance(family, mu)
     weights = gprime**2 / variance
-    z = eta + (y - mu) / gprime
+    # the working response of the coefficients: without the offset, which has no coefficient
+    z = eta + (y - mu) / gprime - shift
     xw = x * weights[:, None]
     return {
         "n": len(y),
@@ -633,10 +664,18 @@ class GLMStep(LevelsFirst):
     name = "glm"
 
     def __init__(
-        self, formula: str, family: str, levels: Levels | None, tol: float, max_iter: int, alpha: float
+        self,
+        formula: str,
+        family: str,
+        levels: Levels | None,
+        tol: float,
+        max_iter: int,
+        alpha: float,
+        offset: str | None = None,
     ) -> None:
         self.formula = formula
         self.family = family
+        self.offset = offset
         self.levels = levels
         self.tol = tol
         self.alpha = alpha
@@ -645,13 +684,14 @@ class GLMStep(LevelsFirst):
 
     @property
     def title(self) -> str:
-        return f"glm({self.formula}, family={self.family})"
+        offset = f", offset={self.offset}" if self.offset else ""
+        return f"glm({self.formula}, family={self.family}{offset})"
 
     def sums(
         self, frame: pd.DataFrame, state: Mapping[str, Any] | None, levels: Levels, policy: DisclosurePolicy
     ) -> dict[str, Any]:
         beta = None if state is None else state["beta"]
-        design = self.cached(frame, levels, lambda: model_matrices(frame, self.formula, levels))
+        design = self.cached(frame, levels, lambda: glm_design(frame, self.formula, levels, self.offset))
         return glm_local(frame, self.formula, self.family, beta, levels, policy, design=design)
 
     def fold(self, updates: Mapping[str, Any], state: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -717,6 +757,7 @@ def glm(
     family: str = "gaussian",
     where: str | None = None,
     levels: Mapping[str, Sequence[Any]] | None = None,
+    offset: str | None = None,
     tol: float = 1e-10,
     max_iter: int = 25,
     alpha: float = 0.05,
@@ -727,7 +768,8 @@ def glm(
 
     ``family``: ``"gaussian"`` (identity link), ``"binomial"`` (logit; a 0/1 response) or
     ``"poisson"`` (log). ``levels`` declares the levels of categorical variables (the first is the
-    reference) and saves the round in which the nodes would report theirs. IRLS stops when the
+    reference) and saves the round in which the nodes would report theirs. ``offset`` names a column
+    added to the linear predictor (e.g. the log of person-years of a Poisson rate). IRLS stops when the
     relative change of the pooled deviance is below ``tol``, after ``max_iter`` iterations at most.
     """
     _formula(formula)
@@ -736,7 +778,9 @@ def glm(
         raise ConfigurationError("alpha", f"is {alpha!r}", "a level between 0 and 1, e.g. 0.05")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ConfigurationError("max_iter", f"is {max_iter!r}", "an integer >= 1")
-    step = GLMStep(formula, check_family(family), declared_levels(levels), tol, max_iter, alpha)
+    if offset is not None and not (isinstance(offset, str) and offset):
+        raise ConfigurationError("offset", f"is {offset!r}", "a column name")
+    step = GLMStep(formula, check_family(family), declared_levels(levels), tol, max_iter, alpha, offset)
     return build_analysis(step, as_source(source, where), options=options, **option_values)
 
 
@@ -757,6 +801,7 @@ __all__ = [
     "formula_variables",
     "glm",
     "glm_combine",
+    "glm_design",
     "glm_fit",
     "glm_local",
     "local_levels",
