@@ -217,6 +217,11 @@ def quantile_search_step(
     updates: Mapping[str, Mapping[str, Any]], previous: Mapping[str, Any], *, bins: int = 100
 ) -> dict[str, Any]:
     """One search round: narrow every open bracket by the nodes' histograms, choose the next thresholds."""
+    if set(updates) != set(previous["nodes"]):
+        raise AggregationError(
+            "quantiles: the search needs the same nodes every round (its counts are sums over them); "
+            f"round 1 had {sorted(previous['nodes'])}, this round {sorted(updates)}: run it without a quorum"
+        )
     columns: dict[str, Any] = {}
     for name, before in previous["columns"].items():
         column = {**before, "brackets": [dict(b) for b in before["brackets"]], "asked": list(before["asked"])}
