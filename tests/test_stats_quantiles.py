@@ -139,3 +139,12 @@ async def test_a_restart_in_the_middle_of_the_search_gives_the_same_quantiles(
     pd.testing.assert_frame_equal(
         analysis.interpret(disturbed.result).to_frame(), analysis.interpret(undisturbed.result).to_frame()
     )
+
+
+async def test_a_search_cut_by_max_rounds_says_so_instead_of_a_wrong_answer(pooled: pd.DataFrame) -> None:
+    analysis = stats.median("bmi", source="patients.csv").with_options(max_rounds=2)
+    result = await run_stats(analysis, split(pooled, [900, 0]))
+    assert result.rounds == 2 and not result.complete
+    assert "cut at 2 round(s) (max_rounds)" in result.summary()
+    row = result.to_frame().loc[("bmi", 0.5)]
+    assert row["lower"] <= np.median(pooled["bmi"].dropna()) <= row["upper"]  # wide, but true

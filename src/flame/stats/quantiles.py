@@ -299,6 +299,8 @@ class Quantiles(StatsResult):
 
     estimates: Mapping[str, Sequence[Mapping[str, float]]] = field(default_factory=dict)
     tolerance: Mapping[str, float] = field(default_factory=dict)
+    #: False when the round limit ended the search early (the brackets are wider than they could be)
+    complete: bool = True
 
     def to_frame(self) -> pd.DataFrame:
         rows = [{"column": c, **dict(r)} for c, values in self.estimates.items() for r in values]
@@ -325,6 +327,10 @@ class Quantiles(StatsResult):
             for r in rows
             if not r["precision"] <= self.tolerance.get(c, 0.0)
         ]
+        if not self.complete:
+            lines.append(
+                f"The search was cut at {self.rounds} round(s) (max_rounds) before it converged: allow more rounds"
+            )
         if coarse:
             lines.append(
                 "Coarser than the tolerance, where nodes hold too few values near the quantile: "
@@ -385,6 +391,8 @@ class QuantileStep(Step):
             "nodes": aggregate["nodes"],
             "estimates": quantile_estimates(aggregate, self.probs),
             "tolerance": {c: float(v["tol"]) for c, v in aggregate["columns"].items()},
+            # False: the round limit (max_rounds) ended the search before every bracket converged
+            "complete": self.converged(aggregate, None, 0),
         }
 
     def interpret(self, final: Mapping[str, Any]) -> Quantiles:
@@ -394,6 +402,7 @@ class QuantileStep(Step):
             int(final["rounds"]),
             dict(final["estimates"]),
             dict(final["tolerance"]),
+            bool(final.get("complete", True)),
         )
 
 
