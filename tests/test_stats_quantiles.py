@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,3 +150,16 @@ async def test_a_search_cut_by_max_rounds_says_so_instead_of_a_wrong_answer(pool
     assert "cut at 2 round(s) (max_rounds)" in result.summary()
     row = result.to_frame().loc[("bmi", 0.5)]
     assert row["lower"] <= np.median(pooled["bmi"].dropna()) <= row["upper"]  # wide, but true
+
+
+async def test_the_nodes_use_their_own_policy_s_cell_minimum(pooled: pd.DataFrame, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"min_cell_count": 60}))
+    analysis = stats.median("creatinine", source="patients.csv")
+    frames = split(pooled, [1000, 0])
+    default = (await run_stats(analysis, frames)).to_frame().loc[("creatinine", 0.5)]
+    strict = (await run_stats(analysis, frames, policy=str(policy))).to_frame().loc[("creatinine", 0.5)]
+    expected = np.median(pooled["creatinine"])
+    for row in (default, strict):
+        assert abs(row["estimate"] - expected) <= row["precision"]
+    assert strict["precision"] > 3 * default["precision"]  # bins of 60 values per node, not 5

@@ -8,8 +8,8 @@ typed result made of it (:meth:`Step.interpret`). :func:`build_analysis` wraps a
 nodes and the local simulation runs unchanged.
 
 What goes to the hub is plain data (``output_type="codec"``): ``{"result_of", "rounds", "nodes",
-...}`` (``result_of`` the step's name), with ``nodes`` the records each analysis node contributed; :meth:`StatsAnalysis.interpret`
-(or :func:`interpret`) turns it into the result object.
+...}`` (``result_of`` the step's name), with ``nodes`` the records each analysis node contributed;
+:meth:`StatsAnalysis.interpret` (or :func:`interpret`) turns it into the result object.
 """
 
 from __future__ import annotations
