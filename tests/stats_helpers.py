@@ -10,6 +10,7 @@ import pandas as pd
 
 from flame.errors import FederationError
 from flame.sim import FlameStack, StackSettings
+from flame.sim.faults import parse_faults
 from flame.sim.federation import Federation, FederationRun
 from flame.stats import StatsAnalysis
 
@@ -31,16 +32,23 @@ async def run_stats_federation(
     frames: list[pd.DataFrame],
     *,
     policy: str | None = None,
+    faults: str | None = None,
     timeout: float = 120.0,
 ) -> FederationRun:
     """Run ``analysis`` with node ``node-i`` holding ``frames[i - 1]`` under its source's key.
 
-    ``policy``: a disclosure policy file (YAML/JSON/TOML as the node reads it) for every node.
+    ``policy``: a disclosure policy file (JSON) for every node; ``faults``: a fault plan in its
+    text form (``"restart=node-2@1.5;drop=0.2"``).
     """
     assert analysis.source is not None and analysis.source.key is not None
     with tempfile.TemporaryDirectory(prefix="flame-stats-") as tmp:
         root = write_frames(Path(tmp) / "data", frames, analysis.source.key)
-        stack = FlameStack.create(len(frames), data_root=root, settings=StackSettings.fast(po_enabled=False))
+        stack = FlameStack.create(
+            len(frames),
+            data_root=root,
+            settings=StackSettings.fast(po_enabled=False),
+            faults=parse_faults(faults) if faults else None,
+        )
         if policy is not None:
             stack.disclosure_policies.update({name: policy for name in stack.nodes})
         async with stack:

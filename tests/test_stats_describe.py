@@ -8,7 +8,7 @@ import pytest
 
 from flame import stats
 from flame.disclosure import DisclosurePolicy, inspect
-from flame.errors import FederationError
+from flame.errors import ConfigurationError, FederationError
 from flame.sim.synthetic import generate_study_patients
 from tests.stats_helpers import run_stats, split
 
@@ -155,3 +155,46 @@ def test_the_plots_draw(pooled: pd.DataFrame) -> None:
     assert step is not None
     result = step.interpret({**step.final(step.combine(updates, 1, None)), "result_of": "corr", "rounds": 1})
     assert result.plot() is not None
+
+
+def test_every_result_draws_and_says_what_to_install_without_matplotlib(
+    pooled: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    frames = {"n1": pooled.head(700), "n2": pooled.iloc[700:]}
+    results = []
+    for analysis, rounds in (
+        (stats.describe(["age", "bmi"], "x.csv"), 1),
+        (
+            stats.crosstab(
+                "stage",
+                "group",
+                source="x.csv",
+                row_levels=["I", "II", "III", "IV"],
+                column_levels=["A", "B"],
+            ),
+            1,
+        ),
+        (stats.quantiles("age", [0.5], source="x.csv"), 8),
+    ):
+        step = analysis.step
+        assert step is not None
+        aggregate = None
+        for round in range(1, rounds + 1):
+            value = step.combine(
+                {n: step.local(f, aggregate, round, DisclosurePolicy()) for n, f in frames.items()},
+                round,
+                aggregate,
+            )
+            aggregate = value
+            if step.converged(value, None, round):
+                break
+        results.append(step.interpret({**step.final(aggregate), "result_of": step.name, "rounds": round}))
+    for result in results:
+        assert result.plot() is not None
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.pyplot", None)
+    with pytest.raises(ConfigurationError, match=r"needs matplotlib.*flame-python-sdk\[plot\]"):
+        results[0].plot()

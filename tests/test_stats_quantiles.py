@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,7 @@ from flame import stats
 from flame.disclosure import DisclosurePolicy, inspect
 from flame.errors import ConfigurationError, FederationError
 from flame.sim.synthetic import generate_study_patients
-from tests.stats_helpers import run_stats, split
+from tests.stats_helpers import run_stats, run_stats_federation, split
 
 SPLITS = {"3 nodes": [600, 600, 0], "5 uneven nodes": [150, 700, 250, 400, 0]}
 PROBS = [0.1, 0.25, 0.5, 0.75, 0.9]
@@ -122,3 +124,42 @@ def test_constant_columns_and_bad_arguments() -> None:
         stats.quantiles("x", [1.5], source="x.csv")
     with pytest.raises(ConfigurationError, match="bins"):
         stats.quantiles("x", source="x.csv", bins=1)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("restarted", ["node-2", "aggregator"])
+async def test_a_restart_in_the_middle_of_the_search_gives_the_same_quantiles(
+    pooled: pd.DataFrame, restarted: str
+) -> None:
+    # the nodes keep no state: a restarted one replays the thresholds of the earlier rounds
+    analysis = stats.quantiles(["age", "bmi", "creatinine"], PROBS, source="patients.csv")
+    frames = split(pooled, [600, 600, 0])
+    undisturbed = await run_stats_federation(analysis, frames)
+    disturbed = await run_stats_federation(analysis, frames, faults=f"restart={restarted}@0.5")
+    assert disturbed.ok, disturbed.report()
+    assert disturbed.outcomes[restarted].incarnations == 2
+    pd.testing.assert_frame_equal(
+        analysis.interpret(disturbed.result).to_frame(), analysis.interpret(undisturbed.result).to_frame()
+    )
+
+
+async def test_a_search_cut_by_max_rounds_says_so_instead_of_a_wrong_answer(pooled: pd.DataFrame) -> None:
+    analysis = stats.median("bmi", source="patients.csv").with_options(max_rounds=2)
+    result = await run_stats(analysis, split(pooled, [900, 0]))
+    assert result.rounds == 2 and not result.complete
+    assert "cut at 2 round(s) (max_rounds)" in result.summary()
+    row = result.to_frame().loc[("bmi", 0.5)]
+    assert row["lower"] <= np.median(pooled["bmi"].dropna()) <= row["upper"]  # wide, but true
+
+
+async def test_the_nodes_use_their_own_policy_s_cell_minimum(pooled: pd.DataFrame, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"min_cell_count": 60}))
+    analysis = stats.median("creatinine", source="patients.csv")
+    frames = split(pooled, [1000, 0])
+    default = (await run_stats(analysis, frames)).to_frame().loc[("creatinine", 0.5)]
+    strict = (await run_stats(analysis, frames, policy=str(policy))).to_frame().loc[("creatinine", 0.5)]
+    expected = np.median(pooled["creatinine"])
+    for row in (default, strict):
+        assert abs(row["estimate"] - expected) <= row["precision"]
+    assert strict["precision"] > 3 * default["precision"]  # bins of 60 values per node, not 5

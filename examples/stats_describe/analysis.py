@@ -29,5 +29,6 @@ def pooled_check(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    result = flame.run(ANALYSIS)
-    print(ANALYSIS.interpret(result).summary() if isinstance(result, dict) else result)
+    final = flame.run(ANALYSIS)
+    if isinstance(final, dict) and "result_of" in final:  # on the aggregator: the final result
+        print(ANALYSIS.interpret(final).summary())

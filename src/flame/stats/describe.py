@@ -209,8 +209,17 @@ def level(value: Any) -> Any:
     return value
 
 
+def _level_order(value: Any) -> tuple[int, Any]:
+    """Numbers first (by value), then text (alphabetically), then anything else (by repr)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value)
+    return (2, repr(value))
+
+
 def _sort_levels(levels: Sequence[Any]) -> list[Any]:
-    return sorted(levels, key=lambda v: (type(v).__name__ != "int" and type(v).__name__ != "float", str(v) if isinstance(v, str) else v if isinstance(v, int | float) else repr(v)))  # fmt: skip
+    return sorted(levels, key=_level_order)
 
 
 def _categorical(frame: pd.DataFrame, column: str) -> pd.Series:

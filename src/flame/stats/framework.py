@@ -8,8 +8,8 @@ typed result made of it (:meth:`Step.interpret`). :func:`build_analysis` wraps a
 nodes and the local simulation runs unchanged.
 
 What goes to the hub is plain data (``output_type="codec"``): ``{"result_of", "rounds", "nodes",
-...}`` (``result_of`` the step's name), with ``nodes`` the records each analysis node contributed; :meth:`StatsAnalysis.interpret`
-(or :func:`interpret`) turns it into the result object.
+...}`` (``result_of`` the step's name), with ``nodes`` the records each analysis node contributed;
+:meth:`StatsAnalysis.interpret` (or :func:`interpret`) turns it into the result object.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ RESERVED = frozenset({"result_of", "rounds"})
 class Step:
     """One federated statistic: the per-node and the combining computation.
 
-    Subclasses keep their parameters as plain attributes (they are copied to every node). A
+    Subclasses keep their parameters as plain attributes and no state of a run: the nodes of a local
+    federation share one step object, so whatever a later round needs travels in the aggregate. A
     one-round statistic implements :meth:`local`, :meth:`combine`, :meth:`final` and
     :meth:`interpret`; an iterative one also :meth:`converged` and sets :attr:`max_rounds`.
     """
@@ -100,8 +101,11 @@ class StatsAnalyzer(Analyzer):
         self._frame: pd.DataFrame | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> StatsAnalyzer:
-        # the step and the source are immutable in use; the rows are read again by each copy
-        return StatsAnalyzer(self.step, self.source)
+        # the step and the source are immutable in use (shared); the rows are read again by each copy
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy._frame = None
+        return copy
 
     def frame(self, data: Data) -> pd.DataFrame:
         """This node's rows (read once per process)."""
@@ -121,7 +125,9 @@ class StatsAggregator(Aggregator):
         self.step = step
 
     def __deepcopy__(self, memo: dict[int, Any]) -> StatsAggregator:
-        return StatsAggregator(self.step)
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)  # the step is shared: it keeps no state of a run
+        return copy
 
     def aggregate(self, updates: dict[str, Any], round: int, previous: Any | None) -> Any:
         before = previous["value"] if isinstance(previous, Mapping) else None

@@ -61,6 +61,8 @@ def _interval(estimate: float, se: float, df: float, alpha: float, alternative: 
 class TestResult(StatsResult):
     """One test: estimate, standard error, statistic, degrees of freedom, p-value, confidence interval."""
 
+    __test__ = False  # not a pytest test class, whatever imports it
+
     test: str = ""
     estimate_name: str = ""
     estimate: float = math.nan

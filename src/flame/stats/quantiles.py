@@ -217,6 +217,11 @@ def quantile_search_step(
     updates: Mapping[str, Mapping[str, Any]], previous: Mapping[str, Any], *, bins: int = 100
 ) -> dict[str, Any]:
     """One search round: narrow every open bracket by the nodes' histograms, choose the next thresholds."""
+    if set(updates) != set(previous["nodes"]):
+        raise AggregationError(
+            "quantiles: the search needs the same nodes every round (its counts are sums over them); "
+            f"round 1 had {sorted(previous['nodes'])}, this round {sorted(updates)}: run it without a quorum"
+        )
     columns: dict[str, Any] = {}
     for name, before in previous["columns"].items():
         column = {**before, "brackets": [dict(b) for b in before["brackets"]], "asked": list(before["asked"])}
@@ -294,6 +299,8 @@ class Quantiles(StatsResult):
 
     estimates: Mapping[str, Sequence[Mapping[str, float]]] = field(default_factory=dict)
     tolerance: Mapping[str, float] = field(default_factory=dict)
+    #: False when the round limit ended the search early (the brackets are wider than they could be)
+    complete: bool = True
 
     def to_frame(self) -> pd.DataFrame:
         rows = [{"column": c, **dict(r)} for c, values in self.estimates.items() for r in values]
@@ -320,6 +327,10 @@ class Quantiles(StatsResult):
             for r in rows
             if not r["precision"] <= self.tolerance.get(c, 0.0)
         ]
+        if not self.complete:
+            lines.append(
+                f"The search was cut at {self.rounds} round(s) (max_rounds) before it converged: allow more rounds"
+            )
         if coarse:
             lines.append(
                 "Coarser than the tolerance, where nodes hold too few values near the quantile: "
@@ -380,6 +391,8 @@ class QuantileStep(Step):
             "nodes": aggregate["nodes"],
             "estimates": quantile_estimates(aggregate, self.probs),
             "tolerance": {c: float(v["tol"]) for c, v in aggregate["columns"].items()},
+            # False: the round limit (max_rounds) ended the search before every bracket converged
+            "complete": self.converged(aggregate, None, 0),
         }
 
     def interpret(self, final: Mapping[str, Any]) -> Quantiles:
@@ -389,6 +402,7 @@ class QuantileStep(Step):
             int(final["rounds"]),
             dict(final["estimates"]),
             dict(final["tolerance"]),
+            bool(final.get("complete", True)),
         )
 
 
