@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from flame.disclosure import DisclosurePolicy
 from flame.errors import ConfigurationError, DisclosureRefusedError, FederationError
 from flame.sim.synthetic import generate_study_patients
 from flame.stats.glm import glm_combine, glm_fit, glm_local, local_levels, union_of_levels
-from tests.stats_helpers import run_stats, split
+from tests.stats_helpers import run_stats, run_stats_federation, split
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPLITS = {"3 nodes": [400, 400, 0], "5 uneven nodes": [60, 700, 90, 250, 0]}
@@ -243,3 +244,30 @@ async def test_a_poisson_rate_with_an_offset_equals_statsmodels(pooled: pd.DataF
     reference = smf.glm(formula, frame, family=FAMILIES["poisson"], offset=frame["log_years"]).fit()
     assert_matches_statsmodels(result.to_frame(), reference)
     assert "offset=log_years" in result.summary()
+
+
+async def test_the_nodes_apply_their_own_policy_file(pooled: pd.DataFrame, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"max_parameter_ratio": 0.005}))  # 5 parameters need 1000 records
+    analysis = stats.glm("bmi ~ age + cholesterol + smoker + diabetes", source="patients.csv")
+    frames = split(pooled, [700, 0])
+    assert (await run_stats(analysis, frames)).fit.converged  # the library's default allows it
+    with pytest.raises(FederationError, match="parameter"):
+        await run_stats(analysis, frames, policy=str(policy))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("restarted", ["node-2", "aggregator"])
+async def test_a_restart_in_the_middle_of_the_fit_gives_the_same_model(
+    pooled: pd.DataFrame, restarted: str
+) -> None:
+    # the nodes keep no state but a cache; the aggregator's IRLS state travels in its aggregate
+    analysis = stats.glm("diabetes ~ age + bmi + gender", source="patients.csv", family="binomial")
+    frames = split(pooled, [600, 600, 0])
+    undisturbed = await run_stats_federation(analysis, frames)
+    disturbed = await run_stats_federation(analysis, frames, faults=f"restart={restarted}@0.5")
+    assert disturbed.ok, disturbed.report()
+    assert disturbed.outcomes[restarted].incarnations == 2
+    pd.testing.assert_frame_equal(
+        analysis.interpret(disturbed.result).to_frame(), analysis.interpret(undisturbed.result).to_frame()
+    )
