@@ -15,7 +15,7 @@ from lifelines.statistics import multivariate_logrank_test
 from statsmodels.duration.hazard_regression import PHReg
 
 from flame import stats
-from flame.errors import ConfigurationError, DisclosureRefusedError, FederationError
+from flame.errors import AggregationError, ConfigurationError, DisclosureRefusedError, FederationError
 from flame.sim.synthetic import generate_study_patients
 from flame.stats.glm import local_levels, union_of_levels
 from flame.stats.survival import (
@@ -269,3 +269,23 @@ def test_a_step_that_lowers_the_partial_likelihood_is_halved(cohort: pd.DataFram
     np.testing.assert_allclose(
         cox_fit(state, "age + bmi").params, reference.params_[["age", "bmi"]], rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("statistic", ["logrank", "cox"])
+async def test_federated_logrank_and_cox_are_refused_on_a_fine_grid(
+    pooled: pd.DataFrame, statistic: str
+) -> None:
+    grid = time_grid(14, 1096)
+    analysis = (
+        stats.logrank("time", "event", "group", source="patients.csv", grid=grid)
+        if statistic == "logrank"
+        else stats.cox("age + group", time="time", event="event", source="patients.csv", grid=grid)
+    )
+    with pytest.raises(FederationError, match=r"fewer than 5; choose a coarser grid"):
+        await run_stats(analysis, split(pooled.head(1200), [600, 0]))
+
+
+def test_logrank_needs_two_groups(pooled: pd.DataFrame) -> None:
+    counts = survival_combine({"node-1": survival_local(pooled, "time", "event", GRID)})
+    with pytest.raises(AggregationError, match="two groups"):
+        logrank_test(counts)
