@@ -599,7 +599,8 @@ class KaplanMeier(StatsResult):
         return pd.DataFrame() if self.table is None else self.table.copy()
 
     def median(self) -> pd.Series:
-        """The median survival time per group: the first grid time with survival at or below 0.5."""
+        """The median survival time per group: the first grid time with survival at or below 0.5
+        (``inf`` where the curve stays above it)."""
         frame = self.to_frame()
         out = {}
         for group, rows in frame.groupby("group", sort=False):
@@ -615,7 +616,9 @@ class KaplanMeier(StatsResult):
         return format_summary(self.title, shown, self.notes(), self.nodes, self.rounds)
 
     def notes(self) -> list[str]:
-        medians = ", ".join(f"{g}: {m:g}" for g, m in self.median().items())
+        medians = ", ".join(
+            f"{g}: {m:g}" if math.isfinite(m) else f"{g}: not reached" for g, m in self.median().items()
+        )
         return [
             f"Greenwood standard errors; {100 * (1 - self.alpha):g}% log(-log) confidence intervals "
             "(as lifelines); times on the declared grid",
