@@ -20,8 +20,10 @@ Disclosure, judged on the node before anything leaves it: fewer records than the
 records leaving the risk set (their sums would be those of a handful of patients; choose a coarser
 grid or an earlier last grid time); for the Cox model also more parameters than
 ``max_parameter_ratio`` times the node's records, and a rare dummy column (as :mod:`flame.stats.glm`).
-All are refused with :class:`~flame.errors.DisclosureRefusedError`. A grid longer than
-``max_parameter_ratio`` times a node's records is refused by the node's disclosure guard.
+All are refused with :class:`~flame.errors.DisclosureRefusedError`. The cell rule also bounds the
+intervals a node fills by its records over ``min_cell_count``; for the Cox model the node's
+disclosure guard further refuses a grid of more intervals than ``max_parameter_ratio`` times the
+node's records (its sums are typed statistics over ``n`` records).
 """
 
 from __future__ import annotations
