@@ -29,7 +29,7 @@ from flame.stats.survival import (
     survival_local,
     time_grid,
 )
-from tests.stats_helpers import run_stats, split
+from tests.stats_helpers import run_stats, run_stats_federation, split
 
 SPLITS = {"3 nodes": [2000, 2000, 0], "5 uneven nodes": [600, 2400, 900, 1200, 0]}
 #: half-years over three years: coarse enough that no node has an interval with 1 to 4 events
@@ -289,3 +289,17 @@ def test_logrank_needs_two_groups(pooled: pd.DataFrame) -> None:
     counts = survival_combine({"node-1": survival_local(pooled, "time", "event", GRID)})
     with pytest.raises(AggregationError, match="two groups"):
         logrank_test(counts)
+
+
+@pytest.mark.integration
+async def test_an_aggregator_restarted_mid_fit_gives_the_same_cox_model(pooled: pd.DataFrame) -> None:
+    # the Newton-Raphson state (coefficients, log-likelihoods) travels in the checkpointed aggregate
+    analysis = stats.cox("age + group", time="time", event="event", source="patients.csv", grid=GRID)
+    frames = split(pooled, [2000, 2000, 0])
+    undisturbed = await run_stats_federation(analysis, frames)
+    disturbed = await run_stats_federation(analysis, frames, faults="restart=aggregator@0.5")
+    assert disturbed.ok, disturbed.report()
+    assert disturbed.outcomes["aggregator"].incarnations == 2
+    pd.testing.assert_frame_equal(
+        analysis.interpret(disturbed.result).to_frame(), analysis.interpret(undisturbed.result).to_frame()
+    )
