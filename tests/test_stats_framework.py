@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import flame
-from flame import stats
+from flame import codec, stats
 from flame.disclosure.policy import DisclosurePolicy
 from flame.errors import ConfigurationError
 from flame.runner import reset_run_hook, set_run_hook
@@ -139,6 +139,10 @@ async def test_a_fhir_search_flattened_to_columns_is_a_source() -> None:
     pooled = pd.concat([pd.read_csv(data / f"node-{i}" / "s3" / "patients.csv") for i in (1, 2, 3)])
     bmi = pooled.loc[pooled["bmi"] >= 25, "bmi"]
     row = analysis.interpret(run.result).to_frame().loc["bmi"]
+    # the file the hub holds decodes to the same final result, which the same analysis interprets
+    (hub_file,) = run.final_results.values()
+    from_hub = analysis.interpret(codec.decode(hub_file))
+    pd.testing.assert_frame_equal(from_hub.to_frame(), analysis.interpret(run.result).to_frame())
     assert row["n"] == len(bmi)
     assert row["mean"] == pytest.approx(bmi.mean(), rel=1e-12)
     assert row["sd"] == pytest.approx(bmi.std(), rel=1e-12)
