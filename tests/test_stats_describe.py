@@ -44,11 +44,14 @@ async def test_describe_equals_pandas_on_the_pooled_rows(pooled: pd.DataFrame, s
     assert "describe(age, bmi, cholesterol, systolic_bp)" in text and f"{len(selected)} in total" in text
 
 
-async def test_describe_without_extremes_sends_no_single_values(pooled: pd.DataFrame) -> None:
+async def test_describe_of_a_parquet_object_without_extremes_sends_no_single_values(
+    pooled: pd.DataFrame,
+) -> None:
     update = stats.describe_local(pooled, ["age"])
     assert "extremes" not in update
-    result = await run_stats(stats.describe("age", "patients.csv"), split(pooled, [500, 0]))
+    result = await run_stats(stats.describe("age", "patients.parquet"), split(pooled, [500, 0]))
     assert list(result.to_frame().columns) == ["n", "missing", "mean", "sd"]
+    assert result.to_frame().loc["age", "mean"] == pytest.approx(pooled["age"].mean(), rel=1e-12)
 
 
 async def test_describe_over_three_rows_is_refused_by_the_node(pooled: pd.DataFrame) -> None:

@@ -30,7 +30,7 @@ async def federate(name: str) -> tuple[Any, dict[str, Any]]:
     loaded = load_analysis(path)
     stack = FlameStack.create(3, data_root=DATA, settings=StackSettings.fast(po_enabled=False))
     async with stack:
-        run = await run_federation(stack, loaded.analyzer, loaded.aggregator, loaded.options, timeout=120)  # type: ignore[arg-type]
+        run = await run_federation(stack, loaded.analyzer, loaded.aggregator, loaded.options, timeout=120)
     assert run.ok, run.report()
     assert loaded.analysis is not None
     return loaded.analysis.interpret(run.result), runpy.run_path(str(path))

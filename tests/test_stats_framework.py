@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import flame
-from flame import stats
+from flame import codec, stats
 from flame.disclosure.policy import DisclosurePolicy
 from flame.errors import ConfigurationError
 from flame.runner import reset_run_hook, set_run_hook
@@ -139,6 +139,47 @@ async def test_a_fhir_search_flattened_to_columns_is_a_source() -> None:
     pooled = pd.concat([pd.read_csv(data / f"node-{i}" / "s3" / "patients.csv") for i in (1, 2, 3)])
     bmi = pooled.loc[pooled["bmi"] >= 25, "bmi"]
     row = analysis.interpret(run.result).to_frame().loc["bmi"]
+    # the file the hub holds decodes to the same final result, which the same analysis interprets
+    (hub_file,) = run.final_results.values()
+    from_hub = analysis.interpret(codec.decode(hub_file))
+    pd.testing.assert_frame_equal(from_hub.to_frame(), analysis.interpret(run.result).to_frame())
     assert row["n"] == len(bmi)
     assert row["mean"] == pytest.approx(bmi.mean(), rel=1e-12)
     assert row["sd"] == pytest.approx(bmi.std(), rel=1e-12)
+
+
+class OwnAnalyzer(flame.Analyzer):
+    """An author's analyzer that uses flame.stats' per-node steps for two statistics at once."""
+
+    def analyze(self, data: flame.Data, aggregate: object, round: int) -> dict[str, object]:
+        frame = data.dataframe("patients.csv")
+        return {
+            "describe": stats.describe_local(frame, ["age", "bmi"]),
+            "welch": stats.group_summaries_local(frame, "bmi", "smoker", [1, 0]),
+        }
+
+
+class OwnAggregator(flame.Aggregator):
+    def aggregate(
+        self, updates: dict[str, dict[str, object]], round: int, previous: object
+    ) -> dict[str, object]:
+        part = {node: update["describe"] for node, update in updates.items()}
+        welch = stats.welch_combine({node: update["welch"] for node, update in updates.items()}, [1, 0])
+        return {"describe": stats.describe_combine(part)["columns"], "t": welch["t"], "p": welch["p"]}
+
+
+async def test_the_per_node_and_combine_steps_compose_in_an_author_s_own_analysis() -> None:
+    from scipy import stats as scipy_stats
+
+    data = Path(__file__).resolve().parent.parent / "examples" / "data"
+    stack = FlameStack.create(3, data_root=data, settings=StackSettings.fast(po_enabled=False))
+    async with stack:
+        run = await run_federation(stack, OwnAnalyzer(), OwnAggregator(), timeout=120)
+    assert run.ok, run.report()
+    pooled = pd.concat([pd.read_csv(data / f"node-{i}" / "s3" / "patients.csv") for i in (1, 2, 3)])
+    assert run.result["describe"]["bmi"]["mean"] == pytest.approx(pooled["bmi"].mean(), rel=1e-12)
+    reference = scipy_stats.ttest_ind(
+        pooled.loc[pooled["smoker"] == 1, "bmi"], pooled.loc[pooled["smoker"] == 0, "bmi"], equal_var=False
+    )
+    assert run.result["t"] == pytest.approx(reference.statistic, rel=1e-10)
+    assert run.result["p"] == pytest.approx(reference.pvalue, rel=1e-9)
