@@ -15,7 +15,7 @@ import statsmodels.formula.api as smf
 
 from flame import stats
 from flame.disclosure import DisclosurePolicy
-from flame.errors import ConfigurationError, DisclosureRefusedError, FederationError
+from flame.errors import AggregationError, ConfigurationError, DisclosureRefusedError, FederationError
 from flame.sim.synthetic import generate_study_patients
 from flame.stats.glm import glm_combine, glm_fit, glm_local, local_levels, union_of_levels
 from tests.stats_helpers import run_stats, run_stats_federation, split
@@ -271,3 +271,13 @@ async def test_a_restart_in_the_middle_of_the_fit_gives_the_same_model(
     pd.testing.assert_frame_equal(
         analysis.interpret(disturbed.result).to_frame(), analysis.interpret(undisturbed.result).to_frame()
     )
+
+
+def test_collinear_terms_are_an_error_but_covariates_in_large_units_are_not(pooled: pd.DataFrame) -> None:
+    frame = pooled.assign(age_days=pooled["age"] * 365.25 * 1e6, twice_bmi=2 * pooled["bmi"])
+    table, _ = fit_in_process(split(frame, [700, 0]), "cholesterol ~ age_days + bmi", "gaussian")
+    reference = smf.glm("cholesterol ~ age_days + bmi", frame, family=FAMILIES["gaussian"]).fit()
+    assert_matches_statsmodels(table, reference)
+    updates = {"node-1": glm_local(frame, "cholesterol ~ bmi + twice_bmi", "gaussian", None)}
+    with pytest.raises(AggregationError, match="singular"):
+        glm_combine(updates)

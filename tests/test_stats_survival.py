@@ -303,3 +303,10 @@ async def test_an_aggregator_restarted_mid_fit_gives_the_same_cox_model(pooled: 
     pd.testing.assert_frame_equal(
         analysis.interpret(disturbed.result).to_frame(), analysis.interpret(undisturbed.result).to_frame()
     )
+
+
+def test_collinear_covariates_are_an_error(cohort: pd.DataFrame) -> None:
+    frame = cohort.assign(twice_age=2 * cohort["age"])
+    updates = {"node-1": cox_local(frame, "age + twice_age", "time", "event", time_grid(100, 800), None)}
+    with pytest.raises(AggregationError, match="singular"):
+        cox_combine(updates)

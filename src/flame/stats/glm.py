@@ -430,11 +430,18 @@ def glm_combine(
     nodes = {node: int(update["n"]) for node, update in ordered}
     dev = math.fsum(float(u["deviance"]) for _, u in ordered)
     pearson = math.fsum(float(u["pearson"]) for _, u in ordered)
-    try:
-        beta = np.linalg.solve(xtwx, xtwz)
-    except np.linalg.LinAlgError:
-        beta = None
-    if beta is None or not np.isfinite(beta).all() or np.linalg.cond(xtwx) > 1e13:
+    # singular when the columns, each scaled to unit weight, are (nearly) collinear: the condition of
+    # the unscaled matrix would also flag well-posed models whose covariates differ in units
+    size = np.sqrt(np.diag(xtwx))
+    singular = not (size > 0).all()
+    beta = None
+    if not singular:
+        singular = np.linalg.cond(xtwx / np.outer(size, size)) > 1e12
+        try:
+            beta = np.linalg.solve(xtwx, xtwz)
+        except np.linalg.LinAlgError:
+            singular = True
+    if singular or beta is None or not np.isfinite(beta).all():
         raise AggregationError(
             f"glm_combine: the pooled X'WX of columns {columns} is singular: collinear terms, or a "
             "category without records at any node; drop or merge terms"

@@ -28,6 +28,7 @@ node's records (its sums are typed statistics over ``n`` records).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -501,10 +502,13 @@ def cox_combine(
         beta = step_from + (evaluated - step_from) / 2.0
         converged = False
     else:
-        try:
-            step = np.linalg.solve(-hessian, gradient)
-        except np.linalg.LinAlgError:
-            step = np.full(p, np.nan)
+        information = -hessian
+        size = np.sqrt(np.clip(np.diag(information), 0.0, None))
+        step = np.full(p, np.nan)
+        # singular when the covariates, each scaled to unit information, are (nearly) collinear
+        if (size > 0).all() and np.linalg.cond(information / np.outer(size, size)) <= 1e12:
+            with contextlib.suppress(np.linalg.LinAlgError):
+                step = np.linalg.solve(information, gradient)
         if not np.isfinite(step).all():
             raise AggregationError(
                 f"cox_combine: the Hessian of covariates {list(ordered[0][1]['columns'])} is singular: "
