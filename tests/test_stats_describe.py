@@ -37,11 +37,27 @@ async def test_describe_equals_pandas_on_the_pooled_rows(pooled: pd.DataFrame, s
         assert frame.loc[column, "missing"] == selected[column].isna().sum()
         assert frame.loc[column, "mean"] == pytest.approx(selected[column].mean(), rel=1e-12)
         assert frame.loc[column, "sd"] == pytest.approx(selected[column].std(ddof=1), rel=1e-12)
-        assert frame.loc[column, "min"] == selected[column].min()
-        assert frame.loc[column, "max"] == selected[column].max()
+        assert np.isnan(frame.loc[column, "min"]) and np.isnan(frame.loc[column, "max"])
     assert result.n == len(selected) and len(result.nodes) == len(sizes)
     text = result.summary()
     assert "describe(age, bmi, cholesterol, systolic_bp)" in text and f"{len(selected)} in total" in text
+    # min and max are single records' values: every (enforcing) node withheld them
+    assert len(result.extremes_withheld) == len(sizes) and "min/max withheld" in text
+
+
+def test_min_and_max_leave_a_node_only_under_a_policy_that_does_not_enforce(pooled: pd.DataFrame) -> None:
+    trying = DisclosurePolicy(mode="warn")
+    parts = {"n1": pooled.head(700), "n2": pooled.iloc[700:]}
+    updates = {n: stats.describe_local(f, ["bmi"], extremes=True, policy=trying) for n, f in parts.items()}
+    findings = inspect(updates["n1"], trying).findings
+    assert {(f.rule, f.outcome) for f in findings} >= {("min-records", "warned")}  # labelled as one record
+    assert inspect(updates["n1"], DisclosurePolicy()).refusals  # an enforcing guard would refuse them
+    row = stats.describe_combine(updates)["columns"]["bmi"]
+    assert (row["min"], row["max"]) == (pooled["bmi"].min(), pooled["bmi"].max())
+    enforcing = stats.describe_local(pooled, ["bmi"], extremes=True, policy=DisclosurePolicy())
+    assert enforcing["extremes"] == "withheld"
+    mixed = stats.describe_combine({"n1": updates["n1"], "n2": enforcing})
+    assert np.isnan(mixed["columns"]["bmi"]["min"]) and mixed["extremes_withheld"] == ["n2"]
 
 
 async def test_describe_of_a_parquet_object_without_extremes_sends_no_single_values(

@@ -7,8 +7,10 @@ ready analysis.
 What a node releases:
 
 * ``describe``: per column its count of values and of missing values, mean and sum of squared
-  deviations (a typed summary the node's guard refuses below ``min_records`` values); min and max
-  only when asked for (``extremes=True``) as a typed statistic the guard judges like any other.
+  deviations (a typed summary the node's guard refuses below ``min_records`` values). Min and max
+  are single records' values: asked for (``extremes=True``), a node sends them only when its policy
+  does not enforce (``mode: "warn"``, for test data), labelled as statistics over one record so that
+  the guard's audit says what they are; an enforcing node withholds them and the result says so.
 * ``crosstab``: count tables (the guard refuses, or suppresses as its policy says, cells of 1 to
   ``min_cell_count - 1``); without given levels first the counts of each variable's levels.
 * ``corr`` / ``cov``: over the rows without a missing value in the columns (listwise), the count,
@@ -72,31 +74,38 @@ def numeric_column(frame: pd.DataFrame, column: str, statistic: str) -> npt.NDAr
     return values
 
 
-def describe_local(frame: pd.DataFrame, columns: Sequence[str], *, extremes: bool = False) -> dict[str, Any]:
+def describe_local(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    extremes: bool = False,
+    policy: DisclosurePolicy | None = None,
+) -> dict[str, Any]:
     """This node's part of :func:`describe`: per column a summary (``summarise``) and the missing count.
 
-    ``extremes`` adds ``{"n", "min", "max"}`` per column (the values of single records: only when the
-    analysis asks, and judged by the node's guard).
+    ``extremes`` asks for each column's min and max, single records' values: sent (each as
+    ``{"n": 1, "value": ...}``) only when the node's ``policy`` does not enforce; an enforcing policy
+    (the default) withholds them and the update says ``"extremes": "withheld"``.
     """
     names = columns_of(list(columns))
     require_columns(frame, names, "describe")
     summaries: dict[str, Any] = {}
     missing: dict[str, int] = {}
     ranges: dict[str, Any] = {}
+    release = extremes and policy is not None and not policy.enforcing
     for column in names:
         values = numeric_column(frame, column, "describe")
         present = values[~np.isnan(values)]
         summaries[column] = summarise(present)
         missing[column] = int(values.size - present.size)
-        if extremes and present.size:
+        if release and present.size:
             ranges[column] = {
-                "n": int(present.size),
-                "min": float(present.min()),
-                "max": float(present.max()),
+                "min": {"n": 1, "value": float(present.min())},
+                "max": {"n": 1, "value": float(present.max())},
             }
     update: dict[str, Any] = {"records": len(frame), "summaries": summaries, "missing": missing}
     if extremes:
-        update["extremes"] = ranges
+        update["extremes"] = ranges if release else "withheld"
     return update
 
 
@@ -121,11 +130,18 @@ def describe_combine(updates: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
             row["mean"] = float(pooled["mean"])
             row["sd"] = float(pooled["std"]) if total > 1 else math.nan
         if "extremes" in first:
-            found = [u["extremes"][column] for u in updates.values() if column in u.get("extremes", {})]
-            row["min"] = min((float(e["min"]) for e in found), default=math.nan)
-            row["max"] = max((float(e["max"]) for e in found), default=math.nan)
+            sent = [u["extremes"] for u in updates.values()]
+            found = [e[column] for e in sent if isinstance(e, Mapping) and column in e]
+            complete = all(isinstance(e, Mapping) for e in sent)  # a withholding node's range is unknown
+            row["min"] = (
+                min((float(e["min"]["value"]) for e in found), default=math.nan) if complete else math.nan
+            )
+            row["max"] = (
+                max((float(e["max"]["value"]) for e in found), default=math.nan) if complete else math.nan
+            )
         table[column] = row
-    return {"nodes": records_by_node(updates), "columns": table}
+    withheld = sorted(node for node, u in updates.items() if u.get("extremes") == "withheld")
+    return {"nodes": records_by_node(updates), "columns": table, "extremes_withheld": withheld}
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,8 @@ class Description(StatsResult):
     """``describe``: per column n, missing, mean, sd (and min, max when released)."""
 
     columns: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: nodes whose policy withheld min and max (single records' values)
+    extremes_withheld: Sequence[str] = ()
 
     def to_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame.from_dict({c: dict(v) for c, v in self.columns.items()}, orient="index")
@@ -141,7 +159,13 @@ class Description(StatsResult):
         return frame
 
     def notes(self) -> list[str]:
-        return ["sd: sample standard deviation (ddof=1); missing values left out per column"]
+        lines = ["sd: sample standard deviation (ddof=1); missing values left out per column"]
+        if self.extremes_withheld:
+            lines.append(
+                f"min/max withheld by the disclosure policy of {len(self.extremes_withheld)} node(s) "
+                "(single records' values; released only where a node's policy does not enforce)"
+            )
+        return lines
 
     def plot(self, ax: Any = None) -> Any:
         """Means with +-1 sd bars, one per column."""
@@ -165,7 +189,7 @@ class DescribeStep(Step):
         return f"describe({', '.join(self.columns)})"
 
     def local(self, frame: pd.DataFrame, aggregate: Any, round: int, policy: DisclosurePolicy) -> Any:
-        return describe_local(frame, self.columns, extremes=self.extremes)
+        return describe_local(frame, self.columns, extremes=self.extremes, policy=policy)
 
     def combine(self, updates: Mapping[str, Any], round: int, previous: Any) -> Any:
         return describe_combine(updates)
@@ -174,7 +198,13 @@ class DescribeStep(Step):
         return dict(aggregate)
 
     def interpret(self, final: Mapping[str, Any]) -> Description:
-        return Description(self.title, dict(final["nodes"]), int(final["rounds"]), dict(final["columns"]))
+        return Description(
+            self.title,
+            dict(final["nodes"]),
+            int(final["rounds"]),
+            dict(final["columns"]),
+            list(final.get("extremes_withheld", [])),
+        )
 
 
 def describe(
@@ -188,8 +218,9 @@ def describe(
 ) -> StatsAnalysis:
     """n, missing, mean and sd of numeric ``columns`` over every node's rows, in one round.
 
-    ``extremes=True`` also releases each node's min and max (single records' values: the node's
-    guard judges them as a statistic over the node's count; leave it off unless the policy allows).
+    ``extremes=True`` asks for min and max too: single records' values, which a node releases only
+    when its disclosure policy does not enforce (test data); otherwise the result shows them
+    missing and says which nodes withheld them.
     """
     names = columns_of(columns if isinstance(columns, str) else list(columns))
     return build_analysis(
