@@ -763,5 +763,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# -- study columns for flame.stats ----------------------------------------------------------------------
+
+
+def generate_study_patients(
+    n: int, seed: int, *, site: str = "site-1", missing: float = 0.05, **patient_options: Any
+) -> pd.DataFrame:
+    """:func:`generate_patients` plus the columns a statistician's study has, deterministic like it.
+
+    Added columns (drawn from their own random stream, so the patients' columns stay as they are):
+
+    - ``group``: treatment arm ``"A"``/``"B"`` (1:1);
+    - ``stage``: ``"I"`` to ``"IV"``, more advanced with age (categorical covariate);
+    - ``systolic_bp_followup``: the blood pressure a year later, 4 mm[Hg] lower in arm B (paired
+      measurements), Normal(0, 8) change;
+    - ``time``, ``event``: whole days to an event or censoring (ties occur), ``event`` 1 for an event,
+      0 for censored. Exponential hazard 1/2000 per day times exp(0.3 (age - 50)/10 + 0.5 diabetes
+      - 0.4 [group B] + 0.25 per stage above I), censored by uniform drop-out over 5 years and at 5 years;
+    - ``missing`` (a fraction, default 0.05) of ``bmi``, ``cholesterol`` and ``stage`` set missing
+      (completely at random).
+    """
+    if not 0.0 <= missing < 1.0:
+        raise ValueError(f"missing must be a fraction in [0, 1), not {missing!r}")
+    frame = generate_patients(n, seed, site=site, **patient_options)
+    rng = np.random.default_rng(_seed_sequence(seed, site, 3))
+    count = len(frame)
+    group_b = rng.random(count) < 0.5
+    agec = (frame["age"].to_numpy(dtype=np.float64) - 50.0) / 10.0
+    stage_index = np.clip(np.floor(rng.normal(1.2 + 0.35 * agec, 0.9, count)), 0, 3).astype(np.int64)
+    stages = np.array(["I", "II", "III", "IV"], dtype=object)[stage_index]
+    followup = np.round(
+        frame["systolic_bp"].to_numpy(dtype=np.float64) - 4.0 * group_b + rng.normal(0.0, 8.0, count)
+    )
+    hazard = (
+        np.exp(
+            0.3 * agec
+            + 0.5 * frame["diabetes"].to_numpy(dtype=np.float64)
+            - 0.4 * group_b
+            + 0.25 * stage_index
+        )
+        / 2000.0
+    )
+    event_time = rng.exponential(1.0 / hazard)
+    dropout = rng.uniform(0.0, 5 * 365.25 * 1.6, count)
+    horizon = 5 * 365.25
+    observed = np.minimum(np.minimum(event_time, dropout), horizon)
+    frame["group"] = np.where(group_b, "B", "A").tolist()
+    frame["stage"] = stages.tolist()
+    frame["systolic_bp_followup"] = followup
+    frame["time"] = np.maximum(np.ceil(observed), 1.0).astype(np.int64)
+    frame["event"] = (event_time <= np.minimum(dropout, horizon)).astype(np.int64)
+    for column in ("bmi", "cholesterol", "stage"):
+        gone = rng.random(count) < missing
+        frame[column] = frame[column].astype(object if column == "stage" else np.float64).where(~gone, None)
+        if column != "stage":
+            frame[column] = frame[column].astype(np.float64)
+    return frame
+
+
 if __name__ == "__main__":
     sys.exit(main())
