@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame.sim import FlameStack, StackSettings
-from flame.sim.cli_sim import load_analysis
-from flame.sim.federation import run_federation
+import flame
+from flame.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DATA = EXAMPLES / "data"
@@ -25,15 +24,21 @@ def pooled() -> pd.DataFrame:
 
 
 async def federate(name: str) -> tuple[Any, dict[str, Any]]:
-    """The example's typed result (as ``flame sim`` runs it) and its module globals."""
+    """The example's typed result (run as ``flame sim`` runs it) and its module globals."""
     path = EXAMPLES / name / "analysis.py"
-    loaded = load_analysis(path)
-    stack = FlameStack.create(3, data_root=DATA, settings=StackSettings.fast(po_enabled=False))
-    async with stack:
-        run = await run_federation(stack, loaded.analyzer, loaded.aggregator, loaded.options, timeout=120)
-    assert run.ok, run.report()
-    assert loaded.analysis is not None
-    return loaded.analysis.interpret(run.result), runpy.run_path(str(path))
+    result = await flame.simulate_async(path, data=DATA, timeout=120)
+    assert result.ok, result.errors
+    return result.result, runpy.run_path(str(path))
+
+
+def test_flame_sim_prints_the_typed_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = EXAMPLES / "stats_describe" / "analysis.py"
+    code = main(["sim", str(path), "--data", str(DATA), "--no-live", "--report", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    # the result as a statistician reads it, not the raw dict the nodes exchanged
+    assert "describe(age, bmi, systolic_bp, cholesterol)" in out
+    assert "result_of" not in out
 
 
 async def test_stats_describe_example_equals_its_pooled_check() -> None:

@@ -274,9 +274,14 @@ def print_summary(outcome: SimOutcome, console: Console) -> None:
     options = outcome.loaded.options
     console.print()
     if run.result is not None:
-        console.print(
-            Text("final result: ", style="bold").append(_show(run.result), style=""), soft_wrap=True
-        )
+        summary = typed_summary(outcome)
+        if summary is not None:
+            console.print(Text("final result:", style="bold"))
+            console.print(Text(summary), soft_wrap=True)
+        else:
+            console.print(
+                Text("final result: ", style="bold").append(_show(run.result), style=""), soft_wrap=True
+            )
     for name, data in run.final_results.items():
         text = decode_final(data, options.output_type, limit=2000)
         if run.result is None:
@@ -309,6 +314,22 @@ def print_summary(outcome: SimOutcome, console: Console) -> None:
     console.print("FAILED", style="bold red")
     for error in outcome.errors:
         console.print(Text(f"  {error}", style="red"), soft_wrap=True)
+
+
+def typed_summary(outcome: SimOutcome) -> str | None:
+    """The ``summary()`` text of a final result its analysis interprets into a typed result (flame.stats)."""
+    try:
+        value = outcome.loaded.analysis.interpret(outcome.run.result)
+    except Exception:  # the author's interpret failing on the result: show the raw result instead
+        return None
+    summary = getattr(value, "summary", None)
+    if not callable(summary):
+        return None
+    try:
+        text = summary()
+    except Exception:  # a summary that cannot be made: the raw result is still shown
+        return None
+    return text if isinstance(text, str) else None
 
 
 def _show(value: Any) -> str:
