@@ -719,15 +719,16 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 def test_a_run_that_exceeds_the_timeout_ends_with_a_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], gate: threading.Event
 ) -> None:
+    # 3 s: long enough for the nodes of a loaded machine to reach the blocking analyze call
     analysis = write(tmp_path / "blocks.py", BLOCKING)
     report_path = tmp_path / "report.json"
     started = time.monotonic()
-    argv = ["sim", str(analysis), "--nodes", "2", "--timeout", "1", "--no-live", "--report", str(report_path)]
-    code = run_bounded(argv, 1 + 8)
+    argv = ["sim", str(analysis), "--nodes", "2", "--timeout", "3", "--no-live", "--report", str(report_path)]
+    code = run_bounded(argv, 3 + 8)
     elapsed = time.monotonic() - started
     out = capsys.readouterr().out
     assert code == EXIT_TIMEOUT, out
-    assert elapsed < 1 + 8
+    assert elapsed < 3 + 8
     report = read_report(report_path)
     assert report["status"] == "timeout" and report["ok"] is False
     assert "(--timeout)" in report["stopped"]
