@@ -308,7 +308,7 @@ class FlameStack:
         if client is None:
             client = httpx.AsyncClient(
                 transport=SidecarTransport(self.app, self.resolver(name)),
-                timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout)),
+                timeout=self.settings.delivery_http_timeout(),
             )
             self._node_http[name] = client
         return client
@@ -320,9 +320,7 @@ class FlameStack:
         if self._started_at is not None:
             return self
         self._started_at = time.monotonic()
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout))
-        )
+        self.http = httpx.AsyncClient(timeout=self.settings.delivery_http_timeout())
         self.events.record("stack.start", analysis_id=self.analysis_id, nodes=list(self.nodes))
         if self.settings.po_enabled:
             self._spawn(self.po.run())
