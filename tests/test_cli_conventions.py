@@ -87,3 +87,22 @@ def test_flame_run_with_a_broken_node_environment_is_a_usage_error(
     monkeypatch.setenv("ANALYSIS_ID", "not-a-uuid")
     assert main(["run", str(EXAMPLE)]) == 2
     assert "ConfigurationError: ANALYSIS_ID: 'not-a-uuid' is not a UUID" in capsys.readouterr().err
+
+
+def test_an_emulator_command_without_the_sim_extra_names_the_extra() -> None:
+    blocked = "import sys; sys.modules.update(rich=None, minio=None); from flame.cli import main; sys.exit(main(['demo']))"
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "comes with the SDK's 'sim' extra: pip install 'flame-python-sdk[sim]'" in done.stderr
+
+
+def test_the_node_side_imports_nothing_of_the_sim_extra() -> None:
+    probe = (
+        "import sys; sys.modules.update(rich=None, minio=None); "
+        "import flame, flame.runner, flame.star, flamesdk, flame.node.runtime, flame.federated, flame.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith('flame.sim')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

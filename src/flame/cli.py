@@ -46,6 +46,9 @@ exit codes (every command):
   124  flame sim --timeout ran out
 """
 
+#: optional packages -> the extra of the SDK that installs them
+EXTRAS = {"rich": "sim", "minio": "sim", "pyarrow": "parquet", "matplotlib": "plot"}
+
 #: the five variables a FLAME node gives an analysis container
 NODE_VARIABLES = ("ANALYSIS_ID", "PROJECT_ID", "DEPLOYMENT_NAME", "KEYCLOAK_TOKEN", "DATA_SOURCE_TOKEN")
 
@@ -60,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"flame: this command needs {exc.name}, which comes with the SDK's {extra!r} extra: "
+            f"pip install 'flame-python-sdk[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     except FlameError as exc:
         print(f"flame: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -39,7 +39,14 @@ from starlette.types import Receive, Scope, Send
 
 from flame.node.serving import HTTPServer
 from flame.node.status import FINAL_STATUSES
-from flame.sim import backends, broker, data, po, storage
+
+try:
+    from flame.sim import backends
+except ModuleNotFoundError as exc:  # the emulator's packages are an extra: never needed on a node
+    raise ModuleNotFoundError(
+        f"the emulated node stack needs {exc.name}: pip install 'flame-python-sdk[sim]'", name=exc.name
+    ) from exc
+from flame.sim import broker, data, po, storage
 from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
 from flame.sim.issuer import JWKS_PATH, TokenIssuer
