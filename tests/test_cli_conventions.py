@@ -74,6 +74,7 @@ def test_flame_run_off_a_node_says_how_to_run_locally_and_exits_2() -> None:
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
+    assert "ConfigurationError: ANALYSIS_ID: is not set" in done.stderr
     assert "not on a FLAME node: none of ANALYSIS_ID" in done.stderr
     assert f"flame sim {EXAMPLE} --data DIR --nodes 3" in done.stderr
     assert "flame node up --nodes 3 --data DIR" in done.stderr
@@ -86,7 +87,9 @@ def test_flame_run_with_a_broken_node_environment_is_a_usage_error(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ANALYSIS_ID", "not-a-uuid")
     assert main(["run", str(EXAMPLE)]) == 2
-    assert "ConfigurationError: ANALYSIS_ID: 'not-a-uuid' is not a UUID" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ConfigurationError: ANALYSIS_ID: 'not-a-uuid' is not a UUID" in err
+    assert "not on a FLAME node" not in err  # it is one, misconfigured
 
 
 def test_an_emulator_command_without_the_sim_extra_names_the_extra() -> None:

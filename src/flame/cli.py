@@ -248,11 +248,6 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import os
-
-    if not any(os.environ.get(name) for name in NODE_VARIABLES):
-        print(_not_a_node_message(args.analysis), file=sys.stderr)
-        return 2
     return run_file(args.analysis, args.args)
 
 
@@ -271,9 +266,11 @@ def run_file(path: Path, argv: Sequence[str] = ()) -> int:
     """``flame run``: run an analysis file as ``python PATH ARGV...`` does (its folder first on ``sys.path``).
 
     Returns 0 when the file ran to its end, 1 (with the message on stderr) on a :class:`FlameError`, 2 on
-    a :class:`ConfigurationError` (the node's environment or the options are wrong); other exceptions
+    a :class:`ConfigurationError` (the node's environment or the options are wrong; off a node, with how
+    to run the analysis locally instead); other exceptions
     propagate with their traceback, as under ``python``. Production code: no ``flame.sim`` here.
     """
+    import os
     import runpy
 
     from flame.errors import ConfigurationError
@@ -289,6 +286,8 @@ def run_file(path: Path, argv: Sequence[str] = ()) -> int:
         runpy.run_path(str(path), run_name="__main__")
     except ConfigurationError as exc:
         print(f"flame run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if not any(os.environ.get(name) for name in NODE_VARIABLES):
+            print(_not_a_node_message(path), file=sys.stderr)
         return 2
     except FlameError as exc:
         print(f"flame run: {type(exc).__name__}: {exc}", file=sys.stderr)
