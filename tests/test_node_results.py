@@ -7,16 +7,20 @@ import json
 import pickle
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
 from flame import codec
 from flame.errors import PayloadError, StorageArgumentError
-from flame.node.results import Results, result_to_jsonable, serialise
+from flame.federated import Aggregator, FederationOptions
+from flame.node.results import EXTENSIONS, Results, result_to_jsonable, serialise
 from flame.sim import FlameStack, StackSettings
 from flame.sim.backends import LocalFolderBackend
+from flame.sim.federation import run_federation
 from flame.sim.launch import start_node
 
 
@@ -184,3 +188,40 @@ def test_result_to_jsonable_turns_tables_and_numpy_into_plain_json() -> None:
     json.dumps(result_to_jsonable(value), allow_nan=False)  # valid strict JSON
     indexed = pd.DataFrame({"n": [5, 6]}, index=pd.Index(["a", "b"], name="site"))
     assert result_to_jsonable(indexed) == [{"site": "a", "n": 5}, {"site": "b", "n": 6}]
+
+
+class _TableAggregator(Aggregator):
+    """One row per contributing node: the hub gets a table."""
+
+    def aggregate(self, updates: dict[str, Any], round: int, previous: Any | None) -> Any:
+        rows = sorted((u["node"], u["value"]) for u in updates.values())
+        return pd.DataFrame(rows, columns=["node", "value"])
+
+
+@pytest.mark.parametrize("output_type", ["csv", "parquet", "json"])
+async def test_a_federation_submits_a_dataframe_as_a_table(tmp_path: Path, output_type: str) -> None:
+    from tests.test_federation import FAST_TIMEOUTS, SumAnalyzer, write_sum_data
+
+    stack = FlameStack.create(
+        3, data_root=write_sum_data(tmp_path), settings=StackSettings.fast(po_enabled=False)
+    )
+    options = FederationOptions(max_rounds=1, round_deadline=5.0, output_type=output_type)  # type: ignore[arg-type]
+    async with stack:
+        run = await run_federation(
+            stack, SumAnalyzer, _TableAggregator, options, timeout=20, timeouts=FAST_TIMEOUTS
+        )
+        assert run.ok, run.report()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=stack.app), base_url="http://stack"
+        ) as hub:
+            [listed] = (await hub.get(f"/_sim/final/{stack.analysis_id}")).json()["results"]
+            assert listed["filename"].endswith(EXTENSIONS[output_type])
+            raw = (await hub.get(f"/_sim/final/{stack.analysis_id}/{listed['filename']}")).content
+    expected = pd.DataFrame({"node": ["node-1", "node-2", "node-3"], "value": [6, 30, 400]})
+    if output_type == "csv":
+        table = pd.read_csv(io.BytesIO(raw))
+    elif output_type == "parquet":
+        table = pd.read_parquet(io.BytesIO(raw))
+    else:
+        table = pd.DataFrame.from_records(json.loads(raw))
+    pd.testing.assert_frame_equal(table, expected)
