@@ -267,8 +267,8 @@ def run_file(path: Path, argv: Sequence[str] = ()) -> int:
 
     Returns 0 when the file ran to its end, 1 (with the message on stderr) on a :class:`FlameError`, 2 on
     a :class:`ConfigurationError` (the node's environment or the options are wrong; off a node, with how
-    to run the analysis locally instead); other exceptions
-    propagate with their traceback, as under ``python``. Production code: no ``flame.sim`` here.
+    to run the analysis locally instead); other exceptions propagate with their traceback, as under
+    ``python``. Production code: no ``flame.sim`` here.
     """
     import os
     import runpy
