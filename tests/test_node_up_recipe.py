@@ -110,6 +110,9 @@ def test_one_flame_run_per_node_against_flame_node_up(tmp_path: Path) -> None:
             out, err = stack.communicate()
     assert stack.returncode == 0, err
     assert "stopped." in out
+    # flame node up showed how the nodes went, and where the final result is
+    assert "aggregator: executed" in out and "node-3: executed" in out
+    assert f"final result: {base}/_sim/final/{analysis_id}/{final[0]['filename']}" in out
 
 
 async def test_admin_route_attaches_an_analysis_at_run_time() -> None:

@@ -368,6 +368,26 @@ def analysis_environment(url: str) -> dict[str, str]:
     return {"FLAME_ANALYSIS_HOST": "127.0.0.1", "FLAME_ANALYSIS_PORT": str(parts.port)}
 
 
+async def _report_statuses(stack: Any, base: str) -> None:
+    """Print each node's status as its analysis reports it, and where the final results are."""
+    seen = stack.po.version
+    statuses = stack.po.statuses()
+    announced: set[str] = set()
+    aggregator = next(node.name for node in stack.nodes.values() if node.role == "aggregator")
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            seen = await stack.po.wait_changed(seen, timeout=5.0)
+        for name, status in stack.po.statuses().items():
+            if statuses.get(name) != status:
+                statuses[name] = status
+                error = stack.po.record(name).error
+                print(f"[{stack.now():7.1f} s] {name}: {status}{f' ({error})' if error else ''}", flush=True)
+        if statuses.get(aggregator) == "executed":
+            for filename in sorted(set(await stack.final_results()) - announced):
+                announced.add(filename)
+                print(f"final result: {base}/_sim/final/{stack.analysis_id}/{filename}", flush=True)
+
+
 async def _serve_stack(args: argparse.Namespace) -> int:
     from flame.sim import FlameStack, parse_faults
     from flame.sim.backends import LocalFolderBackend
@@ -436,7 +456,13 @@ async def _serve_stack(args: argparse.Namespace) -> int:
             _write_environments(args, environments)
 
         stack.on_restart(restarted)
-        await stop.wait()
+        watcher = asyncio.ensure_future(_report_statuses(stack, base))
+        try:
+            await stop.wait()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
     finally:
         await stack.aclose()
         print("stopped.", flush=True)
