@@ -42,7 +42,8 @@ def _read_until_ready(process: subprocess.Popen[str], deadline: float) -> str:
 @pytest.mark.integration
 @pytest.mark.process
 def test_one_flame_run_per_node_against_flame_node_up(tmp_path: Path) -> None:
-    deadline = time.monotonic() + 40
+    # about 10 s on a quiet machine; the bound leaves room for a loaded one (first imports of pandas, ...)
+    deadline = time.monotonic() + 90
     env_dir = tmp_path / "env"
     stack = subprocess.Popen(
         [
