@@ -148,3 +148,19 @@ def test_describe_failure_names_the_calling_line_not_the_library() -> None:
     )
     assert text == f"ValueError: invalid literal for int() with base 10: 'x' (at {location})"
     assert describe_failure(RuntimeError("no traceback")) == "RuntimeError: no traceback"
+
+
+def test_an_analysis_installed_as_a_package_is_still_located() -> None:
+    import os
+    import sysconfig
+
+    filename = os.path.join(sysconfig.get_paths()["purelib"], "hospital_analysis", "core.py")
+    namespace: dict[str, Any] = {}
+    exec(compile("def analyze():\n    return {}['age']\n", filename, "exec"), namespace)
+    try:
+        namespace["analyze"]()
+    except KeyError as exc:
+        assert exc.__traceback__ is not None
+        only_installed = exc.with_traceback(exc.__traceback__.tb_next)  # without this test's own frame
+        location = author_location(only_installed)
+    assert location is not None and location.endswith("hospital_analysis/core.py:2, in analyze")

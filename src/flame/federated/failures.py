@@ -9,32 +9,45 @@ from pathlib import Path
 
 import flame
 
-#: folders whose frames are library code, not the author's: this package, the standard library, site-packages
-_LIBRARY_DIRS = tuple(
-    {
-        str(Path(flame.__file__).resolve().parent) + os.sep,
-        *(
-            str(Path(p).resolve()) + os.sep
-            for key in ("stdlib", "platstdlib", "purelib", "platlib")
-            if (p := sysconfig.get_paths().get(key))
-        ),
-    }
+_PATHS = sysconfig.get_paths()
+_SDK = str(Path(flame.__file__).resolve().parent) + os.sep
+#: the standard library (in a venv its folder holds site-packages too: see :func:`_library`)
+_STDLIB = tuple(
+    {str(Path(p).resolve()) + os.sep for key in ("stdlib", "platstdlib") if (p := _PATHS.get(key))}
 )
+#: installed packages (pandas, NumPy, ...): the author's only if nothing else in the traceback is
+_INSTALLED = tuple(
+    {str(Path(p).resolve()) + os.sep for key in ("purelib", "platlib") if (p := _PATHS.get(key))}
+)
+
+
+def _library(path: str) -> bool:
+    """Whether ``path`` is this SDK's or the standard library's, never the author's code."""
+    return path.startswith(_SDK) or (path.startswith(_STDLIB) and not path.startswith(_INSTALLED))
 
 
 def author_location(exc: BaseException) -> str | None:
     """Where in the author's code ``exc`` arose: ``"analysis.py:12, in aggregate"``, or None.
 
     The innermost frame of the traceback outside this package, the standard library and installed
-    packages: the author's line even when the error itself was raised inside pandas or NumPy.
+    packages: the author's line even when the error itself was raised inside pandas or NumPy. An
+    analysis installed as a package itself is found among the installed packages' frames instead.
     """
-    frames = traceback.extract_tb(exc.__traceback__)
-    for frame in reversed(frames):
-        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else frame.filename
-        if frame.filename.startswith("<frozen") or path.startswith(_LIBRARY_DIRS):
-            continue
-        return f"{_short(path)}:{frame.lineno}, in {frame.name}"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<") and not _library(_resolved(frame.filename))
+    ]
+    outside = [frame for frame in frames if not _resolved(frame.filename).startswith(_INSTALLED)]
+    for candidates in (outside, frames):
+        if candidates:
+            frame = candidates[-1]
+            return f"{_short(_resolved(frame.filename))}:{frame.lineno}, in {frame.name}"
     return None
+
+
+def _resolved(filename: str) -> str:
+    return str(Path(filename).resolve())
 
 
 def describe_failure(exc: BaseException) -> str:
