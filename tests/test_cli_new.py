@@ -51,7 +51,10 @@ def test_the_dockerfile_builds_a_flame_analysis_image(project: Path) -> None:
     lines = (project / "Dockerfile").read_text().splitlines()
     instructions = [line for line in lines if line and not line.startswith("#")]
     assert instructions[0] == "FROM python:3.11-slim"
-    assert f'RUN pip install "flame-python-sdk=={__version__}"' in instructions
+    # the SDK comes from its wheel, not from PyPI, and without the emulator's extra
+    wheel = f"flame_python_sdk-{__version__}-py3-none-any.whl"
+    assert f"COPY wheels/{wheel} /tmp/" in instructions
+    assert f"RUN pip install /tmp/{wheel} \\" in instructions
     assert "COPY analysis.py analyzer.py aggregator.py ./" in instructions
     assert "EXPOSE 8000" in instructions
     assert instructions[-1] == 'CMD ["python", "analysis.py"]'

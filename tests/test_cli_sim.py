@@ -566,8 +566,9 @@ def test_flame_run_without_a_node_environment_says_what_is_missing(
     for name in ("ANALYSIS_ID", "PROJECT_ID", "DEPLOYMENT_NAME", "KEYCLOAK_TOKEN", "DATA_SOURCE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     analysis, _, _ = project
-    assert main(["run", str(analysis)]) == 1
-    assert "ConfigurationError: ANALYSIS_ID: is not set" in capsys.readouterr().err
+    assert main(["run", str(analysis)]) == 2  # a usage error: not on a node
+    err = capsys.readouterr().err
+    assert "ConfigurationError: ANALYSIS_ID: is not set" in err and "flame sim" in err
 
 
 @pytest.mark.process

@@ -488,8 +488,10 @@ def _analyzer_side(flame: FlameCoreSDK) -> dict[str, Any]:
     assert flame.node_has_data() is True
     sources = flame.get_data_sources()
     assert sources is not None
-    assert sorted(t for s in sources for t in s["tags"] if t.startswith("type:")) == ["type:fhir", "type:s3"]
-    fhir_source = next(s for s in sources if "type:fhir" in s["tags"])
+    # the hub adapter tags a project's services "{project}-{kind}", without a type: tag
+    kinds = sorted(t.rsplit("-", 1)[1] for s in sources for t in s["tags"] if t.endswith(("-fhir", "-s3")))
+    assert kinds == ["fhir", "s3"] and not any(t.startswith("type:") for s in sources for t in s["tags"])
+    fhir_source = next(s for s in sources if any(t.endswith("-fhir") for t in s["tags"]))
     client = flame.get_data_client(fhir_source["id"])
     assert isinstance(client, httpx.AsyncClient) and str(client.base_url).endswith(
         f"/{fhir_source['name']}/fhir/"

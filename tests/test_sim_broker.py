@@ -24,9 +24,8 @@ from tests.conftest import StackHarness
 
 JSON = {"Content-Type": "application/json"}
 
-#: The real delivery policy 100 times faster, but a webhook POST may take 2 s (instead of 0.1 s), so that
-#: loopback latency in served mode on a busy machine is not mistaken for a timeout.
-SETTINGS = StackSettings.fast(po_enabled=False, delivery_timeout=200.0)
+#: The real delivery policy 100 times faster (no response timeout, as the real broker).
+SETTINGS = StackSettings.fast(po_enabled=False)
 
 
 @pytest.fixture
@@ -493,11 +492,49 @@ async def test_retry_delays_grow_exponentially(make_stack: Any) -> None:
     steps = stack.events.select("delivery.retry") + stack.events.select("delivery.dropped")
     assert len(steps) == 6
     base = settings.scaled(settings.delivery_base_delay)
+    assert settings.delivery_jitter == 0.75
     for k, (retry, after) in enumerate(itertools.pairwise(steps)):
         delay = retry.detail["delay"]
-        assert base * 2**k <= delay <= base * 2**k * (1 + settings.delivery_jitter) + 1e-9
+        # Reactor's backoff: 2**k times the first delay, jittered by up to 75 % either way, never below it
+        nominal = base * 2**k
+        assert max(base, nominal * 0.25) - 1e-9 <= delay <= nominal * 1.75 + 1e-9
         gap = after.t - retry.t
         assert delay - 0.005 <= gap <= delay + 0.5, (k, delay, gap)
+
+
+def test_retry_delays_follow_reactor_backoff_with_jitter() -> None:
+    import random
+
+    from flame.sim.broker import retry_delay
+
+    rng = random.Random(7)
+    draws = {k: [retry_delay(k, 1.0, 0.75, rng) for _ in range(4000)] for k in range(5)}
+    # the first retry waits 1 to 1.75 s; later ones spread both ways around 2**k s, never below 1 s
+    assert min(draws[0]) >= 1.0 and max(draws[0]) <= 1.75
+    assert min(draws[1]) < 1.05 and max(draws[1]) > 3.4 and all(1.0 <= d <= 3.5 for d in draws[1])
+    assert min(draws[4]) < 4.2 and max(draws[4]) > 27.5 and all(4.0 <= d <= 28.0 for d in draws[4])
+    # from the third retry on the jitter is symmetric, so the delays average 2**k s
+    for k in range(2, 5):
+        mean = sum(draws[k]) / len(draws[k])
+        assert abs(mean - 2**k) < 0.05 * 2**k, (k, mean)
+
+
+async def test_deliveries_accept_json_and_wait_for_a_slow_webhook(make_stack: Any) -> None:
+    # the real broker sets no response timeout: a webhook answering after a while still counts
+    harness: StackHarness = await make_stack(analysis_nodes=1)
+    stack = harness.stack
+    assert stack.settings.delivery_response_timeout() is None
+    recorder = Recorder(hang=True)
+    await attach_recorder(harness, "aggregator", recorder)
+    assert (await send(harness, "node-1", ["aggregator"], envelope("patience"))).status_code == 202
+    (_, _, headers), *_ = await recorder.wait(1)
+    assert headers["accept"] == "application/json"
+    assert headers["content-type"] == "application/json"
+    await asyncio.sleep(0.5)  # far beyond the scaled delays of the platform (10 s * 0.01)
+    assert not stack.events.select("delivery.dropped")
+    recorder.release.set()
+    ok = await stack.events.wait_for("delivery.ok")
+    assert ok[0].detail["attempt"] == 1
 
 
 async def test_4xx_is_dropped_without_retry(make_stack: Any) -> None:

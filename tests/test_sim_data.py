@@ -195,7 +195,8 @@ async def check_hub_adapter_lists_the_nodes_sources(data_stack: StackHarness) ->
     assert set(services) == {FHIR_SRC, S3_SRC}
     for kind, service in (("fhir", services[FHIR_SRC]), ("s3", services[S3_SRC])):
         assert not SERVICE_FIELDS - set(service), SERVICE_FIELDS - set(service)
-        assert f"type:{kind}" in service["tags"] and stack.project_id in service["tags"]
+        # as the hub adapter tags a project's services: the project and "{project}-{kind}", no type: tag
+        assert service["tags"] == [stack.project_id, f"{stack.project_id}-{kind}"]
         assert (
             service["protocol"] == "http" and isinstance(service["port"], int) and service["enabled"] is True
         )
@@ -613,7 +614,9 @@ async def test_upstream_fhir_source_is_proxied(make_custom_stack: Callable[..., 
         service = listed.json()["data"][0]
         port = int(upstream.url.rsplit(":", 1)[1])
         assert (service["host"], service["port"], service["path"]) == ("127.0.0.1", port, "/fhir")
-        assert "type:fhir" in service["tags"]
+        assert service["tags"][-1].endswith("-fhir") and not any(
+            t.startswith("type:") for t in service["tags"]
+        )
 
         first = await fhir_get(client, key, "Patient?_count=10", "hospital-fhir")
         next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")

@@ -35,6 +35,7 @@ from flame.clients.storage import default_filename
 from flame.errors import FederationError, FlameError, PayloadError, ProtocolError
 from flame.federated import checkpoint, messages, secure
 from flame.federated.data import Data
+from flame.federated.failures import describe_failure
 from flame.federated.options import FederationOptions
 from flame.node.results import EXTENSIONS
 from flame.node.tasks import BackgroundTasks
@@ -111,6 +112,12 @@ class Aggregator:
         self._phase: str | None = None
         self._submission: dict[str, Any] = {}
         self.rounds: list[dict[str, Any]] = []
+        #: warnings of this run for its report, e.g. ``max_rounds`` reached without convergence
+        self.warnings: list[str] = []
+        #: how the rounds ended: "not-iterative" (the default :meth:`converged`: ``max_rounds`` rounds
+        #: by design), "running", "converged" or "max-rounds" (ended by ``max_rounds`` unconverged)
+        self._iterative = self._overrides_converged()
+        self.convergence = "running" if self._iterative else "not-iterative"
         try:
             round, previous, finished = await self._resume()
             if not finished:
@@ -124,7 +131,14 @@ class Aggregator:
                 if self._secure is not None and self._composition is None:
                     self._composition = sorted(updates)
                 last = round >= options.max_rounds
-                done = last or await asyncio.to_thread(self.converged, aggregate, previous, round)
+                converged = self._iterative and await asyncio.to_thread(
+                    self.converged, aggregate, previous, round
+                )
+                if last and self._iterative and not converged:
+                    self._not_converged(round)
+                if converged:
+                    self.convergence = "converged"
+                done = last or converged
                 self._latest = (round, aggregate, done)
                 await self._checkpoint(round, aggregate, done)
                 # recorded once checkpointed: a restart from here on does not redo the round
@@ -159,12 +173,29 @@ class Aggregator:
         except Exception as exc:
             if not self._aborted:
                 # whatever ended the aggregator, the analysis nodes must not wait for an aggregate
-                await self._tell_abort(f"the aggregator failed: {type(exc).__name__}: {exc}")
+                await self._tell_abort(f"the aggregator failed: {describe_failure(exc)}")
             raise
         finally:
             if self._straggler_send is not None:  # the analysis is over: no more aggregates to resend
                 self._straggler_send.cancel()
             await self._background.aclose(grace=min(5.0, self._options.send_timeout))
+
+    def _overrides_converged(self) -> bool:
+        """Whether this aggregator decides convergence itself (overrides :meth:`converged`)."""
+        return type(self).converged is not Aggregator.converged
+
+    def _not_converged(self, round: int) -> None:
+        """``max_rounds`` ended an iterative analysis before :meth:`converged` said yes: warn, or fail
+        with ``require_convergence``."""
+        self.convergence = "max-rounds"
+        text = (
+            f"max_rounds={self._options.max_rounds} reached after round {round} but converged() never "
+            "returned True: the final result may not have converged; raise max_rounds"
+        )
+        if self._options.require_convergence:
+            raise FederationError(f"{text} (require_convergence=True makes this an error)")
+        self.warnings.append(text)
+        self._node.log(f"warning: {text}", "warn")
 
     async def _await_parameters(self, round: int) -> dict[str, Any]:
         """The updates of ``round``: all contributors', or as many as arrived by the deadline (>= quorum)."""

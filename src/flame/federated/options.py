@@ -18,8 +18,13 @@ class FederationOptions:
     federated mode, ending early when the aggregator's ``converged`` says so.
     """
 
-    #: Rounds at most; the last one is final whatever ``converged`` says.
+    #: Rounds at most; the last one is final whatever ``converged`` says. An aggregator that overrides
+    #: ``converged`` and reaches ``max_rounds`` without it ever returning True logs a warning (and its
+    #: run report lists it), or fails the analysis with ``require_convergence``.
     max_rounds: int = 1
+    #: Fail the analysis, submitting nothing, when ``max_rounds`` ends an iterative analysis whose
+    #: ``converged`` never returned True (default: a warning, and the last aggregate is the result).
+    require_convergence: bool = False
     #: Least analysis nodes whose updates make a round: None = all of them; an int = that many; a float
     #: in (0, 1] = that fraction (rounded up). Below it the analysis fails on every node.
     quorum: int | float | None = None

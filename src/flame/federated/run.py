@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from flame.errors import FlameError
 from flame.federated.aggregator import Aggregator
 from flame.federated.analyzer import AnalysisClient, Analyzer
+from flame.federated.failures import describe_failure
 from flame.federated.options import FederationOptions
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ async def run_node(
         node.set_status("failed")
         raise
     except Exception as exc:
-        node.log(f"the analysis code raised {type(exc).__name__}: {exc}", "error")
+        node.log(f"the analysis code raised {describe_failure(exc)}", "error")
         node.set_status("failed")
         raise
+
+
+__all__ = ["run_node"]

@@ -7,6 +7,10 @@ findable by tag, so a later analysis of the same project can load them: the "old
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import io
+import json
 import math
 import pickle
 from collections.abc import Callable, Sequence
@@ -19,30 +23,186 @@ from flame.errors import PayloadError
 if TYPE_CHECKING:
     from flame.disclosure.guard import DisclosureGuard
 
-OutputType = Literal["str", "bytes", "pickle", "codec"]
-EXTENSIONS: dict[str, str] = {"str": ".txt", "bytes": ".bin", "pickle": ".pkl", "codec": ".flame"}
+OutputType = Literal["str", "bytes", "pickle", "codec", "json", "csv", "parquet"]
+EXTENSIONS: dict[str, str] = {
+    "str": ".txt",
+    "bytes": ".bin",
+    "pickle": ".pkl",
+    "codec": ".flame",
+    "json": ".json",
+    "csv": ".csv",
+    "parquet": ".parquet",
+}
+OUTPUT_TYPES: tuple[str, ...] = tuple(EXTENSIONS)
 
 
 def serialise(result: Any, output_type: OutputType) -> bytes:
     """The bytes of ``result`` as a final-result file of ``output_type``.
 
-    ``str``: ``str(result)`` as UTF-8; ``bytes``: the bytes as they are; ``codec``: :mod:`flame.codec`;
+    ``str``: ``str(result)`` as UTF-8, a DataFrame or Series in full (never pandas' shortened repr);
+    ``bytes``: the bytes as they are; ``codec``: :mod:`flame.codec`; ``json``: :func:`result_to_jsonable`
+    as UTF-8 JSON (tables as lists of records); ``csv``/``parquet``: a table (DataFrame, Series, a list
+    of records or a dict of equal-length columns; Parquet needs the ``parquet`` extra, pyarrow);
     ``pickle``: for analysts whose tools expect it (PrivateAIM's SDK offers it); it leaves the node
-    only towards the hub, never to another node.
+    only towards the hub, never to another node. A result the chosen type cannot hold raises
+    :class:`~flame.errors.PayloadError` saying what would.
     """
     if output_type == "str":
-        return str(result).encode()
+        return _text(result).encode()
     if output_type == "bytes":
         if not isinstance(result, bytes | bytearray | memoryview):
             raise PayloadError(
-                f"output_type 'bytes' needs bytes, got {type(result).__name__}; use 'str' or 'codec'"
+                f"output_type 'bytes' needs bytes, got {type(result).__name__}; use 'str', 'json' or 'codec'"
             )
         return bytes(result)
     if output_type == "codec":
         return codec.encode(result)
     if output_type == "pickle":
         return pickle.dumps(result, protocol=5)
-    raise PayloadError(f"unknown output_type {output_type!r}; one of str, bytes, pickle, codec")
+    if output_type == "json":
+        return json.dumps(result_to_jsonable(result), ensure_ascii=False, allow_nan=False).encode()
+    if output_type == "csv":
+        frame = _table(result, "csv")
+        return str(frame.to_csv(index=_keeps_index(frame))).encode()
+    if output_type == "parquet":
+        return _parquet(_table(result, "parquet"))
+    raise PayloadError(f"unknown output_type {output_type!r}; one of {', '.join(OUTPUT_TYPES)}")
+
+
+def result_to_jsonable(obj: Any, *, path: str = "result") -> Any:
+    """``obj`` as plain JSON data: what ``output_type='json'`` writes and a run report can store.
+
+    DataFrames become lists of records (``{column: value}`` per row; a meaningful index becomes a
+    column), Series ``{index: value}``, NumPy arrays (nested) lists, NumPy and pandas scalars Python
+    numbers, dates ISO 8601 text, tuples and sets lists; dict keys become text. Missing and non-finite
+    numbers (NaN, NaT, inf) become ``null``, as in pandas' own JSON. Anything else (bytes, arbitrary
+    objects) raises :class:`~flame.errors.PayloadError` naming where it sits.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        if isinstance(obj, np.datetime64 | np.timedelta64):
+            return result_to_jsonable(
+                pd.Timestamp(obj) if isinstance(obj, np.datetime64) else pd.Timedelta(obj)
+            )
+        return result_to_jsonable(obj.item(), path=path)
+    if obj is pd.NaT or obj is pd.NA:
+        return None
+    if isinstance(obj, datetime.datetime | datetime.date | datetime.time):
+        return obj.isoformat()
+    if isinstance(obj, pd.Timedelta | datetime.timedelta):
+        return pd.Timedelta(obj).isoformat()
+    if isinstance(obj, pd.DataFrame):
+        frame = obj.reset_index() if _keeps_index(obj) else obj
+        columns = [str(c) for c in frame.columns]
+        if len(set(columns)) != len(columns):
+            raise PayloadError(f"{path}: a table for JSON needs distinct column names, got {columns}")
+        return [
+            {
+                col: result_to_jsonable(value, path=f"{path}[{i}].{col}")
+                for col, value in zip(columns, row, strict=True)
+            }
+            for i, row in enumerate(frame.itertuples(index=False, name=None))
+        ]
+    if isinstance(obj, pd.Series):
+        return {
+            str(result_to_jsonable(key)): result_to_jsonable(value, path=f"{path}.{key}")
+            for key, value in obj.items()
+        }
+    if isinstance(obj, np.ndarray):
+        return [result_to_jsonable(item, path=f"{path}[{i}]") for i, item in enumerate(obj.tolist())]
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise PayloadError(
+                    f"{path}: a dict key of type {type(key).__name__} cannot be a JSON key; use text or numbers"
+                )
+            out[key if isinstance(key, str) else json.dumps(key)] = result_to_jsonable(
+                value, path=f"{path}.{key}"
+            )
+        return out
+    if isinstance(obj, list | tuple | set | frozenset):
+        items = sorted(obj, key=repr) if isinstance(obj, set | frozenset) else obj
+        return [result_to_jsonable(item, path=f"{path}[{i}]") for i, item in enumerate(items)]
+    if isinstance(obj, decimal.Decimal):
+        return result_to_jsonable(float(obj), path=path)
+    raise PayloadError(
+        f"{path}: a {type(obj).__name__} cannot be written as JSON; return numbers, text, lists, dicts, "
+        "arrays or DataFrames, or choose output_type 'codec' or 'pickle'"
+    )
+
+
+def _text(result: Any) -> str:
+    """``str(result)``; a DataFrame or Series whole, since pandas shortens its repr of long ones."""
+    import pandas as pd
+
+    if isinstance(result, pd.DataFrame | pd.Series):
+        return str(result.to_string())
+    return str(result)
+
+
+def _table(result: Any, output_type: str) -> Any:
+    """``result`` as a DataFrame for a table format; PayloadError for what is not a table."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(result, pd.DataFrame):
+        frame = result
+    elif isinstance(result, pd.Series):
+        frame = result.to_frame(name=result.name if result.name is not None else "value")
+    elif isinstance(result, list | tuple) and result and all(isinstance(r, dict) for r in result):
+        frame = pd.DataFrame.from_records(list(result))
+    elif (
+        isinstance(result, dict)
+        and result
+        and all(isinstance(v, list | tuple | np.ndarray | pd.Series) for v in result.values())
+        and len({len(v) for v in result.values()}) == 1
+    ):
+        frame = pd.DataFrame(result)
+    else:
+        raise PayloadError(
+            f"output_type {output_type!r} needs a table (a DataFrame, a Series, a list of records or a dict "
+            f"of equal-length columns), got {type(result).__name__}; use 'json' for other data"
+        )
+    if len({str(c) for c in frame.columns}) != len(frame.columns):
+        raise PayloadError(f"output_type {output_type!r}: the table's column names are not distinct")
+    return frame
+
+
+def _keeps_index(frame: Any) -> bool:
+    """Whether a table's index carries information (named, or not the plain 0..n-1 row numbers)."""
+    import pandas as pd
+
+    index = frame.index
+    if any(name is not None for name in index.names):
+        return True
+    return not (isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1)
+
+
+def _parquet(frame: Any) -> bytes:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise PayloadError(
+            "output_type 'parquet' needs pyarrow: install the SDK with the parquet extra "
+            "(pip install 'flame-python-sdk[parquet]'), or use 'csv'"
+        ) from None
+    buffer = io.BytesIO()
+    out = frame.copy(deep=False)
+    out.columns = [str(c) for c in out.columns]
+    try:
+        out.to_parquet(buffer, engine="pyarrow", index=_keeps_index(out))
+    except (TypeError, ValueError) as exc:  # pyarrow's ArrowException derives from these
+        raise PayloadError(f"output_type 'parquet': the table cannot be written as Parquet: {exc}") from None
+    return buffer.getvalue()
 
 
 class Results:

@@ -18,9 +18,14 @@ Behaviour copied from PrivateAIM/node-message-broker, in the details its HTTP co
 - A recipient listed twice gets the message twice. A webhook answering 3xx counts as delivered (the
   broker's web client neither follows redirects nor treats them as errors).
 
-Delivery policy (settings in :class:`~flame.sim.settings.StackSettings`): 2xx/3xx delivered; 5xx retried
-at most ``delivery_max_retries`` times after ``scaled(delivery_base_delay) * 2**k * (1 + jitter)``;
-4xx, connection errors and timeouts drop the message. Nothing is persisted and order is not kept.
+Delivery policy, as the real broker's forwarder (a Spring ``WebClient`` with
+``Accept: application/json``, no response timeout, ``Retry.backoff(5, 1 s).jitter(0.75)`` on 5xx only;
+settings in :class:`~flame.sim.settings.StackSettings`): 2xx/3xx delivered; 5xx retried at most
+``delivery_max_retries`` times, the k-th retry (from 0) after ``d = scaled(delivery_base_delay) * 2**k``
+moved by a uniform jitter of at most ``delivery_jitter * d`` either way but never below the first delay;
+4xx and connection failures drop the message, and so does a response timeout if
+``delivery_timeout`` sets one (the real broker has none: a webhook may take as long as it needs).
+Nothing is persisted and order is not kept.
 Every step is recorded in ``stack.events`` (``broker.*``, ``delivery.*``, ``fault.delivery``).
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import re
 import uuid
 from collections.abc import Awaitable, Coroutine
@@ -232,7 +238,7 @@ class Broker:
         settings = stack.settings
         events = stack.events
         node = job.receiver.name
-        timeout = settings.scaled(settings.delivery_timeout)
+        timeout = settings.delivery_response_timeout()
         attempt = 0
         while True:
             attempt += 1
@@ -254,8 +260,12 @@ class Broker:
                 elif attempt > settings.delivery_max_retries:
                     reason = "5xx-exhausted"
                 else:
-                    base = settings.scaled(settings.delivery_base_delay) * 2 ** (attempt - 1)
-                    delay = base * (1 + stack.rng.uniform(0, settings.delivery_jitter))
+                    delay = retry_delay(
+                        attempt - 1,
+                        settings.scaled(settings.delivery_base_delay),
+                        settings.delivery_jitter,
+                        stack.rng,
+                    )
                     events.record(
                         "delivery.retry", node, attempt=attempt, status=status, delay=delay, **job.base()
                     )
@@ -266,19 +276,31 @@ class Broker:
             )
             return
 
-    async def _post_once(self, job: _Attempt, timeout: float) -> int:
+    async def _post_once(self, job: _Attempt, timeout: float | None) -> int:
         # The receiving node's broker posts from inside that node's cluster: its client resolves
         # ``http://nginx-...`` to that node's sidecar (and fails to connect for a gone or offline pod).
         client = self.stack.node_http(job.receiver.name)
         request: Awaitable[httpx.Response] = client.post(
             job.webhook,
             content=job.message.body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
             timeout=timeout,
         )
         # ASGI transports ignore httpx timeouts: bound the whole exchange here as well.
         response = await asyncio.wait_for(request, timeout)
         return response.status_code
+
+
+def retry_delay(k: int, first: float, jitter: float, rng: random.Random) -> float:
+    """The delay before retry ``k`` (from 0), as Reactor's ``Retry.backoff(n, first).jitter(jitter)`` draws it.
+
+    The nominal delay ``first * 2**k`` is moved by a uniform offset within ``jitter`` times itself either
+    way, bounded below so that no delay is shorter than ``first``.
+    """
+    nominal = first * float(2**k)
+    low = max(first - nominal, -jitter * nominal)
+    high = jitter * nominal
+    return nominal + rng.uniform(low, high)
 
 
 def _message_id(message: Any) -> str | None:

@@ -3,7 +3,9 @@
 Hub adapter: ``GET /kong/datastore/{project_id}`` (Bearer, checked like the real FastAPI service) answers
 ``{"data": [service, ...], "next": null}``, one Kong service object per data source of the node, with
 every field Kong's Admin API returns for a service, plus ``routes`` (empty unless ``?detailed=true``), as
-the real hub adapter's response model does. Tags are ``[project_id, "type:fhir"|"type:s3"]``.
+the real hub adapter's response model does. Tags are ``[project_id, "{project_id}-fhir"|"{project_id}-s3"]``,
+as the hub adapter (up to its 0.7 releases) tags the services it creates for a project: the kind shows
+only in the ``{project}-{kind}`` tag, there is no ``type:`` tag.
 
 Kong: routes ``GET /{name}/fhir[/...]`` for a FHIR source and ``GET /{name}/s3[/...]`` for an S3 source,
 checked as Kong's router and ``key-auth`` plugin do (in this order): no route (unknown source, wrong kind,
@@ -102,7 +104,7 @@ def kong_service(source: DataSource, project_id: str, created_at: int) -> dict[s
         "connect_timeout": 60000,
         "write_timeout": 60000,
         "read_timeout": 60000,
-        "tags": [project_id, f"type:{source.kind}"],
+        "tags": [project_id, f"{project_id}-{source.kind}"],
         "client_certificate": None,
         "tls_verify": None,
         "tls_verify_depth": None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,10 +20,15 @@ class StackSettings:
     delivery_base_delay: float = 1.0
     #: Retries of a webhook delivery after the first attempt, only on 5xx.
     delivery_max_retries: int = 5
-    #: Jitter added to each retry delay, as a fraction of it (0.2: up to +20 %).
-    delivery_jitter: float = 0.2
-    #: Timeout of one webhook POST; a timeout drops the message (seconds).
-    delivery_timeout: float = 10.0
+    #: Jitter of each retry delay, as a fraction of it (0.75: anywhere from -75 % to +75 %, never below
+    #: the first delay), as the broker's Reactor ``Retry.backoff(...).jitter(0.75)`` draws it.
+    delivery_jitter: float = 0.75
+    #: Response timeout of one webhook POST (seconds); a timeout drops the message. ``math.inf`` (the real
+    #: broker): no response timeout, only connection failures drop a message.
+    delivery_timeout: float = math.inf
+    #: How long the broker's HTTP client tries to connect before the delivery fails (seconds, not scaled;
+    #: Reactor Netty's default).
+    delivery_connect_timeout: float = 30.0
     #: Period of the pod orchestrator's health, partner-status and token checks (seconds).
     po_period: float = 10.0
     #: How long one health check asks a node's /healthz before it counts as failed (seconds).
@@ -43,12 +50,28 @@ class StackSettings:
         """A platform delay in this stack's time."""
         return seconds * self.time_scale
 
+    def delivery_response_timeout(self) -> float | None:
+        """The scaled response timeout of one webhook POST, None for none."""
+        seconds = self.scaled(self.delivery_timeout)
+        return seconds if math.isfinite(seconds) else None
+
+    def delivery_http_timeout(self) -> Any:
+        """The timeout of the broker's webhook client: connect bounded, response as ``delivery_timeout``."""
+        import httpx
+
+        response = self.delivery_response_timeout()
+        connect = self.delivery_connect_timeout
+        if response is not None:
+            connect = min(connect, response)
+        return httpx.Timeout(response, connect=connect)
+
     @classmethod
     def fast(cls, **changes: object) -> StackSettings:
         """Settings for tests: the real policy, 100 times faster.
 
-        Timeouts are scaled less (to 2 s), so that a loaded machine does not turn slow answers into
-        drops and failed health checks that the real platform would not see.
+        The health-check timeout is scaled less (to 2 s), so that a loaded machine does not turn slow
+        answers into failed health checks that the real platform would not see; webhook deliveries have
+        no response timeout, as on FLAME.
         """
-        base = cls(time_scale=0.01, delivery_timeout=200.0, po_healthz_timeout=200.0)
+        base = cls(time_scale=0.01, po_healthz_timeout=200.0)
         return replace(base, **changes)  # type: ignore[arg-type]

@@ -9,7 +9,8 @@ orchestrator, and each node's Keycloak. It is one ASGI application routed like t
   in-process transport of that node (:meth:`FlameStack.client`), or in served mode the node's own
   port on loopback. A ``Host`` of another (say, an earlier) deployment gets 502, like a dead pod;
 - by path: ``{base}/node/{name}/<prefix>/...`` on the stack's main address;
-- ``/_sim/...``: the emulator's own API (nodes, final results, events, key sets, restarts).
+- ``/_sim/...``: the emulator's own API (nodes, final results, events, key sets, restarts, and
+  ``POST``/``DELETE /_sim/nodes/{name}/attach`` to attach an analysis API at run time).
 
 Two modes run the same code. In-process: clients use :meth:`FlameStack.client` (httpx's ASGI
 transport), webhooks are delivered in-process. Served: :meth:`FlameStack.serve` runs uvicorn on
@@ -38,7 +39,14 @@ from starlette.types import Receive, Scope, Send
 
 from flame.node.serving import HTTPServer
 from flame.node.status import FINAL_STATUSES
-from flame.sim import backends, broker, data, po, storage
+
+try:
+    from flame.sim import backends
+except ModuleNotFoundError as exc:  # the emulator's packages are an extra: never needed on a node
+    raise ModuleNotFoundError(
+        f"the emulated node stack needs {exc.name}: pip install 'flame-python-sdk[sim]'", name=exc.name
+    ) from exc
+from flame.sim import broker, data, po, storage
 from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
 from flame.sim.issuer import JWKS_PATH, TokenIssuer
@@ -114,6 +122,8 @@ class FlameStack:
         self.disclosure_policies: dict[str, str] = {}
         self._incarnation_locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.nodes}
         self._analysis_clients: dict[str, httpx.AsyncClient] = {}
+        #: node name -> where its analysis will listen, attached when the analysis first calls its sidecar
+        self._expected: dict[str, str] = {}
         self._node_http: dict[str, httpx.AsyncClient] = {}
         self._node_ports: dict[str, int] = {}
         self._port_to_node: dict[int, str] = {}
@@ -237,6 +247,30 @@ class FlameStack:
                 transport=transport, base_url="http://analysis", timeout=None
             )
 
+    def expect_analysis(self, name: str, url: str | None) -> None:
+        """Attach the analysis at ``url`` to node ``name`` once it first calls its sidecar (None: forget).
+
+        For analyses started by hand (``flame node up``): until then the pod orchestrator does not judge
+        a node whose analysis has not started, and after a restart the next incarnation, started with
+        the new environment, is attached the same way.
+        """
+        node = self.node(name)
+        if url is None:
+            self._expected.pop(node.name, None)
+            return
+        _check_analysis_url(url)
+        self._expected[node.name] = url.rstrip("/")
+
+    def expected_analysis(self, name: str) -> str | None:
+        """Where node ``name``'s analysis is expected to listen (:meth:`expect_analysis`), if anywhere."""
+        return self._expected.get(self.node(name).name)
+
+    def _attach_expected(self, node: SimNode) -> None:
+        url = self._expected.get(node.name)
+        if url is not None and node.name not in self._analysis_clients:
+            self.attach_analysis(node.name, url)
+            self.events.record("analysis.attach", node.name, url=url, deployment=node.deployment_name)
+
     def analysis_client(self, name: str) -> httpx.AsyncClient | None:
         return self._analysis_clients.get(name)
 
@@ -308,7 +342,7 @@ class FlameStack:
         if client is None:
             client = httpx.AsyncClient(
                 transport=SidecarTransport(self.app, self.resolver(name)),
-                timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout)),
+                timeout=self.settings.delivery_http_timeout(),
             )
             self._node_http[name] = client
         return client
@@ -320,9 +354,7 @@ class FlameStack:
         if self._started_at is not None:
             return self
         self._started_at = time.monotonic()
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.scaled(self.settings.delivery_timeout))
-        )
+        self.http = httpx.AsyncClient(timeout=self.settings.delivery_http_timeout())
         self.events.record("stack.start", analysis_id=self.analysis_id, nodes=list(self.nodes))
         if self.settings.po_enabled:
             self._spawn(self.po.run())
@@ -477,6 +509,8 @@ class StackApp:
             stack.events.record("fault.outage", node.name, service=service, status=status, path=tail)
             await _plain(scope, receive, send, status, "service unavailable (injected)")
             return
+        if service != "analysis":
+            stack._attach_expected(node)
         inner = dict(scope)
         inner["path"] = tail
         inner["raw_path"] = tail.encode()
@@ -537,6 +571,14 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
+def _check_analysis_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an absolute http(s) URL such as http://127.0.0.1:8001")
+
+
 def _create_admin_app(stack: FlameStack) -> FastAPI:
     app = FastAPI(title="flame emulated stack", openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -550,9 +592,41 @@ def _create_admin_app(stack: FlameStack) -> FastAPI:
                 "deployment": n.deployment_name,
                 "host": n.host,
                 "baseUrl": stack.node_base_url(n.name),
+                "analysis": n.analysis_target if isinstance(n.analysis_target, str) else None,
+                "expectedAnalysis": stack.expected_analysis(n.name),
             }
             for n in stack.nodes.values()
         ]
+
+    @app.post("/_sim/nodes/{name}/attach")
+    async def attach(name: str, request: Request) -> JSONResponse:
+        """Attach the analysis API listening at ``{"url": ...}`` to node ``name`` now (and after restarts)."""
+        if name not in stack.nodes:
+            raise HTTPException(404, f"no node {name!r}; nodes: {', '.join(stack.nodes)}")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str):
+            raise HTTPException(400, 'send {"url": "http://127.0.0.1:PORT"}: where the analysis API listens')
+        try:
+            stack.expect_analysis(name, url)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        stack.attach_analysis(name, stack.expected_analysis(name))
+        stack.events.record("analysis.attach", name, url=url, deployment=stack.nodes[name].deployment_name)
+        return JSONResponse({"name": name, "analysis": stack.expected_analysis(name)})
+
+    @app.delete("/_sim/nodes/{name}/attach")
+    async def detach(name: str) -> Response:
+        """Detach node ``name``'s analysis: its sidecar answers 502 for it again."""
+        if name not in stack.nodes:
+            raise HTTPException(404, f"no node {name!r}; nodes: {', '.join(stack.nodes)}")
+        stack.expect_analysis(name, None)
+        stack.attach_analysis(name, None)
+        stack.events.record("analysis.detach", name)
+        return Response(status_code=204)
 
     @app.get("/_sim/keycloak/{name}" + JWKS_PATH)
     async def jwks(name: str) -> dict[str, Any]:
