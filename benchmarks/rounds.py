@@ -4,7 +4,7 @@ Run ``python benchmarks/rounds.py`` (``--quick`` for a smaller run). It prints:
 
 - **rounds**: for ``inprocess`` (fast mode: httpx's ASGI transport, no sockets) and ``served`` (uvicorn
   on loopback, every hop real HTTP) and 3, 10 and 50 analysis nodes, a federation of a trivial
-  analysis (each node returns ``{"n": 1, "round": r}``, the aggregator sums) over ``--rounds`` rounds.
+  analysis (each node returns ``{"count": 1, "round": r}``, the aggregator sums) over ``--rounds`` rounds.
   ``s/round`` is the steady round period: from the aggregator's first ``aggregate`` call to its last,
   divided by the rounds in between; one period is a whole round trip of the protocol (aggregate
   sent, acknowledged, checkpoints on both sides, every node analyses and sends its update, the
@@ -62,7 +62,7 @@ def settings() -> StackSettings:
 
 class TrivialAnalyzer(Analyzer):
     def analyze(self, data: Data, aggregate: Any | None, round: int) -> Any:
-        return {"n": 1, "round": round}
+        return {"count": 1, "round": round}
 
 
 class TimedAggregator(Aggregator):
@@ -73,7 +73,7 @@ class TimedAggregator(Aggregator):
 
     def aggregate(self, updates: dict[str, Any], round: int, previous: Any | None) -> Any:
         TimedAggregator.stamps.append(time.perf_counter())
-        return {"n": sum(u["n"] for u in updates.values()), "round": round}
+        return {"count": sum(u["count"] for u in updates.values()), "round": round}
 
 
 # -- one case, in a subprocess --------------------------------------------------------------------------
@@ -96,7 +96,7 @@ async def federation_case(mode: Mode, nodes: int, rounds: int) -> dict[str, Any]
         )
         ended = time.perf_counter()
         stamps = TimedAggregator.stamps
-        if not run.ok or run.result["n"] != nodes or len(stamps) != rounds:
+        if not run.ok or run.result["count"] != nodes or len(stamps) != rounds:
             raise RuntimeError(f"the federation failed: {json.dumps(run.report(), default=str)[:2000]}")
         period = (stamps[-1] - stamps[0]) / (rounds - 1) if rounds > 1 else float("nan")
         return {
