@@ -100,6 +100,8 @@ class Broker:
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Event | None = None
+        #: webhook URLs parsed once: httpx parses a URL string on every request otherwise
+        self._webhooks: dict[str, httpx.URL] = {}
 
     @property
     def pending(self) -> int:
@@ -270,8 +272,13 @@ class Broker:
         # The receiving node's broker posts from inside that node's cluster: its client resolves
         # ``http://nginx-...`` to that node's sidecar (and fails to connect for a gone or offline pod).
         client = self.stack.node_http(job.receiver.name)
+        url = self._webhooks.get(job.webhook)
+        if url is None:
+            if len(self._webhooks) >= 4096:
+                self._webhooks.clear()
+            url = self._webhooks[job.webhook] = httpx.URL(job.webhook)
         request: Awaitable[httpx.Response] = client.post(
-            job.webhook,
+            url,
             content=job.message.body,
             headers={"Content-Type": "application/json"},
             timeout=timeout,
@@ -398,9 +405,18 @@ def create_app(stack: FlameStack) -> FastAPI:
         stack_.broker.accept(node, partners, body["message"], broadcast=True)
         return Response(status_code=202)
 
-    @app.get("/analyses/{analysis_id}/participants")
-    async def participants(analysis_id: str, request: Request) -> list[dict[str, str]]:
-        return [n.participant() for n in current_stack(request).nodes.values()]
+    # Every node asks for the whole list at start-up: with n nodes, n lists of n entries. The encoded
+    # list is kept while the stack's nodes are the same (a node's id and role never change).
+    listed: dict[str, tuple[tuple[SimNode, ...], bytes]] = {}
+
+    @app.get("/analyses/{analysis_id}/participants", response_model=list[dict[str, str]])
+    async def participants(analysis_id: str, request: Request) -> Response:
+        nodes = tuple(current_stack(request).nodes.values())
+        known = listed.get("nodes")
+        if known is None or known[0] != nodes:  # element by element, identity first
+            body = json.dumps([n.participant() for n in nodes], separators=(",", ":")).encode()
+            known = listed["nodes"] = (nodes, body)
+        return Response(known[1], media_type="application/json")
 
     @app.get("/analyses/{analysis_id}/participants/self")
     async def participant_self(analysis_id: str, request: Request) -> dict[str, str]:
