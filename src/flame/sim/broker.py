@@ -18,7 +18,8 @@ Behaviour copied from PrivateAIM/node-message-broker, in the details its HTTP co
 - A recipient listed twice gets the message twice. A webhook answering 3xx counts as delivered (the
   broker's web client neither follows redirects nor treats them as errors).
 
-Delivery policy (settings in :class:`~flame.sim.settings.StackSettings`): 2xx/3xx delivered; 5xx retried
+Delivery policy (settings in :class:`~flame.sim.settings.StackSettings`), with at most
+:data:`MAX_DELIVERIES_IN_FLIGHT` webhook POSTs under way at once: 2xx/3xx delivered; 5xx retried
 at most ``delivery_max_retries`` times after ``scaled(delivery_base_delay) * 2**k * (1 + jitter)``;
 4xx, connection errors and timeouts drop the message. Nothing is persisted and order is not kept.
 Every step is recorded in ``stack.events`` (``broker.*``, ``delivery.*``, ``fault.delivery``).
@@ -50,6 +51,12 @@ from flame.sim.faults import DeliveryDecision
 if TYPE_CHECKING:
     from flame.sim.node import SimNode
     from flame.sim.stack import FlameStack
+
+#: Webhook POSTs the stack's brokers have under way at once; more wait for a slot. The delivery timeout
+#: then measures the webhook's answer, not the queue of an emulator whose brokers all share one
+#: event loop (a broadcast to 1,000 nodes started 1,000 POSTs at once, and on a busy machine those at
+#: the back timed out before their request was even sent: deliveries a real broker would not lose).
+MAX_DELIVERIES_IN_FLIGHT = 128
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -102,6 +109,7 @@ class Broker:
         self._idle: asyncio.Event | None = None
         #: webhook URLs parsed once: httpx parses a URL string on every request otherwise
         self._webhooks: dict[str, httpx.URL] = {}
+        self._slots: asyncio.Semaphore | None = None  # made on the loop that delivers
 
     @property
     def pending(self) -> int:
@@ -240,8 +248,11 @@ class Broker:
             attempt += 1
             status: int | None = None
             extra: dict[str, Any] = {}
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(MAX_DELIVERIES_IN_FLIGHT)
             try:
-                status = await self._post_once(job, timeout)
+                async with self._slots:
+                    status = await self._post_once(job, timeout)
             except (httpx.TimeoutException, asyncio.TimeoutError):
                 reason = "timeout"
             except httpx.HTTPError as exc:
