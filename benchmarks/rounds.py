@@ -191,30 +191,30 @@ FIRST_USE = (
 )
 
 
-def cold_seconds(code: str, src: str | None, repeats: int = 5) -> float:
-    """Median wall time of ``python -c code`` in a fresh process (``src`` first on its path)."""
+def cold_seconds(code: str, src: str | None, repeats: int = 5) -> tuple[float, float]:
+    """Median wall and CPU time of ``python -c code`` in a fresh process (``src`` first on its path)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if src is not None:
         env["PYTHONPATH"] = src
-    times = []
+    times, cpus = [], []
     for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         began = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
         times.append(time.perf_counter() - began)
-    return statistics.median(times)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(times), statistics.median(cpus)
 
 
 def startup_report(baseline_src: str | None) -> None:
     trees = [("this tree", SRC)] + ([("baseline", baseline_src)] if baseline_src else [])
-    interpreter = cold_seconds("pass", None)
-    print(f"start-up, cold process, median of 5 (load {os.getloadavg()[0]:.1f}):")
-    print(f"  python -c pass                          {interpreter * 1000:7.0f} ms")
-    for name, tree in trees:
-        first_use = cold_seconds(FIRST_USE, tree)
-        print(
-            f"  import flame + first use, {name:<13} {first_use * 1000:7.0f} ms  "
-            f"({(first_use - interpreter) * 1000:.0f} ms over the interpreter)"
-        )
+    print(f"start-up, cold process, median of 5 (load {os.getloadavg()[0]:.1f}); wall and CPU:")
+    rows = [("python -c pass", cold_seconds("pass", None))]
+    for _ in range(2):  # interleaved, twice
+        rows += [(f"import flame + first use, {name}", cold_seconds(FIRST_USE, tree)) for name, tree in trees]
+    for label, (wall, cpu) in rows:
+        print(f"  {label:<38} {wall * 1000:7.0f} ms wall {cpu * 1000:7.0f} ms CPU")
     print()
 
 
