@@ -18,6 +18,11 @@ holds every response body back until the client's delayed ACK, about 40 ms).
 
 Everything runs on one asyncio event loop in one process (stack, both nodes, their uvicorn servers),
 unlike a real deployment where each node is its own process: the throughput is bounded by one CPU.
+``--processes`` measures that deployment instead: the stack served in one process, the aggregator and
+node-1 each a process of its own started from a container's environment (``--src DIR`` or
+``--baseline-src DIR`` runs an older source tree, interleaved with this one, ``--repeats`` times each):
+ping-pong (send until acknowledged plus the reply) p50/p99, acknowledged messages per second, and the
+CPU time of all three processes per message, the figure a loaded machine distorts least.
 A hop is three HTTP exchanges (sender -> its broker; broker -> the receiver's sidecar; sidecar -> the
 analysis API), so about three raw round trips is its floor. Two environment factors matter and are
 printed: whether ``sniffio`` is importable (httpcore 1.0.x tries ``import sniffio`` whenever it creates

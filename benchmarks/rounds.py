@@ -17,6 +17,12 @@ Run ``python benchmarks/rounds.py`` (``--quick`` for a smaller run). It prints:
 - **baselines**, measured in the same run: a bare reliable message (``send_message`` until acknowledged)
   between two nodes of a stack, per mode, and the 3-node round. Ratios are printed against both.
 
+``--only-large`` runs only the large case (``--large N``, default 1,000 there) and, with
+``--baseline-src DIR`` (an older source tree), the same case of that tree after it, each with its CPU
+seconds and the targets (a round in 3 s, start-up plus round 1 in 10 s, no dropped delivery, 2 GiB).
+``--startup`` times a cold ``import flame`` plus first use of the author API (wall and CPU, median of
+5) against ``python -c pass`` and, with ``--baseline-src``, the older tree.
+
 Every case runs in a fresh subprocess: its memory is its own, and process-wide state (the registry of
 secrets to redact, which every node adds its data key to) does not carry over from one case to the next.
 All nodes of a case share one event loop and one CPU (analysis code runs in worker threads), as in
