@@ -34,13 +34,33 @@ _JWT_RE = re.compile(rf"eyJ{_B64URL}{{8,}}(?:\.{_B64URL}+){{0,2}}")
 _BEARER_RE = re.compile(r"(\bBearer\s+)[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
 
 
+# Secrets without whitespace are found within runs of non-whitespace text; the others (rare) by a regex.
+_RUN_RE = re.compile(rf"\S{{{MIN_SECRET_LENGTH},}}")
+_SPACE_RE = re.compile(r"\s")
+
+
 class _SecretSet:
-    """A thread-safe set of exact strings, with a compiled pattern matching any of them."""
+    """A thread-safe set of exact strings, found in a text in time linear in the text's length.
+
+    Secrets without whitespace are kept in a set, with the lengths they come in per first
+    :data:`MIN_SECRET_LENGTH` characters; a text is scanned run by run (maximal stretches of
+    non-whitespace, where such a secret must lie) with one dict lookup per position, and set lookups
+    where a prefix matches. Registering one costs the same however many are registered already
+    (one combined regex, recompiled per secret, made start-up of many nodes quadratic). Secrets with
+    whitespace go into a regex of their own. At each position the longest matching secret is replaced,
+    left to right, as a regex alternation of all of them ordered longest first would.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._secrets: frozenset[str] = frozenset()
-        self._pattern: re.Pattern[str] | None = None
+        self._secrets: set[str] = set()
+        #: first MIN_SECRET_LENGTH characters -> the lengths of the secrets starting so, longest first
+        #: (tuples replaced whole, so a reader on another thread sees a consistent entry)
+        self._lengths: dict[str, tuple[int, ...]] = {}
+        #: how many secrets have each (prefix, length): a length leaves its prefix with the last one
+        self._counts: dict[tuple[str, int], int] = {}
+        self._spaced: frozenset[str] = frozenset()
+        self._spaced_pattern: re.Pattern[str] | None = None
 
     def add(self, value: str) -> None:
         if not isinstance(value, str):
@@ -53,21 +73,77 @@ class _SecretSet:
         with self._lock:
             if value in self._secrets:
                 return
-            self._secrets = self._secrets | {value}
-            ordered = sorted(self._secrets, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            self._secrets.add(value)  # before its prefix: a reader never finds a prefix without it
+            if _SPACE_RE.search(value):
+                self._set_spaced(self._spaced | {value})
+                return
+            prefix = value[:MIN_SECRET_LENGTH]
+            key = (prefix, len(value))
+            self._counts[key] = self._counts.get(key, 0) + 1
+            lengths = self._lengths.get(prefix, ())
+            if len(value) not in lengths:
+                self._lengths[prefix] = tuple(sorted((*lengths, len(value)), reverse=True))
 
     def discard(self, value: str) -> None:
         with self._lock:
             if value not in self._secrets:
                 return
-            self._secrets = self._secrets - {value}
-            ordered = sorted(self._secrets, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+            if value in self._spaced:
+                self._set_spaced(self._spaced - {value})
+            else:
+                prefix = value[:MIN_SECRET_LENGTH]
+                key = (prefix, len(value))
+                lengths = self._lengths.get(prefix, ())
+                if self._counts[key] > 1:
+                    self._counts[key] -= 1
+                else:
+                    del self._counts[key]
+                    lengths = tuple(n for n in lengths if n != len(value))
+                if lengths:
+                    self._lengths[prefix] = lengths
+                else:
+                    self._lengths.pop(prefix, None)
+            self._secrets.discard(value)
+
+    def _set_spaced(self, spaced: frozenset[str]) -> None:
+        ordered = sorted(spaced, key=len, reverse=True)
+        self._spaced_pattern = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+        self._spaced = spaced
 
     def sub(self, text: str) -> str:
-        pattern = self._pattern  # one atomic read: a consistent snapshot
-        return pattern.sub(REDACTED, text) if pattern is not None else text
+        pattern = self._spaced_pattern  # one atomic read: a consistent snapshot
+        if pattern is not None:
+            text = pattern.sub(REDACTED, text)
+        if not self._lengths:
+            return text
+        return _RUN_RE.sub(self._sub_run, text)
+
+    def _sub_run(self, match: re.Match[str]) -> str:
+        run = match.group()
+        by_prefix = self._lengths
+        secrets = self._secrets
+        width = MIN_SECRET_LENGTH
+        if len(run) == width:  # the common case of short words: one lookup
+            return REDACTED if run in secrets and run in by_prefix else run
+        parts: list[str] = []
+        kept = 0  # run[kept:i] is copied unchanged
+        i = 0
+        last = len(run) - width
+        while i <= last:
+            lengths = by_prefix.get(run[i : i + width])
+            if lengths is not None:
+                found = next((n for n in lengths if run[i : i + n] in secrets), 0)
+                if found:
+                    parts.append(run[kept:i])
+                    parts.append(REDACTED)
+                    i += found
+                    kept = i
+                    continue
+            i += 1
+        if not parts:
+            return run
+        parts.append(run[kept:])
+        return "".join(parts)
 
     def __len__(self) -> int:
         return len(self._secrets)

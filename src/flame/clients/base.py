@@ -55,6 +55,10 @@ class RetryPolicy:
             yield delay * (1.0 + rng.uniform(0.0, self.jitter))
 
 
+#: Request URLs a client keeps parsed (httpx parses a URL string on every request, about as long as the
+#: rest of building the request; a node asks few distinct paths again and again).
+URL_CACHE_SIZE = 256
+
 #: Default timeouts of one request (seconds): connect, read, write, pool.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
@@ -128,12 +132,23 @@ class ServiceClient:
         self.retry = retry or RetryPolicy()
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
         self._rng = rng or random.Random()
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
 
     def url(self, path: str) -> str:
         return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def _parsed_url(self, path: str) -> httpx.URL:
+        """``url(path)`` parsed, from a small cache (keyed by the base URL too, in case it changes)."""
+        key = (self.base_url, path)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[key] = httpx.URL(self.url(path))
+        return url
 
     async def request(
         self,
@@ -233,7 +248,7 @@ class ServiceClient:
         kwargs: dict[str, Any],
         auth: httpx.Auth | None = None,
     ) -> httpx.Response:
-        request = self.http.build_request(method, self.url(path), timeout=timeout, **kwargs)
+        request = self.http.build_request(method, self._parsed_url(path), timeout=timeout, **kwargs)
         seconds = timeout.read
         # httpx applies no timeout to in-process (ASGI) transports; bound the whole exchange too.
         auth = auth if auth is not None else self.auth

@@ -16,22 +16,18 @@ still treats every body as hostile input, with bounds a security review can chec
   (the sender resends it until it is acknowledged; see :mod:`flame.node.inbox`);
 - every refusal is logged (without the body).
 
-The schema of the four endpoints is published at ``/openapi.json``.
+The schema of the four endpoints is published at ``/openapi.json``. The app is plain ASGI (see
+:class:`AnalysisApi`), so that importing and creating it costs next to nothing; FastAPI is imported
+only to build that schema, the first time it is asked for.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-
-from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.json_schema import models_json_schema
-from starlette.requests import ClientDisconnect
+from typing import TYPE_CHECKING, Any
 
 from flame.errors import FlameError, ProtocolError, TokenError
 from flame.node import envelope
@@ -42,6 +38,10 @@ if TYPE_CHECKING:
     from flame.node.runtime import AsyncNode
 
 log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: Default limit of a webhook body (bytes). The SDK sends messages of at most
 #: :data:`flame.node.envelope.MAX_MESSAGE_BYTES` (700 KB of compact UTF-8 JSON; the hub relays nothing
@@ -70,238 +70,199 @@ class ApiLimits:
             raise ValueError("ApiLimits: every limit must be positive")
 
 
-# -- the schema (what /openapi.json publishes; the handlers check the same) --------------------------------
-
-
-class MessageMeta(BaseModel):
-    """The envelope every message carries under ``meta``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str = Field(min_length=1, description="unique per message; resends reuse it")
-    sender: str = Field(min_length=1, description="node id of the sender (a participant)")
-    category: str = Field(min_length=1)
-    akn_id: str | None = Field(None, description="set by the receiver: marks an acknowledgement")
-    type: str | None = None
-    status: str | None = None
-    created_at: str | None = None
-    arrived_at: str | None = None
-    number: int | None = None
-
-
-class WebhookMessage(BaseModel):
-    """A message of the analysis as the broker delivers it: the sender's body plus ``meta``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    meta: MessageMeta
-
-
-class Received(BaseModel):
-    status: Literal["received"]
-
-
-class Health(BaseModel):
-    status: str = Field(description="the node's status: starting, started, executing, executed, ...")
-    token_remaining_time: int = Field(ge=0, description="seconds the current token is still good for")
-
-
-class TokenRefresh(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    token: str = Field(min_length=1, description="the new Keycloak token (an RS256 JWT)")
-
-
-class TokenRefreshed(BaseModel):
-    message: str
-
-
-class PartnerStatus(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    partner_status: dict[str, str] = Field(description="node id -> status")
-
-
-class OwnStatus(BaseModel):
-    status: str
-
-
-class Problem(BaseModel):
-    detail: str = Field(description="what was wrong and what to do")
-
-
-_MODELS: tuple[type[BaseModel], ...] = (WebhookMessage, TokenRefresh, PartnerStatus, Problem)
-
-
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    meanings = {
-        400: "not JSON, nested too deep, or not what the endpoint takes",
-        413: "the body is larger than the endpoint's limit",
-        422: "valid JSON of the wrong shape",
-        429: "the sender's stored unread messages are over this node's budget; it resends later",
-        503: "cannot be handled now; send it again later",
-    }
-    return {status: {"model": Problem, "description": meanings[status]} for status in statuses}
-
-
 # -- the app -----------------------------------------------------------------------------------------------
 
 
-def create_api(node: AsyncNode, limits: ApiLimits | None = None) -> FastAPI:
-    """The FastAPI app of one node's analysis API."""
-    bounds = limits or ApiLimits()
-    app = FastAPI(
-        title="FLAME analysis",
-        summary="The REST API an analysis serves to its node's message broker and pod orchestrator.",
-        version="1",
-        openapi_url="/openapi.json",
-        docs_url=None,
-        redoc_url=None,
-    )
+class _Answer:
+    """A JSON answer: status, body, extra headers."""
 
-    @app.post(
-        "/webhook",
-        response_model=Received,
-        responses=_problems(400, 413, 429, 503),
-        openapi_extra=_body(WebhookMessage),
-    )
-    async def webhook(request: Request) -> JSONResponse:
-        sized = await _read_json_sized(request, bounds.webhook_bytes, bounds.max_depth)
-        if isinstance(sized, JSONResponse):
-            return sized
-        body, size = sized
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, body: Any, status: int = 200, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.body = body
+        self.status = status
+        self.headers = headers
+
+
+class _Refusal(Exception):
+    """A request body refused before it reached a handler (too large, not JSON, too deep, cut off)."""
+
+    def __init__(self, answer: _Answer) -> None:
+        super().__init__(answer.body.get("detail", ""))
+        self.answer = answer
+
+
+class AnalysisApi:
+    """The ASGI app of one node's analysis API: four endpoints and ``/openapi.json``.
+
+    A plain ASGI app rather than a web framework's: it is created for every node (1,000 of them in
+    one process in a large local federation) and answers every message delivery, so both cost
+    microseconds. Unknown paths get 404 and known paths other methods 405 with ``Allow``, with a JSON
+    ``detail`` as elsewhere; the published schema comes from :mod:`flame.node.api_schema`.
+    """
+
+    def __init__(self, node: AsyncNode, limits: ApiLimits | None = None) -> None:
+        self.node = node
+        self.limits = limits or ApiLimits()
+        self._routes: dict[str, dict[str, Callable[[Scope, Receive], Awaitable[_Answer]]]] = {
+            "/webhook": {"POST": self._webhook},
+            "/healthz": {"GET": self._healthz, "HEAD": self._healthz},
+            "/token_refresh": {"POST": self._token_refresh},
+            "/partner_status": {"POST": self._partner_status},
+            "/openapi.json": {"GET": self._openapi, "HEAD": self._openapi},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if kind != "http":  # a websocket: refused
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        methods = self._routes.get(scope["path"])
+        if methods is None:
+            answer = _Answer({"detail": "Not Found"}, 404)
+        elif (handler := methods.get(scope["method"])) is None:
+            allow = ", ".join(methods).encode()
+            answer = _Answer({"detail": "Method Not Allowed"}, 405, ((b"allow", allow),))
+        else:
+            try:
+                answer = await handler(scope, receive)
+            except _Refusal as refusal:
+                answer = refusal.answer
+            except Exception:
+                log.exception("the analysis API failed on %s %s", scope["method"], scope["path"])
+                await _send(send, _Answer({"detail": "Internal Server Error"}, 500), head=False)
+                raise
+        await _send(send, answer, head=scope["method"] == "HEAD")
+
+    # -- the endpoints --------------------------------------------------------------------------------
+
+    async def _webhook(self, scope: Scope, receive: Receive) -> _Answer:
+        body, size = await _read_json(scope, receive, self.limits.webhook_bytes, self.limits.max_depth)
         try:
-            await node.messenger.receive(body, size=size)
+            await self.node.messenger.receive(body, size=size)
         except NotReadyError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=503)
+            return _Answer({"detail": str(exc)}, 503)
         except InboxFullError as exc:
             # a 4xx: the broker drops it, and the sender resends it until it is acknowledged
             log.warning("refused a webhook delivery, the inbox is full for its sender: %s", exc)
-            return JSONResponse({"detail": str(exc)}, status_code=429)
+            return _Answer({"detail": str(exc)}, 429)
         except ProtocolError as exc:
             log.warning("rejected a webhook delivery: %s", exc)
-            return JSONResponse({"detail": str(exc)}, status_code=400)
-        return JSONResponse({"status": "received"})
+            return _Answer({"detail": str(exc)}, 400)
+        return _Answer({"status": "received"})
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> dict[str, Any]:
-        return {"status": node.status, "token_remaining_time": node.token_remaining_time()}
+    async def _healthz(self, scope: Scope, receive: Receive) -> _Answer:
+        node = self.node
+        return _Answer({"status": node.status, "token_remaining_time": node.token_remaining_time()})
 
-    @app.post(
-        "/token_refresh",
-        response_model=TokenRefreshed,
-        responses=_problems(400, 413, 503),
-        openapi_extra=_body(TokenRefresh),
-    )
-    async def token_refresh(request: Request) -> JSONResponse:
-        body = await _read_json(request, bounds.control_bytes, bounds.max_depth)
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            token = TokenRefresh.model_validate(body).token.strip()
-        except ValidationError:
-            token = ""
+    async def _token_refresh(self, scope: Scope, receive: Receive) -> _Answer:
+        body, _ = await _read_json(scope, receive, self.limits.control_bytes, self.limits.max_depth)
+        token = body.get("token") if isinstance(body, dict) else None
+        token = token.strip() if isinstance(token, str) else ""
         if not token:
-            return JSONResponse({"detail": 'no token in the body; send {"token": "<JWT>"}'}, status_code=400)
+            return _Answer({"detail": 'no token in the body; send {"token": "<JWT>"}'}, 400)
         try:
-            await node.refresh_token(token)
+            await self.node.refresh_token(token)
         except TokenError as exc:
             log.warning("refused a token pushed to /token_refresh: %s", exc)
-            return JSONResponse({"detail": f"token refused, the current one stays: {exc}"}, status_code=400)
+            return _Answer({"detail": f"token refused, the current one stays: {exc}"}, 400)
         except FlameError as exc:  # ServiceError, or any other check that could not run now
             log.warning("cannot verify a token pushed to /token_refresh now: %s", exc)
-            return JSONResponse(
-                {"detail": f"cannot verify the token now, the current one stays; push it again: {exc}"},
-                status_code=503,
+            return _Answer(
+                {"detail": f"cannot verify the token now, the current one stays; push it again: {exc}"}, 503
             )
         log.info("token refreshed by the pod orchestrator")
-        return JSONResponse({"message": "Token refreshed successfully"})
+        return _Answer({"message": "Token refreshed successfully"})
 
-    @app.post(
-        "/partner_status",
-        response_model=OwnStatus,
-        responses=_problems(400, 413, 422),
-        openapi_extra=_body(PartnerStatus),
-    )
-    async def partner_status(request: Request) -> JSONResponse:
-        body = await _read_json(request, bounds.control_bytes, bounds.max_depth)
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            statuses = PartnerStatus.model_validate(body).partner_status
-        except ValidationError:
-            return JSONResponse(
-                {"detail": 'expected {"partner_status": {"<node id>": "<status>"}}'}, status_code=422
-            )
-        await node.adopt_partner_status(statuses)
-        return JSONResponse({"status": node.status})
+    async def _partner_status(self, scope: Scope, receive: Receive) -> _Answer:
+        body, _ = await _read_json(scope, receive, self.limits.control_bytes, self.limits.max_depth)
+        statuses = body.get("partner_status") if isinstance(body, dict) else None
+        if not isinstance(statuses, dict) or not all(isinstance(v, str) for v in statuses.values()):
+            return _Answer({"detail": 'expected {"partner_status": {"<node id>": "<status>"}}'}, 422)
+        await self.node.adopt_partner_status(statuses)
+        return _Answer({"status": self.node.status})
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            _, definitions = models_json_schema(
-                [(model, "validation") for model in _MODELS], ref_template="#/components/schemas/{model}"
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions.get("$defs", {}))
-            app.openapi_schema = schema
-        return app.openapi_schema
+    async def _openapi(self, scope: Scope, receive: Receive) -> _Answer:
+        from flame.node.api_schema import openapi_schema  # FastAPI and pydantic: only when asked
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+        return _Answer(openapi_schema())
 
 
-async def _read_json(request: Request, limit: int, max_depth: int) -> Any:
-    """The body as JSON, or the 4xx answer: read in chunks, never more than ``limit`` bytes kept."""
-    sized = await _read_json_sized(request, limit, max_depth)
-    return sized if isinstance(sized, JSONResponse) else sized[0]
+def create_api(node: AsyncNode, limits: ApiLimits | None = None) -> AnalysisApi:
+    """The ASGI app of one node's analysis API."""
+    return AnalysisApi(node, limits)
 
 
-async def _read_json_sized(request: Request, limit: int, max_depth: int) -> tuple[Any, int] | JSONResponse:
-    """Like :func:`_read_json`, with the body's size in bytes."""
-    where = request.url.path
-    declared = request.headers.get("content-length")
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _send(send: Send, answer: _Answer, *, head: bool) -> None:
+    body = json.dumps(answer.body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *answer.headers,
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _read_json(scope: Scope, receive: Receive, limit: int, max_depth: int) -> tuple[Any, int]:
+    """The body as JSON and its size in bytes, read in chunks, never more than ``limit`` bytes kept.
+
+    Raises :class:`_Refusal` with the 4xx answer otherwise.
+    """
+    where = scope["path"]
+    declared = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        log.warning("refused a %s body of %s bytes (limit %d): too large", where, declared.strip(), limit)
-        return _too_large(limit)
+        log.warning(
+            "refused a %s body of %s bytes (limit %d): too large", where, declared.strip().decode(), limit
+        )
+        raise _Refusal(_too_large(limit))
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise _Refusal(_Answer({"detail": "the client went away before the body was complete"}, 400))
+        chunk = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > limit:
                 log.warning("refused a %s body of more than %d bytes: too large", where, limit)
-                return _too_large(limit)
+                raise _Refusal(_too_large(limit))
             chunks.append(chunk)
-    except ClientDisconnect:
-        return JSONResponse({"detail": "the client went away before the body was complete"}, status_code=400)
-    raw = b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
         value = json.loads(raw)
     except RecursionError:
-        return _too_deep(where, max_depth)
+        raise _Refusal(_too_deep(where, max_depth)) from None
     except ValueError:  # includes UnicodeDecodeError and over-long integers
-        return JSONResponse({"detail": "the body is not JSON (UTF-8)"}, status_code=400)
+        raise _Refusal(_Answer({"detail": "the body is not JSON (UTF-8)"}, 400)) from None
     if envelope.json_depth(value, max_depth) > max_depth:
-        return _too_deep(where, max_depth)
+        raise _Refusal(_too_deep(where, max_depth))
     return value, size
 
 
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"the body is larger than {limit} bytes; send bulk data through storage"}, status_code=413
-    )
+def _too_large(limit: int) -> _Answer:
+    return _Answer({"detail": f"the body is larger than {limit} bytes; send bulk data through storage"}, 413)
 
 
-def _too_deep(where: str, max_depth: int) -> JSONResponse:
+def _too_deep(where: str, max_depth: int) -> _Answer:
     log.warning("refused a %s body nested deeper than %d levels", where, max_depth)
-    return JSONResponse(
-        {"detail": f"the JSON is nested too deep (more than {max_depth} levels)"}, status_code=400
-    )
+    return _Answer({"detail": f"the JSON is nested too deep (more than {max_depth} levels)"}, 400)
 
 
-__all__ = ["DEFAULT_CONTROL_BYTES", "DEFAULT_WEBHOOK_BYTES", "ApiLimits", "create_api"]
+__all__ = ["DEFAULT_CONTROL_BYTES", "DEFAULT_WEBHOOK_BYTES", "AnalysisApi", "ApiLimits", "create_api"]

@@ -96,6 +96,9 @@ class Inbox:
         self._charged: set[str] = set()
         self.max_unread_bytes_per_sender = max_unread_bytes_per_sender
         self._acks: dict[str, set[str]] = {}
+        #: the unread messages, category -> sender -> id -> message (oldest first): a waiter re-checks
+        #: its condition on every change, so finding them must not cost a scan of everything stored
+        self._unread: dict[str, dict[str, dict[str, Message]]] = {}
         self._changed = asyncio.Condition()
         self.max_per_sender = max_per_sender
         self.max_seen_per_sender = max_seen_per_sender
@@ -138,6 +141,7 @@ class Inbox:
         if message.status == "unread":
             self._unread_bytes[sender] = unread + cost
             self._charged.add(message.id)
+            self._unread.setdefault(message.category, {}).setdefault(sender, {})[message.id] = message
         self._messages[message.id] = message
         await self._notify()
         return True
@@ -170,23 +174,53 @@ class Inbox:
     def unread(
         self, senders: Iterable[str] | None, category: str, message_id: str | None = None
     ) -> dict[str, list[Message]]:
-        """Unread messages of ``category`` per sender (all senders when None), oldest first."""
-        wanted = None if senders is None else set(senders)
+        """Unread messages of ``category`` per sender (all senders when None), oldest first.
+
+        Costs in proportion to the unread messages of ``category`` (or the senders asked for, if
+        fewer), not to everything the inbox holds.
+        """
+        by_sender = self._unread.get(category)
+        if not by_sender:
+            return {}
+        if senders is None:
+            candidates: Iterable[str] = by_sender
+        else:
+            wanted = senders if isinstance(senders, set | frozenset | dict) else set(senders)
+            candidates = (
+                [s for s in by_sender if s in wanted]
+                if len(by_sender) <= len(wanted)
+                else [s for s in wanted if s in by_sender]
+            )
         found: dict[str, list[Message]] = {}
-        for message in self._messages.values():
-            if message.status != "unread" or message.category != category:
-                continue
-            if wanted is not None and message.sender not in wanted:
-                continue
-            if message_id is not None and message.id != message_id:
-                continue
-            found.setdefault(message.sender, []).append(message)
+        for sender in candidates:
+            bucket = by_sender[sender]
+            if message_id is not None:
+                one = bucket.get(message_id)
+                messages = [one] if one is not None and one.status == "unread" else []
+            else:
+                # status is re-checked: a caller holding a message may have marked it read in its meta
+                messages = [m for m in bucket.values() if m.status == "unread"]
+            if messages:
+                found[sender] = messages
         return found
 
     def mark_read(self, messages: Iterable[Message]) -> None:
         for message in messages:
             message.meta["status"] = "read"
             self._uncharge(message)
+            self._unindex(message)
+
+    def _unindex(self, message: Message) -> None:
+        """Take ``message`` out of the unread index (if it is the one stored under its id)."""
+        by_sender = self._unread.get(message.category)
+        bucket = by_sender.get(message.sender) if by_sender is not None else None
+        if bucket is None or bucket.get(message.id) is not message:
+            return
+        del bucket[message.id]
+        if not bucket:
+            del by_sender[message.sender]  # type: ignore[union-attr]
+            if not by_sender:
+                del self._unread[message.category]
 
     def _uncharge(self, message: Message) -> None:
         """Release what ``message`` costs against its sender's unread budget (once)."""
@@ -213,6 +247,7 @@ class Inbox:
             message = self._messages.get(message_id)
             if message is not None:
                 self._uncharge(message)
+                self._unindex(message)
                 del self._messages[message_id]
                 count += 1
                 self._stored[message.sender] -= 1

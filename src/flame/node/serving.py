@@ -1,4 +1,8 @@
-"""Serving an ASGI app with uvicorn on the current event loop, on a socket bound before it runs."""
+"""Serving an ASGI app with uvicorn on the current event loop, on a socket bound before it runs.
+
+uvicorn is imported when the first server starts, not with this module: a node that never serves its
+API over a socket (in-process local runs) does not load it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import asyncio
 import contextlib
 import socket
 from typing import Any
-
-import uvicorn
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -36,6 +38,8 @@ class HTTPServer:
         bound_host, self.port = self._sock.getsockname()[:2]
         self.host = "127.0.0.1" if bound_host in ("0.0.0.0", "") else bound_host
         self.url = f"http://{self.host}:{self.port}"
+        import uvicorn
+
         config = uvicorn.Config(app, lifespan="off", log_level="warning", timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         # the embedding program owns the signal handlers (Ctrl-C), not this server

@@ -15,6 +15,10 @@ reach every node's sidecar, so the emulator checks the binding in every service:
 one analysis opens nothing of another. The status codes follow each real service: the broker (a
 Spring resource server) and the pod orchestrator answer 401 for a missing or invalid token, the
 storage service and hub adapter (FastAPI ``HTTPBearer``) 401 without a header and 403 for a bad token.
+
+The checks are coroutines, so FastAPI runs them on the event loop: as plain functions each request
+handed them to a worker thread and back, which cost more than the check itself (the issuer caches
+the tokens it verified, see :meth:`~flame.sim.issuer.TokenIssuer.verify`).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def require_analysis(claims: dict[str, Any], analysis_id: str) -> None:
         raise HTTPException(403, f"Forbidden: {reason}")
 
 
-def broker_claims(request: Request) -> dict[str, Any]:
+async def broker_claims(request: Request) -> dict[str, Any]:
     """The broker's check (a Spring OAuth2 resource server): any missing, bad or expired token is 401.
 
     A valid token of another analysis is 403.
@@ -91,7 +95,7 @@ def broker_claims(request: Request) -> dict[str, Any]:
     return claims
 
 
-def service_claims(request: Request) -> dict[str, Any]:
+async def service_claims(request: Request) -> dict[str, Any]:
     """The storage service's and hub adapter's check (FastAPI HTTPBearer).
 
     No header: 401 ``{"detail": "Not authenticated"}``; a bad, expired or claimless JWT, or one of
@@ -111,7 +115,7 @@ def service_claims(request: Request) -> dict[str, Any]:
     return claims
 
 
-def po_claims(request: Request) -> dict[str, Any]:
+async def po_claims(request: Request) -> dict[str, Any]:
     """The pod orchestrator's check (FastAPI OAuth2 bearer): missing or invalid token 401, another analysis 403."""
     token = _bearer(request)
     if not token:

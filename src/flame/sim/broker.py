@@ -20,12 +20,12 @@ Behaviour copied from PrivateAIM/node-message-broker, in the details its HTTP co
 
 Delivery policy, as the real broker's forwarder (a Spring ``WebClient`` with
 ``Accept: application/json``, no response timeout, ``Retry.backoff(5, 1 s).jitter(0.75)`` on 5xx only;
-settings in :class:`~flame.sim.settings.StackSettings`): 2xx/3xx delivered; 5xx retried at most
-``delivery_max_retries`` times, the k-th retry (from 0) after ``d = scaled(delivery_base_delay) * 2**k``
-moved by a uniform jitter of at most ``delivery_jitter * d`` either way but never below the first delay;
-4xx and connection failures drop the message, and so does a response timeout if
-``delivery_timeout`` sets one (the real broker has none: a webhook may take as long as it needs).
-Nothing is persisted and order is not kept.
+settings in :class:`~flame.sim.settings.StackSettings`), with at most :data:`MAX_DELIVERIES_IN_FLIGHT`
+webhook POSTs under way at once: 2xx/3xx delivered; 5xx retried at most ``delivery_max_retries`` times,
+the k-th retry (from 0) after ``d = scaled(delivery_base_delay) * 2**k`` moved by a uniform jitter of at
+most ``delivery_jitter * d`` either way but never below the first delay; 4xx and connection failures
+drop the message, and so does a response timeout if ``delivery_timeout`` sets one (the real broker has
+none: a webhook may take as long as it needs). Nothing is persisted and order is not kept.
 Every step is recorded in ``stack.events`` (``broker.*``, ``delivery.*``, ``fault.delivery``).
 """
 
@@ -56,6 +56,12 @@ from flame.sim.faults import DeliveryDecision
 if TYPE_CHECKING:
     from flame.sim.node import SimNode
     from flame.sim.stack import FlameStack
+
+#: Webhook POSTs the stack's brokers have under way at once; more wait for a slot. The delivery timeout
+#: then measures the webhook's answer, not the queue of an emulator whose brokers all share one
+#: event loop (a broadcast to 1,000 nodes started 1,000 POSTs at once, and on a busy machine those at
+#: the back timed out before their request was even sent: deliveries a real broker would not lose).
+MAX_DELIVERIES_IN_FLIGHT = 128
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -106,6 +112,9 @@ class Broker:
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Event | None = None
+        #: webhook URLs parsed once: httpx parses a URL string on every request otherwise
+        self._webhooks: dict[str, httpx.URL] = {}
+        self._slots: asyncio.Semaphore | None = None  # made on the loop that delivers
 
     @property
     def pending(self) -> int:
@@ -244,8 +253,11 @@ class Broker:
             attempt += 1
             status: int | None = None
             extra: dict[str, Any] = {}
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(MAX_DELIVERIES_IN_FLIGHT)
             try:
-                status = await self._post_once(job, timeout)
+                async with self._slots:
+                    status = await self._post_once(job, timeout)
             except (httpx.TimeoutException, asyncio.TimeoutError):
                 reason = "timeout"
             except httpx.HTTPError as exc:
@@ -280,8 +292,13 @@ class Broker:
         # The receiving node's broker posts from inside that node's cluster: its client resolves
         # ``http://nginx-...`` to that node's sidecar (and fails to connect for a gone or offline pod).
         client = self.stack.node_http(job.receiver.name)
+        url = self._webhooks.get(job.webhook)
+        if url is None:
+            if len(self._webhooks) >= 4096:
+                self._webhooks.clear()
+            url = self._webhooks[job.webhook] = httpx.URL(job.webhook)
         request: Awaitable[httpx.Response] = client.post(
-            job.webhook,
+            url,
             content=job.message.body,
             headers={"Content-Type": "application/json", "Accept": "application/json"},
             timeout=timeout,
@@ -420,9 +437,18 @@ def create_app(stack: FlameStack) -> FastAPI:
         stack_.broker.accept(node, partners, body["message"], broadcast=True)
         return Response(status_code=202)
 
-    @app.get("/analyses/{analysis_id}/participants")
-    async def participants(analysis_id: str, request: Request) -> list[dict[str, str]]:
-        return [n.participant() for n in current_stack(request).nodes.values()]
+    # Every node asks for the whole list at start-up: with n nodes, n lists of n entries. The encoded
+    # list is kept while the stack's nodes are the same (a node's id and role never change).
+    listed: dict[str, tuple[tuple[SimNode, ...], bytes]] = {}
+
+    @app.get("/analyses/{analysis_id}/participants", response_model=list[dict[str, str]])
+    async def participants(analysis_id: str, request: Request) -> Response:
+        nodes = tuple(current_stack(request).nodes.values())
+        known = listed.get("nodes")
+        if known is None or known[0] != nodes:  # element by element, identity first
+            body = json.dumps([n.participant() for n in nodes], separators=(",", ":")).encode()
+            known = listed["nodes"] = (nodes, body)
+        return Response(known[1], media_type="application/json")
 
     @app.get("/analyses/{analysis_id}/participants/self")
     async def participant_self(analysis_id: str, request: Request) -> dict[str, str]:

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 #: Where a Keycloak realm serves its key set (relative to the Keycloak base URL).
 JWKS_PATH = "/realms/flame/protocol/openid-connect/certs"
+#: Verified tokens an issuer remembers (a node sees one per analysis and refresh).
+VERIFIED_CACHE_SIZE = 4096
 
 
 class InvalidToken(Exception):
@@ -43,6 +45,9 @@ class TokenIssuer:
         self._minted: set[str] = set()
         self._revoked: set[str] = set()
         self._lock = threading.Lock()
+        #: tokens verified before -> their claims: checking a signature again on every request of
+        #: every service cost more than the rest of the check
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"TokenIssuer(issuer={self.issuer!r}, kid={self.kid!r})"
@@ -80,22 +85,37 @@ class TokenIssuer:
             return len(self._minted)
 
     def verify(self, token: str) -> dict[str, Any]:
-        """The claims of a valid token; :class:`InvalidToken` otherwise."""
-        try:
-            header = jwt.get_unverified_header(token)
-            if header.get("kid") != self.kid:
-                raise InvalidToken("unknown key id")
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._key.public_key(),
-                algorithms=["RS256"],
-                options={"verify_aud": False, "require": ["exp", "iat", "iss"]},
-                issuer=self.issuer,
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("token expired") from None
-        except jwt.PyJWTError as exc:
-            raise InvalidToken(f"invalid token ({type(exc).__name__})") from None
+        """The claims of a valid token; :class:`InvalidToken` otherwise.
+
+        A token verified before is not verified again: its claims are remembered (up to
+        :data:`VERIFIED_CACHE_SIZE` tokens), and only its expiry and revocation are checked anew.
+        """
+        known = self._verified.get(token)
+        if known is not None:
+            if known["exp"] <= time.time():  # as PyJWT judges expiry (no leeway)
+                self._verified.pop(token, None)
+                raise InvalidToken("token expired")
+            claims = dict(known)
+        else:
+            try:
+                header = jwt.get_unverified_header(token)
+                if header.get("kid") != self.kid:
+                    raise InvalidToken("unknown key id")
+                claims = jwt.decode(
+                    token,
+                    self._key.public_key(),
+                    algorithms=["RS256"],
+                    options={"verify_aud": False, "require": ["exp", "iat", "iss"]},
+                    issuer=self.issuer,
+                )
+            except jwt.ExpiredSignatureError:
+                raise InvalidToken("token expired") from None
+            except jwt.PyJWTError as exc:
+                raise InvalidToken(f"invalid token ({type(exc).__name__})") from None
+            if isinstance(claims.get("exp"), int | float):
+                if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                    self._verified.clear()
+                self._verified[token] = dict(claims)
         with self._lock:
             revoked = claims.get("jti") in self._revoked
         if revoked:
