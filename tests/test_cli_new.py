@@ -62,6 +62,9 @@ def test_the_dockerfile_builds_a_flame_analysis_image(project: Path) -> None:
     assert "data/" in (project / ".dockerignore").read_text().splitlines()
     readme = (project / "README.md").read_text()
     assert readme.startswith("# Mean-Age\n") and "{{" not in readme
+    # the test's own dependencies are declared: pytest and the SDK's wheel with the emulator's extra
+    requirements = (project / "requirements-test.txt").read_text().splitlines()
+    assert f"./wheels/{wheel}[sim]" in requirements and "pytest>=8" in requirements
 
 
 def test_sample_data_is_deterministic(project: Path, tmp_path: Path) -> None:

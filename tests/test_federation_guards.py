@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pytest
+
+import flame
 from flame.federated import Aggregator, FederationOptions
 from flame.federated.failures import author_location, describe_failure
 from flame.sim.federation import Federation
@@ -22,6 +25,7 @@ from tests.test_federation import (
 )
 
 HERE = Path(__file__).name
+EXAMPLES_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 
 
 def logs(stack: FlameStack, name: str) -> list[str]:
@@ -50,6 +54,8 @@ async def test_max_rounds_without_convergence_warns_in_log_and_run(
     [warning] = aggregator.warnings
     assert "max_rounds=2 reached after round 2 but converged() never returned True" in warning
     assert any(line.startswith("warning: max_rounds=2") for line in logs(stack, "aggregator"))
+    # and in the run's report
+    assert run.report()["warnings"] == [warning] and run.report()["convergence"] == "max-rounds"
 
 
 async def test_require_convergence_fails_the_analysis_and_submits_nothing(
@@ -164,3 +170,37 @@ def test_an_analysis_installed_as_a_package_is_still_located() -> None:
         only_installed = exc.with_traceback(exc.__traceback__.tb_next)  # without this test's own frame
         location = author_location(only_installed)
     assert location is not None and location.endswith("hospital_analysis/core.py:2, in analyze")
+
+
+NEVER_CONVERGES = """
+import flame
+
+
+class Count(flame.Analyzer):
+    def analyze(self, data, aggregate, round):
+        return {"n": len(data.dataframe("patients.csv"))}
+
+
+class Never(flame.Aggregator):
+    def aggregate(self, updates, round, previous):
+        return sum(u["n"] for u in updates.values())
+
+    def converged(self, aggregate, previous, round):
+        return False
+
+
+if __name__ == "__main__":
+    flame.run(Count(), Never(), max_rounds=2)
+"""
+
+
+@pytest.mark.parametrize("mode", ["inprocess", pytest.param("processes", marks=pytest.mark.process)])
+def test_a_local_run_reports_the_convergence_warning(
+    tmp_path: Path, mode: Literal["inprocess", "processes"]
+) -> None:
+    analysis = tmp_path / "never.py"
+    analysis.write_text(NEVER_CONVERGES)
+    result = flame.simulate(analysis, data=EXAMPLES_DATA, mode=mode, timeout=120)
+    assert result.ok, result.errors
+    [warning] = result.report["run"]["warnings"]
+    assert warning.startswith("max_rounds=2 reached after round 2 but converged() never returned True")

@@ -37,7 +37,13 @@ from flame.node.loop import LoopThread
 from flame.tokens import check_token, seconds_remaining
 
 #: Where the mean example and its data live in a checkout of the project.
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+#: The repository's examples in a checkout; the copy shipped in the package when installed from a wheel.
+_REPOSITORY_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = (
+    _REPOSITORY_EXAMPLES
+    if (_REPOSITORY_EXAMPLES / "mean_std" / "analysis.py").is_file()
+    else Path(__file__).resolve().parent / "demo_files"
+)
 
 
 def run_demo(console: Console | None = None, examples: Path = EXAMPLES) -> int:

@@ -45,6 +45,7 @@ FILES = {
     "make_data_generic.py": "make_data.py",
     "Dockerfile": "Dockerfile",
     "README.md": "README.md",
+    "requirements-test.txt": "requirements-test.txt",
     "dockerignore": ".dockerignore",
     "gitignore": ".gitignore",
 }

@@ -277,6 +277,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def warnings_from_logs(stack: FlameStack) -> list[str]:
+    """The aggregator's run warnings (``warning: ...`` lines of type warn; process mode)."""
+    aggregator = next(name for name, node in stack.nodes.items() if node.role == "aggregator")
+    return [
+        str(entry["log"])[len("warning: ") :]
+        for entry in stack.po.records[aggregator].logs
+        if entry.get("log_type") == "warn" and str(entry.get("log", "")).startswith("warning: ")
+    ]
+
+
 def rounds_from_logs(stack: FlameStack) -> list[dict[str, Any]]:
     """Per-round figures from the aggregator's log lines (process mode, where its object is elsewhere).
 
@@ -394,6 +404,7 @@ async def run_processes(
         seconds=time.monotonic() - started,
         rounds=rounds_from_logs(stack),
         events=dict(sorted(Counter(e.kind for e in stack.events).items())),
+        warnings=warnings_from_logs(stack),
     )
     return run, reason, processes.records
 

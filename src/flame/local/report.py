@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import io
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -152,7 +153,14 @@ def decode_final(data: bytes, output_type: str, *, limit: int | None = None) -> 
             text = repr(codec.decode(data))
         except FlameError as exc:
             text = f"<codec result, {len(data)} bytes; does not decode: {exc}>"
-    else:
+    elif output_type == "parquet":
+        try:
+            import pandas as pd
+
+            text = pd.read_parquet(io.BytesIO(data)).to_string()
+        except Exception as exc:  # pyarrow missing or a file it cannot read: say so, show no bytes
+            text = f"<parquet result, {len(data)} bytes; cannot be read here: {exc}>"
+    else:  # str, json, csv and bytes that are text
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -299,6 +307,8 @@ def print_summary(outcome: SimOutcome, console: Console) -> None:
                 str(entry.get("round")), str(updates), "" if seconds is None else f"{float(seconds):.3f}"
             )
         console.print(table)
+    for warning in run.warnings:
+        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     counts = run.events
     faults = sum(n for kind, n in counts.items() if kind.startswith("fault."))
     console.print(

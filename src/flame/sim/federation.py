@@ -31,6 +31,7 @@ from typing import Any
 
 from flame.errors import FlameError, FlameTimeoutError
 from flame.federated import Aggregator, Analyzer, FederationOptions, run_node
+from flame.federated.failures import describe_failure
 from flame.node.runtime import AsyncNode
 from flame.sim.launch import Mode, start_node
 from flame.sim.node import SimNode
@@ -90,6 +91,10 @@ class FederationRun:
     events: dict[str, int] = field(default_factory=dict)
     #: why the run stopped the nodes still running, when a failure decided it (None: every node ended)
     stopped: str | None = None
+    #: the aggregator's warnings (``max_rounds`` reached without convergence, ...)
+    warnings: list[str] = field(default_factory=list)
+    #: how the aggregator's rounds ended: "not-iterative", "running", "converged" or "max-rounds"
+    convergence: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -113,6 +118,8 @@ class FederationRun:
             "rounds": self.rounds,
             "final_results": {name: len(data) for name, data in self.final_results.items()},
             "events": self.events,
+            "warnings": self.warnings,
+            "convergence": self.convergence,
             **({"stopped": self.stopped} if self.stopped is not None else {}),
         }
 
@@ -191,6 +198,8 @@ class Federation:
             rounds=self._rounds(),
             events=dict(sorted(Counter(e.kind for e in self.stack.events).items())),
             stopped=self.stopped,
+            warnings=[w for a in self.aggregators for w in getattr(a, "warnings", [])],
+            convergence=getattr(self.aggregators[-1], "convergence", None) if self.aggregators else None,
         )
 
     def _rounds(self) -> list[dict[str, Any]]:
@@ -315,7 +324,7 @@ class Federation:
             error = f"stopped: {reason}" if reason is not None else None
             raise
         except Exception as exc:
-            error = f"the analysis code raised {type(exc).__name__}: {exc}"
+            error = f"the analysis code raised {describe_failure(exc)}"
         finally:
             self._cleaning.add(me)
             if me in self._stopping:
