@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUM    := $(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(SUM)
+# `make demo` needs only the SDK and its emulator (the sim extra), not the test tools
+DEMO_STAMP := $(VENV)/.installed-demo-$(SUM)
 
 .PHONY: demo test lint typecheck pytest bench clean docs docsbuild
 
@@ -12,10 +15,15 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
-	rm -f $(VENV)/.installed-*
+	rm -f $(VENV)/.installed-[0-9]*
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[sim]'
+	rm -f $(VENV)/.installed-demo-*
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m flame demo
 
 test: $(STAMP) lint typecheck docsbuild pytest
