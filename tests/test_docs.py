@@ -116,3 +116,42 @@ def test_readme_links_resolve() -> None:
     assert any(t.startswith("docs/") for t in local), "the README links the documentation pages"
     missing = [t for t in local if not (ROOT / t).exists()]
     assert not missing, missing
+
+
+def resolve(dotted: str) -> object:
+    """The object a dotted name such as ``flame.local.api.simulate`` names: its longest importable
+    module prefix, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(dotted)
+
+
+def test_python_names_in_the_docs_exist() -> None:
+    """A module, class or function of the SDK named in code font (`flame.x.y`) must still exist."""
+    named: dict[str, str] = {}
+    for path in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for name in re.findall(r"`(flame(?:\.[A-Za-z_]\w*)+)", line):
+                named.setdefault(name, f"{path.relative_to(ROOT)}:{number}")
+    assert {"flame.simulate", "flame.stats", "flame.codec"} <= set(named), "the scan is broken"
+    missing = []
+    for name, where in sorted(named.items()):
+        try:
+            resolve(name)
+        except (ImportError, AttributeError):
+            missing.append(f"{name} ({where})")
+    assert not missing, f"these names no longer exist; update the pages: {missing}"
+
+
+def test_a_removed_name_is_found() -> None:
+    for removed in ("flame.sim.cli_sim.simulate", "flame.local.api.run_simulation", "flame.no_such_module"):
+        with pytest.raises((ImportError, AttributeError)):
+            resolve(removed)
+    assert resolve("flame.local.api.simulate") is resolve("flame.simulate")
