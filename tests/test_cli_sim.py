@@ -733,7 +733,7 @@ def test_a_run_that_exceeds_the_timeout_ends_with_a_report(
     report = read_report(report_path)
     assert report["status"] == "timeout" and report["ok"] is False
     assert "(--timeout)" in report["stopped"]
-    assert report["run"]["nodes"]["node-1"]["error"].startswith("stopped by flame sim")
+    assert report["run"]["nodes"]["node-1"]["error"].startswith("stopped by the local run")
     assert "analysis code is still running" in out  # the blocked thread, reported, not waited for
 
 

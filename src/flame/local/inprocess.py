@@ -31,7 +31,7 @@ def federation_rounds(federation: Federation) -> list[dict[str, Any]]:
 def mark_stopped(outcomes: dict[str, NodeOutcome], reason: str) -> None:
     for outcome in outcomes.values():
         if outcome.status not in FINAL_STATUSES:
-            outcome.error = outcome.error or f"stopped by flame sim: {reason}"
+            outcome.error = outcome.error or f"stopped by the local run: {reason}"
 
 
 async def run_federation(

@@ -248,7 +248,7 @@ class ProcessFederation:
                     outcome.status = "failed"
             elif record.status != "executed":
                 outcome.error = (
-                    f"stopped by flame sim: {stopped}"
+                    f"stopped by the local run: {stopped}"
                     if stopped is not None and record.status not in FINAL_STATUSES
                     else f"ended with status {record.status!r}"
                 )
