@@ -260,13 +260,23 @@ async def test_send_to_a_node_whose_webhook_drops_everything_returns_not_acknowl
     )
     elapsed = time.monotonic() - began
     assert (acked, missing) == ([node_2.node_id], [node_1.node_id])
-    assert 0.5 <= elapsed < 2.0
-    assert aggregator.messenger.resent >= 1
+    assert elapsed >= 0.5  # it kept trying for its whole timeout
+    # attempts of 0.1 s within 0.5 s: five, one more at most when the last began just before the end
+    assert 1 <= aggregator.messenger.resent <= 5
     assert aggregator.messenger.sent == aggregator.messenger.resent + 1
-    sent = fed.stack.events.select("broker.sent", node="aggregator")
-    # the first attempt goes to both, each resend only to the node that did not acknowledge
+    events = list(fed.stack.events)
+    sent = [e for e in events if e.kind == "broker.sent" and e.node == "aggregator"]
+    # the first attempt goes to both; once node-2's acknowledgement was delivered, resends go only to
+    # node-1 (one resend may have been on its way already). Ordered by events, not by the clock: on
+    # a loaded machine the acknowledgement may take longer than one attempt.
     assert sorted(sent[0].detail["recipients"]) == ["node-1", "node-2"]
-    assert all(e.detail["recipients"] == ["node-1"] for e in sent[1:])
+    ack = next(
+        e.seq
+        for e in events
+        if e.kind == "delivery.ok" and e.node == "aggregator" and e.detail["sender"] == "node-2"
+    )
+    after_ack = [e.detail["recipients"] for e in sent if e.seq > ack]
+    assert all(r == ["node-1"] for r in after_ack[1:])
     assert len(node_1.inbox) == 0 and len(node_2.inbox) == 1
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from flame.waits import bounded
+
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A non-blocking TCP socket bound to ``host:port`` (0: a free port) and listening.
@@ -46,7 +48,7 @@ class HTTPServer:
         """Stop accepting, let requests in flight finish (bounded), close the socket."""
         self._server.should_exit = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._task, timeout)
+            await bounded(self._task, timeout)
         if not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

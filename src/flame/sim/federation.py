@@ -35,6 +35,7 @@ from flame.node.runtime import AsyncNode
 from flame.sim.launch import Mode, start_node
 from flame.sim.node import SimNode
 from flame.sim.stack import FlameStack
+from flame.waits import bounded
 
 #: Once a failure decided the run: how long the other nodes get to end on their own (seconds).
 SETTLE_SECONDS = 2.0
@@ -167,7 +168,7 @@ class Federation:
             if name not in self._tasks:
                 self._launch(name)
         try:
-            reason = await asyncio.wait_for(self._until_decided(), timeout)
+            reason = await bounded(self._until_decided(), timeout)
         except asyncio.CancelledError:
             self._closing = True  # whoever cancelled the run stops its nodes; no restart starts one
             raise
