@@ -28,7 +28,7 @@ from flame.star.aggregator import StarAggregator
 from flame.star.analyzer import StarAnalyzer
 from flame.star.core_sdk import FlameCoreSDK
 from flame.star.model import StarContactError, StarLocalDPModel, StarModel
-from flame.star.node_base import Node
+from flame.star.node_base import Node, StarRole
 from flame.star.tester import StarModelTester, StarRun, run_star_nodes, run_star_script
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "StarLocalDPModel",
     "StarModel",
     "StarModelTester",
+    "StarRole",
     "StarRun",
     "run_star_nodes",
     "run_star_script",

@@ -21,7 +21,7 @@ from flame.errors import FederationError, FlameError
 from flame.star.aggregator import StarAggregator
 from flame.star.analyzer import StarAnalyzer
 from flame.star.core_sdk import FlameCoreSDK, _node_factory
-from flame.star.node_base import Node
+from flame.star.node_base import StarRole
 
 
 class _ERROR_MESSAGES(Enum):
@@ -51,7 +51,7 @@ class StarModel:
     data: Any = None
     test_mode: bool = False
     #: the analyzer or aggregator this node ran (for testers and inspection)
-    node: Node | None = None
+    node: StarRole | None = None
 
     def __init__(
         self,
