@@ -237,3 +237,23 @@ def test_a_pending_call_fails_clearly_when_the_loop_stops(lt: LoopThread) -> Non
             pending.result(10.0)
     finally:
         pool.shutdown()
+
+
+async def test_the_event_log_wakes_on_a_record_from_any_thread_and_times_out() -> None:
+    from flame.sim.events import EventLog
+
+    log = EventLog()
+    waiter = asyncio.ensure_future(log.wait_for("node.restart", node="node-2", timeout=3600.0))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    log.record("node.restart", "node-1")  # another node: still waiting
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiter.done()
+    recorder = threading.Thread(target=log.record, args=("node.restart", "node-2"))
+    recorder.start()
+    done, _ = await asyncio.wait([waiter], timeout=60)
+    recorder.join()
+    assert waiter in done and [e.node for e in waiter.result()] == ["node-2"]
+    with pytest.raises(TimeoutError, match="saw 0"):
+        await log.wait_for("never", timeout=0.01)
