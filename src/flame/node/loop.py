@@ -175,6 +175,14 @@ def _start(
     future.add_done_callback(cancel)
 
 
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
 class LoopThread:
     """An asyncio event loop running on its own daemon thread."""
 
@@ -193,12 +201,9 @@ class LoopThread:
         try:
             loop.run_forever()
         finally:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            _cancel_tasks(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
+            _cancel_tasks(loop)  # calls that were queued as the loop stopped started meanwhile
             loop.close()
 
     @property
