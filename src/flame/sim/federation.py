@@ -254,9 +254,10 @@ class Federation:
     async def _stop_and_wait(self, task: asyncio.Task[None], reason: str, timeout: float) -> bool:
         """Stop an incarnation and wait until it ended (at most ``timeout``); whether it did.
 
-        Cancelling once is not enough: a cancellation that arrives just as an ``asyncio.wait_for``
-        inside the runtime completes is lost (Python < 3.12), so it is repeated each second until the
-        incarnation is in its clean-up.
+        Cancelling once is not enough: a cancellation that arrives just as an ``asyncio.wait_for`` in
+        code the runtime awaits (a library's; the runtime's own waits use :func:`flame.waits.bounded`)
+        completes is lost (Python < 3.12), so it is repeated each second until the incarnation is in
+        its clean-up.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
