@@ -27,6 +27,7 @@ from typing import Literal
 from flame.clients.po import LOG_TYPES, LogType, PodOrchestratorClient
 from flame.errors import FlameError
 from flame.redact import redact
+from flame.waits import bounded
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +230,6 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait until ``event`` is set, at most ``timeout`` seconds; never swallows a cancellation."""
     if event.is_set():
         return True
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
-    finally:
-        waiter.cancel()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await bounded(event.wait(), max(timeout, 0.0))
     return event.is_set()
