@@ -34,8 +34,9 @@ importlint: $(STAMP)
 	$(BIN)/lint-imports
 
 # coverage includes the node processes tests start ([tool.coverage.run] patch); the floor is the level
-# measured when it was set, rounded down: raise it, never lower it
-COVERAGE_FLOOR := 0
+# measured when it was set (91.4 % of 14,205 statements on the full suite), rounded down: raise it,
+# never lower it
+COVERAGE_FLOOR := 91
 
 pytest: $(STAMP)
 	rm -f .coverage .coverage.*
