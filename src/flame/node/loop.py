@@ -107,7 +107,13 @@ def call_in_loop(
     # finds it and cancels the call (run_coroutine_threadsafe returns it only after scheduling).
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
     try:
-        loop.call_soon_threadsafe(_start, loop, coro, future)
+        try:
+            loop.call_soon_threadsafe(_start, loop, coro, future)
+        except RuntimeError:  # the loop closed since the check above
+            coro.close()
+            raise FlameError(
+                f"{what}: the node runtime's event loop is closed; start a new runtime"
+            ) from None
         if scope is not None and scope._enter(future) is not None:
             _cancel(future)  # aborted between the check above and now
         # Wait first, then take the result: since Python 3.11 concurrent.futures.TimeoutError is the
