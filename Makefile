@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(SUM)
 # `make demo` needs only the SDK and its emulator (the sim extra), not the test tools
 DEMO_STAMP := $(VENV)/.installed-demo-$(SUM)
 
-.PHONY: demo test lint typecheck pytest bench clean docs docsbuild
+.PHONY: demo test lint typecheck importlint docsbuild pytest bench clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(DEMO_STAMP): $(BIN)/python pyproject.toml
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m flame demo
 
-test: $(STAMP) lint typecheck docsbuild pytest
+test: $(STAMP) lint typecheck importlint docsbuild pytest
 
 LINTED := $(wildcard src tests benchmarks examples)
 
@@ -37,8 +37,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# the layer rules of the README's "Layout" table ([tool.importlinter] in pyproject.toml)
+importlint: $(STAMP)
+	$(BIN)/lint-imports
+
+# coverage includes the node processes tests start ([tool.coverage.run] patch); the floor is the level
+# measured when it was set (91.4 % of 14,205 statements on the full suite), rounded down: raise it,
+# never lower it
+COVERAGE_FLOOR := 91
+
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	rm -f .coverage .coverage.*
+	$(BIN)/pytest -q --cov --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)
 
 # The documentation site: built strictly (broken links and anchors fail) by `make test`, served by `make docs`.
 docsbuild: $(STAMP)
@@ -51,4 +61,4 @@ bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info .coverage .coverage.*

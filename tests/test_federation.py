@@ -67,6 +67,12 @@ class SumAnalyzer(Analyzer):
         return {"node": name, "value": int(frame["value"].sum()) * round + previous}
 
 
+def _wait_restarted(stack: Any, loop: asyncio.AbstractEventLoop, name: str) -> None:
+    """From a node's worker thread: block until the stack has replaced ``name``'s pod (its event)."""
+    waited = stack.events.wait_for("node.restart", node=name, timeout=30.0)
+    asyncio.run_coroutine_threadsafe(waited, loop).result(35.0)
+
+
 class SumAggregator(Aggregator):
     """Sums the updates; converges when ``converge_at`` is reached; optional per-round hooks."""
 
@@ -328,7 +334,7 @@ async def test_analysis_node_restart_mid_analysis(
             loop.call_soon_threadsafe(
                 lambda: restarts.append(asyncio.ensure_future(stack.restart_node("node-2", "test")))
             )
-            time.sleep(0.2)  # the old pod is gone before it could send anything
+            _wait_restarted(stack, loop, "node-2")  # the old pod is gone before it could send anything
 
     analyzer = subclass(SumAnalyzer, hooks={("node-2", 2): restart_node2})
     options = FederationOptions(max_rounds=4, round_deadline=5.0, send_timeout=5.0)
@@ -381,7 +387,7 @@ async def test_aggregator_restart_mid_analysis(
             loop.call_soon_threadsafe(
                 lambda: restarts.append(asyncio.ensure_future(stack.restart_node("aggregator", "test")))
             )
-            time.sleep(0.2)
+            _wait_restarted(stack, loop, "aggregator")
 
     aggregator = subclass(SumAggregator, hooks={at_round: restart_aggregator})
     options = FederationOptions(max_rounds=4, round_deadline=5.0, send_timeout=5.0)

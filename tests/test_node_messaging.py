@@ -225,7 +225,8 @@ async def test_await_messages_times_out_naming_the_missing_senders(federation: M
     with pytest.raises(FlameTimeoutError) as caught:
         await aggregator.await_messages([node_1.node_id, node_2.node_id], "result", timeout=0.3)
     elapsed = time.monotonic() - began
-    assert 0.3 <= elapsed < 1.5
+    # its own 0.3 s, not the default bound (600 s); the room above it is for a loaded machine
+    assert 0.3 <= elapsed < 10.0
     assert caught.value.missing == [node_2.node_id]
     assert node_2.node_id in str(caught.value) and "'result'" in str(caught.value)
     # the message that did arrive is still unread, and is handed over once the wait is lenient
@@ -239,12 +240,19 @@ async def test_await_messages_times_out_naming_the_missing_senders(federation: M
 async def test_await_wakes_on_arrival_without_polling(federation: MakeFederation) -> None:
     fed = await federation(analysis_nodes=1)
     aggregator, node_1 = await fed.start_all()
-    waiting = asyncio.ensure_future(node_1.await_messages([aggregator.node_id], "late", timeout=5))
-    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(node_1.await_messages([aggregator.node_id], "late", timeout=60))
+    for _ in range(5):
+        await asyncio.sleep(0)
     assert not waiting.done()
     await aggregator.send_message([node_1.node_id], "late", {"v": 2})
-    # acknowledged, so stored: the waiter was woken then and returns at once (a poll would lag behind)
-    found = await asyncio.wait_for(waiting, 0.3)
+    # acknowledged, so stored: the waiter was woken then and returns within a few turns of the event
+    # loop, however slow the machine (a poll would need time to pass)
+    for _ in range(20):
+        if waiting.done():
+            break
+        await asyncio.sleep(0)
+    assert waiting.done()
+    found = waiting.result()
     assert contents(found[aggregator.node_id]) == [{"v": 2}]
 
 
@@ -260,13 +268,23 @@ async def test_send_to_a_node_whose_webhook_drops_everything_returns_not_acknowl
     )
     elapsed = time.monotonic() - began
     assert (acked, missing) == ([node_2.node_id], [node_1.node_id])
-    assert 0.5 <= elapsed < 2.0
-    assert aggregator.messenger.resent >= 1
+    assert elapsed >= 0.5  # it kept trying for its whole timeout
+    # attempts of 0.1 s within 0.5 s: five, one more at most when the last began just before the end
+    assert 1 <= aggregator.messenger.resent <= 5
     assert aggregator.messenger.sent == aggregator.messenger.resent + 1
-    sent = fed.stack.events.select("broker.sent", node="aggregator")
-    # the first attempt goes to both, each resend only to the node that did not acknowledge
+    events = list(fed.stack.events)
+    sent = [e for e in events if e.kind == "broker.sent" and e.node == "aggregator"]
+    # the first attempt goes to both; once node-2's acknowledgement was delivered, resends go only to
+    # node-1 (one resend may have been on its way already). Ordered by events, not by the clock: on
+    # a loaded machine the acknowledgement may take longer than one attempt.
     assert sorted(sent[0].detail["recipients"]) == ["node-1", "node-2"]
-    assert all(e.detail["recipients"] == ["node-1"] for e in sent[1:])
+    ack = next(
+        e.seq
+        for e in events
+        if e.kind == "delivery.ok" and e.node == "aggregator" and e.detail["sender"] == "node-2"
+    )
+    after_ack = [e.detail["recipients"] for e in sent if e.seq > ack]
+    assert all(r == ["node-1"] for r in after_ack[1:])
     assert len(node_1.inbox) == 0 and len(node_2.inbox) == 1
 
 
@@ -300,7 +318,7 @@ async def test_ready_check_reports_each_partner(federation: MakeFederation) -> N
     stack.faults.add(offline)
     began = time.monotonic()
     assert await aggregator.ready_check(timeout=0.4) == {node_1.node_id: True, node_2.node_id: False}
-    assert 0.4 <= time.monotonic() - began < 2.0
+    assert 0.4 <= time.monotonic() - began < 10.0  # its timeout, not the 30 s of an attempt
     stack.faults.rules.remove(offline)
 
 

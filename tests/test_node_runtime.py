@@ -144,7 +144,7 @@ async def test_start_times_out_when_the_sidecar_is_offline(federation: MakeFeder
         elapsed = time.monotonic() - began
     finally:
         await node.stop()
-    assert 0.3 <= elapsed < 2.0
+    assert 0.3 <= elapsed < 10.0  # the start-up bound given (0.5 s), not the default 120 s
     assert caught.value.timeout == 0.5
     assert "sidecar" in str(caught.value) and "DEPLOYMENT_NAME" in str(caught.value)
     assert stack.node("node-1").subscriptions == {}
@@ -316,20 +316,26 @@ async def test_healthz_shape_and_speed_while_user_code_blocks(federation: MakeFe
     await fed.start("aggregator")
     async with fed.client("node-1") as client:
         await client.get("/analysis/healthz")  # warm the connection
-        # a sync user function that blocks a worker thread for 1 s
-        blocking = asyncio.ensure_future(asyncio.to_thread(time.sleep, 1.0))
-        await asyncio.sleep(0.01)
-        began = time.perf_counter()
-        answer = await client.get("/analysis/healthz")
-        elapsed = time.perf_counter() - began
-        assert not blocking.done()
-        await blocking
+        # a sync user function that blocks a worker thread until the health check has its answer
+        entered, release = threading.Event(), threading.Event()
+
+        def user_code() -> None:
+            entered.set()
+            release.wait(60)
+
+        blocking = asyncio.ensure_future(asyncio.to_thread(user_code))
+        assert await asyncio.to_thread(entered.wait, 60)
+        try:
+            answer = await client.get("/analysis/healthz")
+            assert not blocking.done()  # answered while the user code still blocks
+        finally:
+            release.set()
+            await blocking
     assert answer.status_code == 200
     health = answer.json()
     assert set(health) == {"status", "token_remaining_time"}
     assert health["status"] == node_1.status == "started"
     assert isinstance(health["token_remaining_time"], int) and health["token_remaining_time"] > 0
-    assert elapsed < 0.2
 
 
 async def test_partner_status_executed_of_the_aggregator_is_adopted(federation: MakeFederation) -> None:

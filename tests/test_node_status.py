@@ -84,13 +84,14 @@ async def test_close_is_bounded_when_the_po_never_answers_and_ignores_cancellati
 async def test_a_lost_cancellation_still_ends_the_sending_task(
     make_reporter: Callable[[Handler], StatusReporter],
 ) -> None:
-    """Before Python 3.12, ``asyncio.wait_for`` swallows a cancellation that arrives as the request
-    completes. The sending task must end anyway, not wait for a next line that never comes."""
-    entered, release = asyncio.Event(), asyncio.Event()
+    """A cancellation lost under the request (a library catches it, the request completes) must still
+    end the sending task, not leave it waiting for a next line that never comes."""
+    entered = asyncio.Event()
 
     async def po(request: httpx.Request) -> httpx.Response:
         entered.set()
-        await release.wait()
+        with contextlib.suppress(asyncio.CancelledError):  # lost here: the request answers anyway
+            await asyncio.Event().wait()
         return httpx.Response(200, json={})
 
     reporter = make_reporter(po)
@@ -98,18 +99,7 @@ async def test_a_lost_cancellation_still_ends_the_sending_task(
     assert task is not None
     reporter.log("in flight")
     await asyncio.wait_for(entered.wait(), 5)
-    release.set()
-    # let the request complete while the sending task has not resumed yet, then cancel it: the
-    # cancellation arrives exactly as the answer does
-    senders = [
-        t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "AsyncClient.send"
-    ]
-    assert len(senders) == 1, senders  # the request, run by asyncio.wait_for as a task of its own
-    for _ in range(1000):
-        if senders[0].done():
-            break
-        await asyncio.sleep(0)
-    assert senders[0].done() and not task.done()
+    assert not task.done()
     task.cancel()
     await asyncio.wait({task}, timeout=2.0)
     assert task.done()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -852,13 +853,16 @@ async def test_token_store_rejection_and_waiting_for_a_new_token(key: rsa.RSAPri
     assert store.mark_rejected(first) and store.rejected
     assert store.seconds_remaining() == 0
     assert not await store.wait_for_change(version, 0.05)
-    # a swap from another thread wakes the waiter at once
-    timer = threading.Timer(0.05, store.swap, args=(second,))
-    timer.start()
-    began = time.monotonic()
-    assert await store.wait_for_change(version, 5.0)
-    assert time.monotonic() - began < 2.0
-    timer.join()
+    # a swap from another thread wakes the waiter (its own bound is an hour: only the swap ends it)
+    waiter = asyncio.ensure_future(store.wait_for_change(version, 3600.0))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiter.done()
+    swapper = threading.Thread(target=store.swap, args=(second,))
+    swapper.start()
+    done, _ = await asyncio.wait([waiter], timeout=60)
+    swapper.join()
+    assert waiter in done and waiter.result() is True
     assert not store.rejected and store.get() == second
     assert 290 <= (store.seconds_remaining() or 0) <= 300
 

@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from flame import hooks
+
 REDACTED = "[REDACTED]"
 """What a token or secret is replaced by."""
 
@@ -229,8 +231,6 @@ class RedactTokensFilter(logging.Filter):
 _install_lock = threading.Lock()
 _default_filter: RedactTokensFilter | None = None
 _hierarchies: frozenset[str] = frozenset()  # replaced whole, never mutated: safe to read unlocked
-_previous_factory: Callable[..., logging.LogRecord] | None = None
-_our_factory: Callable[..., logging.LogRecord] | None = None
 
 
 def _in_hierarchies(name: str) -> bool:
@@ -257,7 +257,7 @@ def install_redaction(logger_name: str = "flame") -> RedactTokensFilter:
     so a record is redacted before any handler sees it, even a handler on root or one added later.
     Calling it again with another name extends redaction to that hierarchy too.
     """
-    global _default_filter, _hierarchies, _previous_factory, _our_factory
+    global _default_filter, _hierarchies
     with _install_lock:
         if _default_filter is None:
             _default_filter = RedactTokensFilter()
@@ -266,10 +266,7 @@ def install_redaction(logger_name: str = "flame") -> RedactTokensFilter:
         logger = logging.getLogger(logger_name)
         if flt not in logger.filters:
             logger.addFilter(flt)
-        if _our_factory is None:
-            _previous_factory = logging.getLogRecordFactory()
-            _our_factory = _make_factory(_previous_factory)
-            logging.setLogRecordFactory(_our_factory)
+        hooks.install_record_factory(_make_factory)  # idempotent
         return flt
 
 
@@ -290,19 +287,15 @@ def install_redaction_on_handler(handler: logging.Handler) -> RedactTokensFilter
 
 def uninstall_redaction() -> None:
     """Undo :func:`install_redaction` (mainly for tests); handler filters are left in place."""
-    global _hierarchies, _previous_factory, _our_factory
+    global _hierarchies
     with _install_lock:
         flt = _default_filter
         for name in _hierarchies:
             if flt is not None:
                 logging.getLogger(name).removeFilter(flt)
         _hierarchies = frozenset()
-        if _our_factory is not None and logging.getLogRecordFactory() is _our_factory:
-            assert _previous_factory is not None
-            logging.setLogRecordFactory(_previous_factory)
-            _our_factory = None
-            _previous_factory = None
-        # If another factory wraps ours, ours stays in the chain but does nothing: no hierarchy left.
+        # if another factory wraps ours, ours stays in the chain but does nothing (flame.hooks)
+        hooks.remove_record_factory()
 
 
 __all__ = [

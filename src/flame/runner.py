@@ -17,6 +17,7 @@ from typing import Any
 
 from flame.errors import ConfigurationError, FlameError
 from flame.federated import Aggregator, Analysis, Analyzer, FederationOptions, run_node
+from flame.hooks import ContextHook
 from flame.node.loop import LoopThread
 from flame.node.runtime import AsyncNode
 
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 
 #: Set by ``flame sim``: receives what ``flame.run`` was given instead of running on a node.
 RunHook = Callable[[Analysis], Any]
-_hook: contextvars.ContextVar[RunHook | None] = contextvars.ContextVar("flame_run_hook", default=None)
+_hook: ContextHook[RunHook] = ContextHook(
+    "flame_run_hook", "What flame.run hands the analysis to instead of running it on a node (a local run)."
+)
 
 
 def run(

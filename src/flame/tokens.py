@@ -44,6 +44,7 @@ from flame.errors import (
     TokenSignatureError,
 )
 from flame.redact import redact
+from flame.waits import bounded
 
 log = logging.getLogger(__name__)
 
@@ -724,7 +725,7 @@ class TokenStore:
             if self.version != version:
                 return True
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout)
+                await bounded(changed.wait(), timeout)
             return self.version != version
         finally:
             self.remove_listener(wake)

@@ -21,6 +21,7 @@ import httpx
 from flame.errors import ServiceError, ServiceUnavailableError
 from flame.redact import redact
 from flame.tokens import TokenStore
+from flame.waits import bounded
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class ServiceClient:
         if seconds is None:
             return await coro
         try:
-            return await asyncio.wait_for(coro, seconds + (timeout.connect or 0.0) + (timeout.write or 0.0))
+            return await bounded(coro, seconds + (timeout.connect or 0.0) + (timeout.write or 0.0))
         except asyncio.TimeoutError:
             raise httpx.ReadTimeout("the whole request timed out", request=request) from None
 

@@ -1,18 +1,20 @@
 """The analyzer's handle on its node's data: sources, FHIR resources, S3 objects, DataFrames.
 
 Author code runs in a worker thread; every method here hands the request to the node runtime's event
-loop and waits for it (bounded by ``timeout``), so the runtime stays responsive meanwhile.
+loop and waits for it (bounded by ``timeout``, :func:`~flame.node.loop.call_in_loop`), so the runtime stays
+responsive meanwhile; the request's own errors (a FHIR server's timeout included) reach the caller as
+they are.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flame.clients.data_api import DataAPI, DataSourceInfo, fhir_dataframe, read_dataframe
-from flame.errors import DataNotFoundError, FlameTimeoutError
+from flame.errors import DataNotFoundError
+from flame.node.loop import call_in_loop
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,12 +31,7 @@ class Data:
         self.timeout = timeout
 
     def _run(self, coro: Coroutine[Any, Any, T], what: str) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(self.timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise FlameTimeoutError(what, self.timeout) from None
+        return call_in_loop(self._loop, coro, self.timeout, what)
 
     @property
     def api(self) -> DataAPI:

@@ -29,7 +29,7 @@ from flame.errors import FederationError, FlameError, FlameTimeoutError
 from flame.node.loop import LoopThread
 from flame.node.runtime import AsyncNode, Timeouts
 from flame.node.status import FINAL_STATUSES
-from flame.star.core_sdk import NodeRuntime, reset_node_factory, set_node_factory
+from flame.star.core_sdk import CompatRuntime, reset_node_factory, set_node_factory
 
 if TYPE_CHECKING:
     from flame.local.loading import LoadedAnalysis
@@ -146,7 +146,7 @@ def run_star_nodes(
     started = time.monotonic()
     names = list(nodes) if nodes is not None else list(stack.nodes)
     outcomes = {n: NodeOutcome(n, stack.node(n).role, stack.node(n).node_id, "starting") for n in names}
-    runtimes: dict[str, NodeRuntime] = {}
+    runtimes: dict[str, CompatRuntime] = {}
     node_kwargs: dict[str, Any] = {"timeouts": timeouts} if timeouts is not None else {}
 
     def restarted(sim_node: Any, env: dict[str, str]) -> None:
@@ -168,7 +168,7 @@ def run_star_nodes(
 
         started_nodes = lt.run(start_all(), 180.0, "starting the nodes")
         for name, node in zip(names, started_nodes, strict=True):
-            runtimes[name] = NodeRuntime(
+            runtimes[name] = CompatRuntime(
                 node=node,
                 loop=lt,
                 owned=False,
@@ -206,7 +206,7 @@ async def _prepare(stack: FlameStack, mode: Mode) -> None:
         await stack.serve()
 
 
-async def _stop_all(runtimes: list[NodeRuntime]) -> None:
+async def _stop_all(runtimes: list[CompatRuntime]) -> None:
     async def stop(node: AsyncNode) -> None:
         try:
             await node.stop()
@@ -218,7 +218,7 @@ async def _stop_all(runtimes: list[NodeRuntime]) -> None:
 
 def _run_threads(
     names: list[str],
-    runtimes: dict[str, NodeRuntime],
+    runtimes: dict[str, CompatRuntime],
     outcomes: dict[str, NodeOutcome],
     target: Callable[[str], Any],
     lt: LoopThread,
@@ -230,7 +230,7 @@ def _run_threads(
     def main(name: str) -> None:
         runtime = runtimes[name]
 
-        def factory(aggregator_requires_data: bool, status_sync: tuple[str, ...]) -> NodeRuntime:
+        def factory(aggregator_requires_data: bool, status_sync: tuple[str, ...]) -> CompatRuntime:
             runtime.node.status_sync = status_sync
             return runtime
 
@@ -284,7 +284,7 @@ def _run_threads(
 
 
 def _end_node(
-    lt: LoopThread, runtime: NodeRuntime, status: Literal["executed", "failed"], wait: float
+    lt: LoopThread, runtime: CompatRuntime, status: Literal["executed", "failed"], wait: float
 ) -> None:
     """Give a node a final status: ``failed``, or ``executed`` once the analysis ended (bounded wait)."""
     node = runtime.node

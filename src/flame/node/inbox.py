@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flame.errors import ProtocolError
+from flame.waits import bounded
 
 MessageStatus = Literal["unread", "read"]
 
@@ -166,7 +167,7 @@ class Inbox:
         """Wait until ``predicate()`` holds (re-checked on every change); False when ``timeout`` ran out."""
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+                await bounded(self._changed.wait_for(predicate), timeout)
             except asyncio.TimeoutError:
                 return predicate()
         return True

@@ -51,6 +51,7 @@ from flame.node.serving import HTTPServer
 from flame.node.status import FINAL_STATUSES, STATUSES, Status, StatusReporter
 from flame.redact import install_redaction
 from flame.tokens import DEFAULT_JWKS_TIMEOUT, TokenClaims, TokenStore, check_token
+from flame.waits import bounded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -213,7 +214,7 @@ class AsyncNode:
         else:
             bound = 2 * DEFAULT_JWKS_TIMEOUT + 1.0
             try:
-                claims = await asyncio.wait_for(
+                claims = await bounded(
                     asyncio.to_thread(check_token, token, analysis_id, jwks_url=jwks_url), bound
                 )
             except asyncio.TimeoutError:
@@ -680,7 +681,7 @@ class Node:
 
         async def wait() -> bool:
             try:
-                await asyncio.wait_for(self.core.finished.wait(), timeout)
+                await bounded(self.core.finished.wait(), timeout)
             except asyncio.TimeoutError:
                 return False
             return True

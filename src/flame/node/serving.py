@@ -11,6 +11,8 @@ import contextlib
 import socket
 from typing import Any
 
+from flame.waits import bounded
+
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A non-blocking TCP socket bound to ``host:port`` (0: a free port) and listening.
@@ -50,7 +52,7 @@ class HTTPServer:
         """Stop accepting, let requests in flight finish (bounded), close the socket."""
         self._server.should_exit = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._task, timeout)
+            await bounded(self._task, timeout)
         if not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -8,9 +8,10 @@ entry is dropped with a warning on the local log: the analysis goes on.
 Shutdown is bounded and does not rely on cancellation: :meth:`StatusReporter.aclose` tells the sending
 task to stop (it sends what is queued and returns), waits for it up to the shutdown timeout, and only
 then abandons what is left and cancels it, waiting at most :data:`CANCEL_GRACE` more. A cancellation
-alone is not enough: before Python 3.12 ``asyncio.wait_for`` (used under every HTTP request) swallows a
-cancellation that arrives just as the request completes, and a task waiting for the next line after
-that would never end.
+alone is not enough: before Python 3.12 ``asyncio.wait_for`` swallows a cancellation that arrives just
+as what it waits for completes (this package's own waits use :func:`flame.waits.bounded`, which does
+not, but libraries under an HTTP request may), and a task waiting for the next line after that would
+never end.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Literal
 from flame.clients.po import LOG_TYPES, LogType, PodOrchestratorClient
 from flame.errors import FlameError
 from flame.redact import redact
+from flame.waits import bounded
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +230,6 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait until ``event`` is set, at most ``timeout`` seconds; never swallows a cancellation."""
     if event.is_set():
         return True
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
-    finally:
-        waiter.cancel()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await bounded(event.wait(), max(timeout, 0.0))
     return event.is_set()

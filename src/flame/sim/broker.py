@@ -52,6 +52,7 @@ from starlette.routing import Match
 
 from flame.sim.auth import broker_claims, current_node, current_stack
 from flame.sim.faults import DeliveryDecision
+from flame.waits import bounded
 
 if TYPE_CHECKING:
     from flame.sim.node import SimNode
@@ -175,7 +176,7 @@ class Broker:
             if remaining <= 0:
                 raise TimeoutError(f"{len(self._tasks)} delivery task(s) still pending after {timeout} s")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(idle.wait(), remaining)
+                await bounded(idle.wait(), remaining)
 
     async def aclose(self) -> None:
         """Cancel every pending delivery and wait for the tasks to end."""
@@ -304,7 +305,7 @@ class Broker:
             timeout=timeout,
         )
         # ASGI transports ignore httpx timeouts: bound the whole exchange here as well.
-        response = await asyncio.wait_for(request, timeout)
+        response = await bounded(request, timeout)
         return response.status_code
 
 

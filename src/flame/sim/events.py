@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from flame.waits import bounded
 
 
 @dataclass(frozen=True)
@@ -79,14 +82,9 @@ class EventLog:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError(f"waited {timeout} s for {count} event(s) {kind!r}, saw {len(found)}")
-                # a timer sets the flag at the deadline; not asyncio.wait_for, which (before Python
-                # 3.12) swallows a cancellation that arrives as the flag is set, and the waiter
-                # would then go on waiting after being cancelled
-                timer = loop.call_at(deadline, flag.set)
-                try:
-                    await flag.wait()
-                finally:
-                    timer.cancel()
+                # bounded, not asyncio.wait_for: a cancellation that arrives as the flag is set is kept
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await bounded(flag.wait(), remaining)
         finally:
             with self._lock:
                 self._waiters.remove(entry)

@@ -36,6 +36,7 @@ from flame.node.runtime import AsyncNode
 from flame.sim.launch import Mode, start_node
 from flame.sim.node import SimNode
 from flame.sim.stack import FlameStack
+from flame.waits import bounded
 
 #: Once a failure decided the run: how long the other nodes get to end on their own (seconds).
 SETTLE_SECONDS = 2.0
@@ -174,7 +175,7 @@ class Federation:
             if name not in self._tasks:
                 self._launch(name)
         try:
-            reason = await asyncio.wait_for(self._until_decided(), timeout)
+            reason = await bounded(self._until_decided(), timeout)
         except asyncio.CancelledError:
             self._closing = True  # whoever cancelled the run stops its nodes; no restart starts one
             raise
@@ -262,9 +263,10 @@ class Federation:
     async def _stop_and_wait(self, task: asyncio.Task[None], reason: str, timeout: float) -> bool:
         """Stop an incarnation and wait until it ended (at most ``timeout``); whether it did.
 
-        Cancelling once is not enough: a cancellation that arrives just as an ``asyncio.wait_for``
-        inside the runtime completes is lost (Python < 3.12), so it is repeated each second until the
-        incarnation is in its clean-up.
+        Cancelling once is not enough: a cancellation that arrives just as an ``asyncio.wait_for`` in
+        code the runtime awaits (a library's; the runtime's own waits use :func:`flame.waits.bounded`)
+        completes is lost (Python < 3.12), so it is repeated each second until the incarnation is in
+        its clean-up.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

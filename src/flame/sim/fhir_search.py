@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlencode
 
+from flame.errors import FlameError
+
 #: Content type of every answer.
 FHIR_JSON = "application/fhir+json;charset=utf-8"
 #: Page size of a search without ``_count``.
@@ -104,8 +106,8 @@ class FhirError(Exception):
         return operation_outcome(self.code, self.diagnostics)
 
 
-class FhirLoadError(Exception):
-    """A file of a FHIR folder could not be read as FHIR JSON or NDJSON."""
+class FhirLoadError(FlameError, ValueError):
+    """A FHIR file could not be read as FHIR JSON or NDJSON (what and where is in the message)."""
 
 
 def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, Any]:
@@ -213,24 +215,47 @@ def search_parameters(resource_type: str) -> dict[str, SearchParameter]:
 def load_folder(folder: Path) -> list[dict[str, Any]]:
     """All resources of the ``*.json`` and ``*.ndjson`` files under ``folder``, in path order.
 
-    Raises :class:`FhirLoadError` for a file that is not FHIR JSON.
+    Files and folders whose names start with a dot are skipped; each file is read as
+    :func:`load_file` reads it, and references across files are resolved too. Raises
+    :class:`FhirLoadError` for a file that is not FHIR JSON.
     """
     loader = _Loader()
     for path in sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".ndjson") and p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if any(part.startswith(".") for part in Path(rel).parts):
             continue
-        try:
-            text = path.read_text(encoding="utf-8")
-            if path.suffix == ".ndjson":
-                for number, line in enumerate(text.splitlines(), 1):
-                    if line.strip():
-                        loader.add(json.loads(line), f"{rel}:{number}")
-            else:
-                loader.add(json.loads(text), rel)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FhirLoadError(f"cannot read {rel} as FHIR JSON: {exc}") from exc
+        _load_into(loader, path, rel)
     return loader.finish()
+
+
+def load_file(path: Path | str, name: str | None = None) -> list[dict[str, Any]]:
+    """The resources of one FHIR file: the one loader of FHIR bundles in this package.
+
+    ``*.ndjson``: one resource, list or Bundle a line; any other name: one JSON document (a resource, a
+    list of them, or a Bundle). Bundles of type ``transaction``, ``batch``, ``collection``,
+    ``searchset`` and their responses are unpacked (nested ones too). A resource without an ``id`` gets
+    the UUID of its ``urn:uuid:`` ``fullUrl`` or a deterministic one; references to an entry's
+    ``fullUrl`` become ``Type/id``; of resources with the same type and id the last one counts.
+    Raises :class:`FhirLoadError` (naming ``name``, by default the path) for anything else.
+    """
+    loader = _Loader()
+    _load_into(loader, Path(path), str(path) if name is None else name)
+    return loader.finish()
+
+
+def _load_into(loader: _Loader, path: Path, name: str) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".ndjson":
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    loader.add(json.loads(line), f"{name}:{number}")
+        else:
+            loader.add(json.loads(text), name)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, FhirLoadError):
+            raise
+        raise FhirLoadError(f"cannot read {name} as FHIR JSON: {exc}") from exc
 
 
 class _Loader:

@@ -44,6 +44,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from flame.sim.auth import current_node, po_claims
+from flame.waits import bounded
 
 if TYPE_CHECKING:
     from flame.sim.node import SimNode
@@ -123,7 +124,7 @@ class PodOrchestrator:
             while self.records[name].status not in statuses:
                 await self._event.wait()
 
-        await asyncio.wait_for(reached(), timeout)
+        await bounded(reached(), timeout)
         return self.records[name].status
 
     @property
@@ -138,7 +139,7 @@ class PodOrchestrator:
             while self._version == seen:
                 await self._event.wait()
 
-        await asyncio.wait_for(changed(), timeout)
+        await bounded(changed(), timeout)
         return self._version
 
     def _bump(self) -> None:
@@ -239,7 +240,7 @@ class PodOrchestrator:
         while not self._stopped.is_set():
             # the real PO checks on a fixed schedule (every 10 s): wait out the period, or the stop
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), period)
+                await bounded(self._stopped.wait(), period)
             if self._stopped.is_set():
                 return
             await asyncio.gather(*(self.check(node) for node in list(self.stack.nodes.values())))
@@ -271,8 +272,8 @@ class PodOrchestrator:
             attempts += 1
             left = max(deadline - loop.time(), 0.001)
             try:
-                # wait_for as well: httpx timeouts do not apply to in-process (ASGI) requests
-                answer = await asyncio.wait_for(client.get(url, timeout=left), left)
+                # bounded as well: httpx timeouts do not apply to in-process (ASGI) requests
+                answer = await bounded(client.get(url, timeout=left), left)
                 answer.raise_for_status()
                 health = answer.json()
                 if isinstance(health, dict):
@@ -284,7 +285,7 @@ class PodOrchestrator:
                 return None, f"no answer to /healthz for {window:g} s ({attempts} attempts; last: {why})"
             # the real PO asks again every second: a remote poll, ended early by the stop
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), retry)
+                await bounded(self._stopped.wait(), retry)
 
     async def check(self, node: SimNode) -> None:
         """One round of the PO's checks for one node (see the module docstring for the rule)."""
@@ -326,7 +327,7 @@ class PodOrchestrator:
         client = self.stack.node_http(node.name)
         base = f"http://{node.host}/analysis"
         with contextlib.suppress(httpx.HTTPError, asyncio.TimeoutError):
-            await asyncio.wait_for(
+            await bounded(
                 client.post(f"{base}/partner_status", json={"partner_status": partners}, timeout=timeout),
                 timeout,
             )

@@ -76,6 +76,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from flame.sim.fhir_search import load_file
+
 #: Ages are whole years completed at this date.
 REFERENCE_DATE = date(2026, 1, 1)
 #: Expected diabetes prevalence of an unshifted site, by default.
@@ -587,14 +589,15 @@ def split_csv(path: Path | str, n: int, seed: int, *, id_column: str = "patient_
 def split_fhir_bundle(path: Path | str, n: int, seed: int) -> list[list[dict[str, Any]]]:
     """Split the resources of a FHIR file (a Bundle, a resource or a list of them; or NDJSON) across nodes.
 
-    Every resource goes with its patient: a Patient by its id, another resource by its first reference to
+    The file is read as the emulator's FHIR server reads its folders
+    (:func:`flame.sim.fhir_search.load_file`). Every resource goes with its patient: a Patient by its id, another resource by its first reference to
     a Patient (``subject``, ``patient``, ``beneficiary`` or else anywhere in it; ``urn:uuid`` references
     to Bundle entries are resolved and rewritten to ``Patient/id``). Patients are shuffled with ``seed``
     and dealt into ``n`` parts of near-equal patient counts; resources of no patient (Organization,
     Practitioner, Medication, ...) are copied to every part. Resources keep their file order in a part.
     """
     _check_parts(n)
-    resources = _read_fhir_file(Path(path))
+    resources = load_file(path)
     keys = [_patient_key(r) for r in resources]
     assignment = _assign([k for k in keys if k is not None], n, seed)
     parts: list[list[dict[str, Any]]] = [[] for _ in range(n)]
@@ -624,59 +627,6 @@ def _assign(keys: Sequence[str], n: int, seed: int) -> dict[str, int]:
         for index in chunk.tolist():
             assignment[distinct[index]] = part
     return assignment
-
-
-def _read_fhir_file(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    items: list[Any]
-    if path.suffix == ".ndjson":
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        items = [json.loads(text)]
-    resources: list[dict[str, Any]] = []
-    full_urls: dict[str, str] = {}
-
-    def add(item: Any) -> None:
-        if isinstance(item, list):
-            for element in item:
-                add(element)
-            return
-        if not isinstance(item, dict) or not isinstance(item.get("resourceType"), str):
-            raise ValueError(f"{path}: not a FHIR resource: {str(item)[:80]}")
-        if item["resourceType"] == "Bundle" and isinstance(item.get("entry"), list):
-            for entry in item["entry"]:
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                if not isinstance(resource, dict):
-                    continue
-                full_url = entry.get("fullUrl")
-                if isinstance(full_url, str) and isinstance(resource.get("resourceType"), str):
-                    rid = resource.get("id")
-                    if not rid and full_url.startswith("urn:uuid:"):
-                        rid = full_url[len("urn:uuid:") :]
-                        resource = {**resource, "id": rid}
-                    if rid:
-                        full_urls[full_url] = f"{resource['resourceType']}/{rid}"
-                add(resource)
-            return
-        resources.append(item)
-
-    for item in items:
-        add(item)
-    if full_urls:
-        resources = [_rewrite_references(r, full_urls) for r in resources]
-    return resources
-
-
-def _rewrite_references(node: Any, mapping: Mapping[str, str]) -> Any:
-    if isinstance(node, dict):
-        out = {k: _rewrite_references(v, mapping) for k, v in node.items()}
-        ref = out.get("reference")
-        if isinstance(ref, str) and ref in mapping:
-            out["reference"] = mapping[ref]
-        return out
-    if isinstance(node, list):
-        return [_rewrite_references(v, mapping) for v in node]
-    return node
 
 
 def _patient_key(resource: Mapping[str, Any]) -> str | None:

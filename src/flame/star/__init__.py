@@ -35,7 +35,7 @@ from flame.star.aggregator import StarAggregator
 from flame.star.analyzer import StarAnalyzer
 from flame.star.core_sdk import FlameCoreSDK
 from flame.star.model import StarContactError, StarLocalDPModel, StarModel
-from flame.star.node_base import Node
+from flame.star.node_base import Node, StarRole
 
 if TYPE_CHECKING:
     from flame.local.star_tester import StarModelTester, StarRun, run_star_nodes, run_star_script
@@ -61,6 +61,7 @@ __all__ = [
     "StarLocalDPModel",
     "StarModel",
     "StarModelTester",
+    "StarRole",
     "StarRun",
     "run_star_nodes",
     "run_star_script",

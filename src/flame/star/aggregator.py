@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from flame.star.node_base import Node
+from flame.star.node_base import StarRole
 
 if TYPE_CHECKING:
     from flame.star.core_sdk import FlameCoreSDK
 
 
-class StarAggregator(Node):
+class StarAggregator(StarRole):
     """Implement :meth:`aggregation_method` and :meth:`has_converged`.
 
     :meth:`aggregate` combines the analyzers' results (a list, in participant order). In a simple analysis

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flame.star.node_base import Node
+from flame.star.node_base import StarRole
 
 if TYPE_CHECKING:
     from flame.star.core_sdk import FlameCoreSDK
 
 
-class StarAnalyzer(Node):
+class StarAnalyzer(StarRole):
     """Implement :meth:`analysis_method`; :meth:`analyze` calls it once per iteration.
 
     ``data`` is what ``get_fhir_data``/``get_s3_data`` return: one dict per data source of the node,

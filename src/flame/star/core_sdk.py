@@ -24,7 +24,7 @@ running event loop (Jupyter) alike. Differences in behaviour, all on purpose:
 - ``silent`` only stops printing; log lines still reach the pod orchestrator (at or above
   ``stream_log_level``).
 
-Local federations (``StarModelTester``, :func:`flame.star.tester.run_star_script`) run several nodes in one
+Local federations (``StarModelTester``, :func:`flame.local.star_runs.run_star_script`) run several nodes in one
 process: each node's analysis code runs in its own thread, in which the runner sets
 :data:`_node_factory`; ``FlameCoreSDK()`` then takes that node's runtime instead of reading
 ``os.environ``.
@@ -33,8 +33,6 @@ process: each node's analysis code runs in its own thread, in which the runner s
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
 import contextvars
 import logging
 import os
@@ -44,13 +42,12 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from io import StringIO
-from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 
-from flame import codec
+from flame import codec, hooks
 from flame.clients.po import LOG_TYPES
 from flame.clients.storage import check_tag, parse_intermediate_id
 from flame.config import NodeConfig
@@ -61,9 +58,10 @@ from flame.errors import (
     ProtocolError,
 )
 from flame.federated.checkpoint import Sealer, node_sealer
+from flame.hooks import ContextHook
 from flame.node import envelope
 from flame.node.inbox import Message
-from flame.node.loop import LoopThread
+from flame.node.loop import CallScope, LoopThread
 from flame.node.runtime import AsyncNode, Timeouts
 from flame.node.status import FINAL_STATUSES, Status
 from flame.star.fhir_csv import fhir_to_csv as _fhir_to_csv
@@ -100,8 +98,8 @@ _CHECKPOINT_KIND = "compat-checkpoint"
 
 
 @dataclass(eq=False)
-class NodeRuntime:
-    """A started node runtime and the loop thread it lives on, as a :class:`FlameCoreSDK` uses it.
+class CompatRuntime:
+    """What a :class:`FlameCoreSDK` works on: a started node runtime and the loop thread it lives on.
 
     ``owned``: the SDK created it (on a FLAME node) and stops it when done; a local runner keeps
     ownership otherwise. ``data`` replaces the data API (``{"fhir": ...}`` / ``{"s3": ...}``, handed out
@@ -115,52 +113,32 @@ class NodeRuntime:
     data: dict[str, Any] = field(default_factory=dict)
     payload: str | None = None
     label: str | None = None
-    aborted: str | None = None
-    _pending: set[concurrent.futures.Future[Any]] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    calls: CallScope = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.calls = CallScope(self.loop)
+
+    @property
+    def aborted(self) -> str | None:
+        """Why :meth:`abort` stopped this node's calls, or None."""
+        return self.calls.aborted
 
     def abort(self, reason: str) -> None:
         """Cancel the calls in flight and refuse later ones, saying ``reason``."""
-        with self._lock:
-            self.aborted = reason
-            pending = list(self._pending)
-        for future in pending:
-            future.cancel()
+        self.calls.abort(reason)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None, what: str) -> T:
         """Run ``coro`` on the runtime's loop and wait for it (bounded by ``timeout`` if given)."""
-        if self.aborted is not None:
-            coro.close()
-            raise FlameError(f"{what}: this node was stopped ({self.aborted})")
-        if self.loop.in_loop_thread():
-            coro.close()
-            raise FlameError(
-                f"{what}: FlameCoreSDK's methods are synchronous and cannot run on the node runtime's own "
-                "event loop; call them from another thread"
-            )
-        future = self.loop.submit(coro)
-        with self._lock:
-            self._pending.add(future)
-        try:
-            done, _ = concurrent.futures.wait([future], timeout)
-        except BaseException:
-            future.cancel()
-            raise
-        finally:
-            with self._lock:
-                self._pending.discard(future)
-        if not done:
-            future.cancel()
-            raise FlameTimeoutError(what, timeout or 0.0)
-        if future.cancelled():
-            raise FlameError(f"{what} was cancelled: {self.aborted or 'the node runtime stopped'}")
-        return future.result()
+        return self.calls.run(coro, timeout, what)
 
 
-#: ``factory(aggregator_requires_data, status_sync) -> NodeRuntime``; set by local runners per node thread.
-NodeFactory = Callable[[bool, tuple[str, ...]], NodeRuntime]
-_node_factory: contextvars.ContextVar[NodeFactory | None] = contextvars.ContextVar(
-    "flame_star_node_factory", default=None
+#: The former name of :class:`CompatRuntime` (it is not the node runtime, :class:`AsyncNode` is).
+
+
+#: ``factory(aggregator_requires_data, status_sync) -> CompatRuntime``; set by local runners per node thread.
+NodeFactory = Callable[[bool, tuple[str, ...]], CompatRuntime]
+_node_factory: ContextHook[NodeFactory] = ContextHook(
+    "flame_star_node_factory", "the runtime of the node whose thread calls FlameCoreSDK() (local runners)"
 )
 
 
@@ -173,30 +151,7 @@ def reset_node_factory(token: contextvars.Token[NodeFactory | None]) -> None:
     _node_factory.reset(token)
 
 
-# -- crash detection for the process-exit hook ---------------------------------------------------------------
-
-_crashed = threading.Event()
-_hook_lock = threading.Lock()
-_hook_installed = False
-
-
-def _install_excepthook() -> None:
-    """Remember an uncaught exception of the main thread, so the exit hook reports ``failed``."""
-    global _hook_installed
-    with _hook_lock:
-        if _hook_installed:
-            return
-        previous = sys.excepthook
-
-        def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-            _crashed.set()
-            previous(kind, value, tb)
-
-        sys.excepthook = hook
-        _hook_installed = True
-
-
-def _start_own_runtime(aggregator_requires_data: bool, status_sync: tuple[str, ...]) -> NodeRuntime:
+def _start_own_runtime(aggregator_requires_data: bool, status_sync: tuple[str, ...]) -> CompatRuntime:
     """The runtime of a FLAME node's analysis container: config from the environment, API on port 8000."""
     config = NodeConfig.from_env()
     timeouts = Timeouts()
@@ -227,13 +182,13 @@ def _start_own_runtime(aggregator_requires_data: bool, status_sync: tuple[str, .
     except BaseException:
         loop.stop()
         raise
-    return NodeRuntime(node=node, loop=loop, owned=True)
+    return CompatRuntime(node=node, loop=loop, owned=True)
 
 
 class CompatConfig:
     """``FlameCoreSDK.config``: the node's identity and whether it has finished (read live)."""
 
-    def __init__(self, runtime: NodeRuntime) -> None:
+    def __init__(self, runtime: CompatRuntime) -> None:
         self._runtime = runtime
 
     @property
@@ -310,8 +265,8 @@ class FlameCoreSDK:
             self._close()
             raise
         if self._runtime.owned:
-            _install_excepthook()
-            atexit.register(self._at_exit)
+            hooks.watch_crashes()
+            hooks.at_exit(self._at_exit)
         self.flame_log(f"FlameCoreSDK ready ({node.role} node {node.node_id})", log_type="info")
 
     def __repr__(self) -> str:
@@ -1069,7 +1024,7 @@ class FlameCoreSDK:
         if not runtime.owned:
             return
         try:
-            atexit.unregister(self._at_exit)
+            hooks.cancel_at_exit(self._at_exit)
             if runtime.loop.is_running and not runtime.loop.in_loop_thread():
                 runtime.call(runtime.node.stop(), runtime.node.timeouts.shutdown * 3, "the node's shutdown")
         finally:
@@ -1080,7 +1035,7 @@ class FlameCoreSDK:
         if self._closed:
             return
         try:
-            if _crashed.is_set():
+            if hooks.crashed():
                 self._finish("failed")
             elif self._node.status not in FINAL_STATUSES:
                 # PrivateAIM's pods stay alive until the analysis ends; ours waits for that, bounded
@@ -1096,10 +1051,10 @@ class FlameCoreSDK:
 __all__ = [
     "AWAIT_TIMEOUT_ENV",
     "CompatConfig",
+    "CompatRuntime",
     "FlameCoreSDK",
     "Message",
     "NodeFactory",
-    "NodeRuntime",
     "reset_node_factory",
     "set_node_factory",
 ]

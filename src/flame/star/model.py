@@ -21,7 +21,7 @@ from flame.errors import FederationError, FlameError
 from flame.star.aggregator import StarAggregator
 from flame.star.analyzer import StarAnalyzer
 from flame.star.core_sdk import FlameCoreSDK, _node_factory
-from flame.star.node_base import Node
+from flame.star.node_base import StarRole
 
 
 class _ERROR_MESSAGES(Enum):
@@ -43,7 +43,7 @@ class StarModel:
     ``analyzer``/``aggregator`` are subclasses of :class:`StarAnalyzer`/:class:`StarAggregator`,
     instantiated with ``flame`` and ``analyzer_kwargs``/``aggregator_kwargs``. ``query`` (a string or a
     list) selects the data: FHIR queries, or S3 keys (none: every object). ``test_mode``/``test_kwargs``
-    are how :class:`~flame.star.tester.StarModelTester` drives one node of its local federation; with
+    are how :class:`~flame.local.star_tester.StarModelTester` drives one node of its local federation; with
     ``test_kwargs={"fhir_data": ...}`` (or ``"s3_data"``) the data is handed to the analyzer verbatim.
     """
 
@@ -51,7 +51,7 @@ class StarModel:
     data: Any = None
     test_mode: bool = False
     #: the analyzer or aggregator this node ran (for testers and inspection)
-    node: Node | None = None
+    node: StarRole | None = None
 
     def __init__(
         self,

@@ -1,4 +1,8 @@
-"""The base of PrivateAIM's pattern nodes (``flame.star``'s ``Node``): what analyzer and aggregator share."""
+"""The role a star analysis gives one node (``StarAnalyzer`` or ``StarAggregator``): what both share.
+
+PrivateAIM's pattern library calls this base ``Node``; ``flame.star.Node`` keeps that name for analyses
+written for it. It is not a node runtime (that is :class:`flame.node.runtime.AsyncNode`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ if TYPE_CHECKING:
     from flame.star.core_sdk import FlameCoreSDK
 
 
-class Node:
-    """One node of a star analysis, bound to its :class:`~flame.star.core_sdk.FlameCoreSDK`.
+class StarRole:
+    """The role of one node in a star analysis, bound to its :class:`~flame.star.core_sdk.FlameCoreSDK`.
 
     Attributes: ``flame``, ``id``, ``role``, ``finished``, ``latest_result``, ``partner_node_ids`` (the
     other participants' ids), ``num_iterations``.
@@ -49,4 +53,7 @@ class Node:
         )
 
 
-__all__ = ["Node"]
+#: PrivateAIM's name for :class:`StarRole` (``flame.star.Node``).
+Node = StarRole
+
+__all__ = ["Node", "StarRole"]
