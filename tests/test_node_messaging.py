@@ -376,3 +376,26 @@ async def test_webhook_on_the_raw_asgi_app_acknowledges_to_the_sender(federation
     )
     assert aggregator.inbox.acks(message["meta"]["id"]) == {node_1.node_id}
     assert len(node_1.inbox) == 1 and node_1.inbox.duplicates == 1
+
+
+@inprocess_only
+async def test_a_delivery_after_stop_starts_no_acknowledgement(
+    federation: MakeFederation, caplog: pytest.LogCaptureFixture
+) -> None:
+    fed = await federation(analysis_nodes=1)
+    aggregator, node_1 = await fed.start_all()
+    assert await aggregator.send_message([node_1.node_id], "c", {"v": 1}) == ([node_1.node_id], [])
+    [delivered] = (await node_1.await_messages([aggregator.node_id], "c", timeout=5))[
+        aggregator.node_id
+    ] or []
+    await node_1.stop()
+    # a late delivery (the API answers until its server closes): stored, but no acknowledgement is sent
+    # on the HTTP client that stop() closed ("client has been closed" in a task nobody awaits)
+    late = {**delivered.body, "meta": {**delivered.body["meta"], "id": "late-1"}}
+    sent_before = len(fed.stack.events.select("broker.sent"))
+    with caplog.at_level("ERROR"):
+        assert await node_1.messenger.receive(late) is True
+        await asyncio.sleep(0)  # a spawned acknowledgement would have started here
+    assert len(node_1.messenger._background) == 0
+    assert len(fed.stack.events.select("broker.sent")) == sent_before
+    assert "never retrieved" not in caplog.text

@@ -74,6 +74,9 @@ class Messenger:
         #: ids of the messages whose acknowledgement is being sent (at most MAX_ACKS_IN_FLIGHT)
         self._acking: set[str] = set()
         self.acks_skipped = 0
+        #: set by :meth:`aclose`: a delivery after it is stored, but no acknowledgement starts (the
+        #: node's HTTP client is about to close, and its sender resends to whoever answers next)
+        self._closing = False
         self.finished = asyncio.Event()
         self.sent = 0
         self.resent = 0
@@ -236,7 +239,9 @@ class Messenger:
             size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace"))
         is_new = await self.inbox.add(Message(body=body, recipients=[self.node_id], size=size))
         # one acknowledgement per id at a time, a bounded number in all; it echoes the envelope only
-        if meta.id in self._acking:
+        if self._closing:
+            log.debug("not acknowledging %s: the node is stopping", meta.id)
+        elif meta.id in self._acking:
             pass  # a resend while its acknowledgement is under way: that one answers both
         elif len(self._acking) >= MAX_ACKS_IN_FLIGHT:
             self.acks_skipped += 1
@@ -266,6 +271,7 @@ class Messenger:
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Let acknowledgements still being sent finish (up to ``grace`` seconds), then stop."""
+        self._closing = True
         await self._background.aclose(grace=grace)
 
     # -- awaiting -----------------------------------------------------------------------------------
