@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 #: then measures the webhook's answer, not the queue of an emulator whose brokers all share one
 #: event loop (a broadcast to 1,000 nodes started 1,000 POSTs at once, and on a busy machine those at
 #: the back timed out before their request was even sent: deliveries a real broker would not lose).
-MAX_DELIVERIES_IN_FLIGHT = 128
+MAX_DELIVERIES_IN_FLIGHT = 512
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
