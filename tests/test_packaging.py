@@ -58,7 +58,8 @@ def test_a_node_installs_no_emulator_packages_and_the_extras_say_what_is_optiona
     assert "opendp" in runtime  # the node's differential privacy
     assert _names(extras["sim"]) == {"minio", "rich"}
     assert _names(extras["parquet"]) == {"pyarrow"} and _names(extras["plot"]) == {"matplotlib"}
-    assert "flame-python-sdk[sim,parquet]" in extras["test"]
+    assert "flame-python-sdk[sim,parquet,plot,docs]" in extras["test"]
+    assert {"scipy", "formulaic"} <= runtime  # flame.stats runs on the nodes
     # msgpack 1.0.x lacks Packer(buf_size=...), which the codec uses: every payload would fail
     assert "msgpack>=1.1" in _names(project["dependencies"]) | set(project["dependencies"])
     classifiers = project["classifiers"]
