@@ -1984,6 +1984,8 @@ class _Rebuilder:
             raise _refuse(f"an index of class {kind}")
         data = self.value(d.get("data"), depth)
         freq = self.freq(d.get("freq"), depth) if rec.kind != "pandas._new_Index" else None
+        if freq is None and rec.kind != "pandas._new_Index":
+            freq = self.array_freq(d.get("data"), depth)
         if isinstance(data, np.ndarray):
             if data.ndim != 1:
                 raise _refuse("an index of more than one dimension")
@@ -1998,6 +2000,15 @@ class _Rebuilder:
         if kind == "pandas.CategoricalIndex":
             return pd.CategoricalIndex(data, name=name)
         return pd.Index(data, name=name, copy=False)
+
+    def array_freq(self, obj: Any, depth: int) -> Any:
+        """pandas 2 keeps an index's frequency in the state of its DatetimeArray/TimedeltaArray."""
+        if type(obj) is not _Record or obj.kind != "pandas.__pyx_unpickle_NDArrayBacked":
+            return None
+        state = obj.state if obj.state is not _UNSET else (obj.args[2] if len(obj.args) == 3 else None)
+        if type(state) is not tuple or len(state) != 3 or type(state[2]) is not dict:
+            return None
+        return self.freq(state[2].get("_freq"), depth)
 
     def categorical_dtype(self, rec: _Record, depth: int) -> Any:
         pd = _pandas()
