@@ -906,17 +906,43 @@ def _pytz_pickle(tz_opcodes: bytes) -> bytes:
     return H.program(H.call(func, H.const(0), H.NONE, tz_opcodes, H.const(10)))
 
 
-def test_pytz_time_zones_from_pandas_2_load_as_zoneinfo() -> None:
+def test_pytz_time_zones_from_pandas_2_load_as_the_receivers_default() -> None:
+    """pandas 2 receives the pytz zone pickle.loads would give; pandas 3 the zoneinfo one."""
     from tests import hostile_pickles as H
 
+    pandas_2 = int(pd.__version__.partition(".")[0]) < 3
     berlin = H.call(H.glob("pytz", "_p"), H.const("Europe/Berlin"), H.const(3600), H.const(0), H.const("CET"))
     out = decode(_pytz_pickle(berlin), allow_pickle=True)
-    assert out == pd.Timestamp(0, tz="UTC") and out.tz == zoneinfo.ZoneInfo("Europe/Berlin")
-    utc = H.call(H.glob("pytz", "_UTC"))
-    assert decode(_pytz_pickle(utc), allow_pickle=True).tz == dt.timezone.utc
+    assert out == pd.Timestamp(0, tz="UTC") and out.utcoffset() == dt.timedelta(hours=1)
+    assert out.tz is pd.Timestamp(0, tz="Europe/Berlin").tz or out.tz == zoneinfo.ZoneInfo("Europe/Berlin")
+    assert type(out.tz).__module__.startswith("pytz") is pandas_2
+    utc = decode(_pytz_pickle(H.call(H.glob("pytz", "_UTC"))), allow_pickle=True).tz
+    assert utc.utcoffset(None) == dt.timedelta(0) and type(utc).__module__.startswith("pytz") is pandas_2
     fixed = H.call(H.glob("pytz", "FixedOffset"), H.const(90))
-    assert decode(_pytz_pickle(fixed), allow_pickle=True).utcoffset() == dt.timedelta(minutes=90)
+    out = decode(_pytz_pickle(fixed), allow_pickle=True)
+    assert (
+        out.utcoffset() == dt.timedelta(minutes=90) and type(out.tz).__module__.startswith("pytz") is pandas_2
+    )
     for key in ("/etc/hostname", "../../etc/hostname", "dateutil//etc/hostname"):
         path = H.call(H.glob("pytz", "_p"), H.const(key))
         with pytest.raises(PickleRefusedError, match="time zone"):
             decode(_pytz_pickle(path), allow_pickle=True)
+
+
+def test_pytz_localized_datetimes_keep_their_instant() -> None:
+    """A datetime pickled with a pytz zone keeps its offset; one this pytz does not know loads as zoneinfo."""
+    from tests import hostile_pickles as H
+
+    wall = dt.datetime(2021, 7, 1, 12).__reduce__()[1][0]  # datetime's 10-byte state
+    expected = dt.datetime(2021, 7, 1, 12, tzinfo=BERLIN)  # CEST, +2 h
+    cases = [("Europe/Berlin", 7200, 3600, "CEST", "pytz"), ("Europe/Berlin", 7200, 3600, "MESZ", "zoneinfo")]
+    for key, offset, dst, name, module in cases:
+        zone = H.call(H.glob("pytz", "_p"), H.const(key), H.const(offset), H.const(dst), H.const(name))
+        data = H.program(H.call(H.glob("datetime", "datetime"), H.const(wall), zone))
+        out = decode(data, allow_pickle=True)
+        assert out == expected and out.utcoffset() == dt.timedelta(hours=2)
+        pandas_2 = int(pd.__version__.partition(".")[0]) < 3
+        assert type(out.tzinfo).__module__.partition(".")[0] == (module if pandas_2 else "zoneinfo")
+    forged = H.call(H.glob("pytz", "_p"), H.const("Europe/Berlin"), H.const(10**9), H.const(0), H.const("X"))
+    with pytest.raises(PayloadError):
+        decode(H.program(H.call(H.glob("datetime", "datetime"), H.const(wall), forged)), allow_pickle=True)
