@@ -29,6 +29,8 @@ from flame.codec import MAGIC, VERSION, decode, encode, is_pickle
 from flame.errors import FlameError, PayloadError, PickleRefusedError
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
+# pandas 3's default ``str`` dtype (with pyarrow), spelt out: on pandas 2 ``"str"`` is object dtype
+ARROW_STR = pd.StringDtype("pyarrow", na_value=np.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,6 +303,8 @@ def columns(draw: st.DrawFn, n: int) -> Any:
                 "str",
                 "string",
                 "string_python",
+                "str_arrow",
+                "string_arrow",
                 "object",
                 "category",
                 "datetime",
@@ -316,9 +320,16 @@ def columns(draw: st.DrawFn, n: int) -> Any:
     if kind == "numeric":
         dtype = draw(st.sampled_from(["f8", "f4", "f2", "i1", "i8", "u1", "u8", "?", "c16"]))
         return pd.Series(draw(hnp.arrays(np.dtype(dtype), n)))
-    if kind in ("str", "string", "string_python", "object"):
+    if kind in ("str", "string", "string_python", "str_arrow", "string_arrow", "object"):
         items = draw(st.lists(optional_text, min_size=n, max_size=n))
-        dtype = {"str": "str", "string": "string", "string_python": "string[python]", "object": object}[kind]
+        dtype = {
+            "str": "str",
+            "string": "string",
+            "string_python": "string[python]",
+            "str_arrow": ARROW_STR,
+            "string_arrow": "string[pyarrow]",
+            "object": object,
+        }[kind]
         return pd.Series(items, dtype=dtype)
     if kind == "category":
         pool = draw(st.sampled_from([["a", "b", "c"], [1, 2, 30]]))
@@ -369,7 +380,8 @@ def indexes(draw: st.DrawFn, n: int) -> Any:
         freq = draw(st.sampled_from(["D", "h", "min", "2s", "MS", None]))
         if freq is None:
             stamps = draw(st.lists(st.datetimes(min_value=dt.datetime(1700, 1, 1)), min_size=n, max_size=n))
-            return pd.DatetimeIndex(stamps, name=name).as_unit("us").tz_localize(tz)
+            # microseconds from the start: pandas 2 would infer nanoseconds and overflow after 2262
+            return pd.DatetimeIndex(np.array(stamps, dtype="M8[us]"), name=name).tz_localize(tz)
         return pd.date_range("2001-02-03", periods=n, freq=freq, tz=tz, name=name)
     if kind == "category":
         return pd.CategoricalIndex(draw(st.lists(st.sampled_from("xyz"), min_size=n, max_size=n)), name=name)
@@ -470,10 +482,11 @@ def test_pandas_scalars_roundtrip() -> None:
 def test_arrow_strings_decode_without_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
     df = pd.DataFrame(
         {
-            "s": pd.Series(["a", None, "dé", ""], dtype="str"),
-            "t": pd.array(["x", None, "y", "z"], dtype="string"),
+            "s": pd.Series(["a", None, "dé", ""], dtype=ARROW_STR),
+            "t": pd.array(["x", None, "y", "z"], dtype="string[pyarrow]"),
         }
     )
+    assert [dtype.storage for dtype in df.dtypes] == ["pyarrow", "pyarrow"]
     data = encode(df)
     monkeypatch.setattr(codec, "_has_pyarrow", lambda: False)
     out = decode(data)
@@ -483,12 +496,12 @@ def test_arrow_strings_decode_without_pyarrow(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_sliced_and_chunked_arrow_strings_roundtrip() -> None:
-    series = pd.Series(["a", "bb", None, "dddd", "é"], dtype="str")
+    series = pd.Series(["a", "bb", None, "dddd", "é"], dtype=ARROW_STR)
     check_roundtrip(series[1:4])
     check_roundtrip(series[3:])
     check_roundtrip(pd.concat([series, series[2:]], ignore_index=True))
-    check_roundtrip(pd.Series([], dtype="str"))
-    check_roundtrip(pd.Series([None, None], dtype="string"))
+    check_roundtrip(pd.Series([], dtype=ARROW_STR))
+    check_roundtrip(pd.Series([None, None], dtype="string[pyarrow]"))
 
 
 def test_decoded_dataframe_is_writeable() -> None:
