@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import datetime as dt
@@ -959,3 +960,37 @@ def test_pytz_localized_datetimes_keep_their_instant() -> None:
     forged = H.call(H.glob("pytz", "_p"), H.const("Europe/Berlin"), H.const(10**9), H.const(0), H.const("X"))
     with pytest.raises(PayloadError):
         decode(H.program(H.call(H.glob("datetime", "datetime"), H.const(wall), forged)), allow_pickle=True)
+
+
+_PANDAS_2_PICKLE = (  # pickle.dumps(<the frame below>, protocol=4) written by pandas 2.3.3 with pytz
+    "gASViAQAAAAAAACMEXBhbmRhcy5jb3JlLmZyYW1llIwJRGF0YUZyYW1llJOUKYGUfZQojARfbWdylIwecGFuZGFzLmNvcmUu"
+    "aW50ZXJuYWxzLm1hbmFnZXJzlIwMQmxvY2tNYW5hZ2VylJOUjBZwYW5kYXMuX2xpYnMuaW50ZXJuYWxzlIwPX3VucGlja2xl"
+    "X2Jsb2NrlJOUjBNwYW5kYXMuX2xpYnMuYXJyYXlzlIwcX19weXhfdW5waWNrbGVfTkRBcnJheUJhY2tlZJSTlIwccGFuZGFz"
+    "LmNvcmUuYXJyYXlzLmRhdGV0aW1lc5SMDURhdGV0aW1lQXJyYXmUk5RKHwbxBE6HlFKUjBlwYW5kYXMuY29yZS5kdHlwZXMu"
+    "ZHR5cGVzlIwPRGF0ZXRpbWVUWkR0eXBllJOUKYGUfZQojAR1bml0lIwCbnOUjAJ0epSMBHB5dHqUjAJfcJSTlCiMDUV1cm9w"
+    "ZS9CZXJsaW6UTWwMSwCMA0xNVJR0lFKUdWKMFm51bXB5Ll9jb3JlLm11bHRpYXJyYXmUjAxfcmVjb25zdHJ1Y3SUk5SMBW51"
+    "bXB5lIwHbmRhcnJheZSTlEsAhZRDAWKUh5RSlChLAUsBSwOGlGgmjAVkdHlwZZSTlIwCTTiUiYiHlFKUKEsEjAE8lE5OTkr/"
+    "////Sv////9LAE4oQwJuc5RLAUsBSwF0lIaUdJRiiUMYAGBNGEBVcBYAAAZJhlhwFgCgvnnMW3AWlHSUYn2Uh5RijAhidWls"
+    "dGluc5SMBXNsaWNllJOUSwBLAUsBh5RSlEsCh5RSlIWUXZQojBhwYW5kYXMuY29yZS5pbmRleGVzLmJhc2WUjApfbmV3X0lu"
+    "ZGV4lJOUaEWMBUluZGV4lJOUfZQojARkYXRhlGglaChLAIWUaCqHlFKUKEsBSwGFlGgvjAJPOJSJiIeUUpQoSwOMAXyUTk5O"
+    "Sv////9K/////0s/dJRiiV2UaBthdJRijARuYW1llE51hpRSlIwdcGFuZGFzLmNvcmUuaW5kZXhlcy5kYXRldGltZXOUjBJf"
+    "bmV3X0RhdGV0aW1lSW5kZXiUk5RoWowNRGF0ZXRpbWVJbmRleJSTlH2UKGhLaA5oEUofBvEEToeUUpRoL4wCTTiUiYiHlFKU"
+    "KEsEaDNOTk5K/////0r/////SwBOKEMCbnOUSwFLAUsBdJSGlHSUYmglaChLAIWUaCqHlFKUKEsBSwOFlGgvjAJNOJSJiIeU"
+    "UpQoSwRoM05OTkr/////Sv////9LAE4oQwJuc5RLAUsBSwF0lIaUdJRiiUMYAACKuTWa5RUAANlKyujlFQAAKNxeN+YVlHSU"
+    "Yn2UjAVfZnJlcZSMG3BhbmRhcy5fbGlicy50c2xpYnMub2Zmc2V0c5SMA0RheZSTlEsBiYaUUpRzh5RiaFeMA2RheZR1hpRS"
+    "lGWGlFKUjARfdHlwlIwJZGF0YWZyYW1llIwJX21ldGFkYXRhlF2UjAVhdHRyc5R9lIwGX2ZsYWdzlH2UjBdhbGxvd3NfZHVw"
+    "bGljYXRlX2xhYmVsc5SIc3ViLg=="
+)
+
+
+def test_pandas_2_pickle_loads_on_this_pandas() -> None:
+    """A pandas 2 pickle: freq in the DatetimeArray state, a pytz column; equal to this pandas' own frame."""
+    out = decode(base64.b64decode(_PANDAS_2_PICKLE), allow_pickle=True)
+    expected = pd.DataFrame(
+        {"tz": pd.date_range("2021-03-28", periods=3, freq="h", tz="Europe/Berlin").as_unit("ns")},
+        index=pd.date_range("2020-01-01", periods=3, freq="D", name="day").as_unit("ns"),
+    )
+    expected.columns = pd.Index(["tz"], dtype=object)  # pandas 2's labels, as pickle.loads keeps them
+    pd.testing.assert_frame_equal(out, expected, check_exact=True)
+    assert out.index.freq == pd.offsets.Day() and out["tz"].dtype == pd.DatetimeTZDtype("ns", "Europe/Berlin")
+    assert [t.utcoffset() for t in out["tz"]] == [dt.timedelta(hours=h) for h in (1, 1, 2)]
