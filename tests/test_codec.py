@@ -957,9 +957,20 @@ def test_pytz_localized_datetimes_keep_their_instant() -> None:
         assert out == expected and out.utcoffset() == dt.timedelta(hours=2)
         pandas_2 = int(pd.__version__.partition(".")[0]) < 3
         assert type(out.tzinfo).__module__.partition(".")[0] == (module if pandas_2 else "zoneinfo")
-    forged = H.call(H.glob("pytz", "_p"), H.const("Europe/Berlin"), H.const(10**9), H.const(0), H.const("X"))
-    with pytest.raises(PayloadError):
-        decode(H.program(H.call(H.glob("datetime", "datetime"), H.const(wall), forged)), allow_pickle=True)
+    if int(pd.__version__.partition(".")[0]) < 3:  # the unknown "MESZ" was looked up, not added to pytz
+        import pytz
+
+        assert all(name != "MESZ" for *_, name in pytz.timezone("Europe/Berlin")._tzinfos)
+    forged = [
+        (H.const("Europe/Berlin"), H.const(10**9), H.const(0), H.const("X")),
+        (H.const("Europe/Berlin"), H.const(3600)),
+        (H.const("Europe/Berlin"), H.const(3600), H.const(0), H.const(7)),
+        (H.const(5),),
+    ]
+    for args in forged:
+        zone = H.call(H.glob("pytz", "_p"), *args)
+        with pytest.raises(PickleRefusedError, match=r"time zone|pytz\._p called with 2"):
+            decode(H.program(H.call(H.glob("datetime", "datetime"), H.const(wall), zone)), allow_pickle=True)
 
 
 _PANDAS_2_PICKLE = (  # pickle.dumps(<the frame below>, protocol=4) written by pandas 2.3.3 with pytz
