@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import datetime as dt
@@ -29,6 +30,8 @@ from flame.codec import MAGIC, VERSION, decode, encode, is_pickle
 from flame.errors import FlameError, PayloadError, PickleRefusedError
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
+# pandas 3's default ``str`` dtype (with pyarrow), spelt out: on pandas 2 ``"str"`` is object dtype
+ARROW_STR = pd.StringDtype("pyarrow", na_value=np.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,6 +304,8 @@ def columns(draw: st.DrawFn, n: int) -> Any:
                 "str",
                 "string",
                 "string_python",
+                "str_arrow",
+                "string_arrow",
                 "object",
                 "category",
                 "datetime",
@@ -316,9 +321,16 @@ def columns(draw: st.DrawFn, n: int) -> Any:
     if kind == "numeric":
         dtype = draw(st.sampled_from(["f8", "f4", "f2", "i1", "i8", "u1", "u8", "?", "c16"]))
         return pd.Series(draw(hnp.arrays(np.dtype(dtype), n)))
-    if kind in ("str", "string", "string_python", "object"):
+    if kind in ("str", "string", "string_python", "str_arrow", "string_arrow", "object"):
         items = draw(st.lists(optional_text, min_size=n, max_size=n))
-        dtype = {"str": "str", "string": "string", "string_python": "string[python]", "object": object}[kind]
+        dtype = {
+            "str": "str",
+            "string": "string",
+            "string_python": "string[python]",
+            "str_arrow": ARROW_STR,
+            "string_arrow": "string[pyarrow]",
+            "object": object,
+        }[kind]
         return pd.Series(items, dtype=dtype)
     if kind == "category":
         pool = draw(st.sampled_from([["a", "b", "c"], [1, 2, 30]]))
@@ -369,7 +381,8 @@ def indexes(draw: st.DrawFn, n: int) -> Any:
         freq = draw(st.sampled_from(["D", "h", "min", "2s", "MS", None]))
         if freq is None:
             stamps = draw(st.lists(st.datetimes(min_value=dt.datetime(1700, 1, 1)), min_size=n, max_size=n))
-            return pd.DatetimeIndex(stamps, name=name).as_unit("us").tz_localize(tz)
+            # microseconds from the start: pandas 2 would infer nanoseconds and overflow after 2262
+            return pd.DatetimeIndex(np.array(stamps, dtype="M8[us]"), name=name).tz_localize(tz)
         return pd.date_range("2001-02-03", periods=n, freq=freq, tz=tz, name=name)
     if kind == "category":
         return pd.CategoricalIndex(draw(st.lists(st.sampled_from("xyz"), min_size=n, max_size=n)), name=name)
@@ -470,10 +483,11 @@ def test_pandas_scalars_roundtrip() -> None:
 def test_arrow_strings_decode_without_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
     df = pd.DataFrame(
         {
-            "s": pd.Series(["a", None, "dé", ""], dtype="str"),
-            "t": pd.array(["x", None, "y", "z"], dtype="string"),
+            "s": pd.Series(["a", None, "dé", ""], dtype=ARROW_STR),
+            "t": pd.array(["x", None, "y", "z"], dtype="string[pyarrow]"),
         }
     )
+    assert [dtype.storage for dtype in df.dtypes] == ["pyarrow", "pyarrow"]
     data = encode(df)
     monkeypatch.setattr(codec, "_has_pyarrow", lambda: False)
     out = decode(data)
@@ -483,12 +497,12 @@ def test_arrow_strings_decode_without_pyarrow(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_sliced_and_chunked_arrow_strings_roundtrip() -> None:
-    series = pd.Series(["a", "bb", None, "dddd", "é"], dtype="str")
+    series = pd.Series(["a", "bb", None, "dddd", "é"], dtype=ARROW_STR)
     check_roundtrip(series[1:4])
     check_roundtrip(series[3:])
     check_roundtrip(pd.concat([series, series[2:]], ignore_index=True))
-    check_roundtrip(pd.Series([], dtype="str"))
-    check_roundtrip(pd.Series([None, None], dtype="string"))
+    check_roundtrip(pd.Series([], dtype=ARROW_STR))
+    check_roundtrip(pd.Series([None, None], dtype="string[pyarrow]"))
 
 
 def test_decoded_dataframe_is_writeable() -> None:
@@ -883,7 +897,7 @@ def test_index_frequencies_load_or_are_dropped() -> None:
     # an offset we do not rebuild (custom business days carry calendars) is dropped, not refused
     index = pd.date_range("2020", periods=4, freq=pd.offsets.CustomBusinessDay(weekmask="Mon Wed"))
     out = decode(pickle.dumps(index, protocol=4), allow_pickle=True)
-    pd.testing.assert_index_equal(out, index, exact=True, check_freq=False)
+    pd.testing.assert_index_equal(out, pd.DatetimeIndex(index, freq=None), exact=True)
     assert out.freq is None
 
 
@@ -906,17 +920,88 @@ def _pytz_pickle(tz_opcodes: bytes) -> bytes:
     return H.program(H.call(func, H.const(0), H.NONE, tz_opcodes, H.const(10)))
 
 
-def test_pytz_time_zones_from_pandas_2_load_as_zoneinfo() -> None:
+def test_pytz_time_zones_from_pandas_2_load_as_the_receivers_default() -> None:
+    """pandas 2 receives the pytz zone pickle.loads would give; pandas 3 the zoneinfo one."""
     from tests import hostile_pickles as H
 
+    pandas_2 = int(pd.__version__.partition(".")[0]) < 3
     berlin = H.call(H.glob("pytz", "_p"), H.const("Europe/Berlin"), H.const(3600), H.const(0), H.const("CET"))
     out = decode(_pytz_pickle(berlin), allow_pickle=True)
-    assert out == pd.Timestamp(0, tz="UTC") and out.tz == zoneinfo.ZoneInfo("Europe/Berlin")
-    utc = H.call(H.glob("pytz", "_UTC"))
-    assert decode(_pytz_pickle(utc), allow_pickle=True).tz == dt.timezone.utc
+    assert out == pd.Timestamp(0, tz="UTC") and out.utcoffset() == dt.timedelta(hours=1)
+    assert out.tz is pd.Timestamp(0, tz="Europe/Berlin").tz or out.tz == zoneinfo.ZoneInfo("Europe/Berlin")
+    assert type(out.tz).__module__.startswith("pytz") is pandas_2
+    utc = decode(_pytz_pickle(H.call(H.glob("pytz", "_UTC"))), allow_pickle=True).tz
+    assert utc.utcoffset(None) == dt.timedelta(0) and type(utc).__module__.startswith("pytz") is pandas_2
     fixed = H.call(H.glob("pytz", "FixedOffset"), H.const(90))
-    assert decode(_pytz_pickle(fixed), allow_pickle=True).utcoffset() == dt.timedelta(minutes=90)
+    out = decode(_pytz_pickle(fixed), allow_pickle=True)
+    assert (
+        out.utcoffset() == dt.timedelta(minutes=90) and type(out.tz).__module__.startswith("pytz") is pandas_2
+    )
     for key in ("/etc/hostname", "../../etc/hostname", "dateutil//etc/hostname"):
         path = H.call(H.glob("pytz", "_p"), H.const(key))
         with pytest.raises(PickleRefusedError, match="time zone"):
             decode(_pytz_pickle(path), allow_pickle=True)
+
+
+def test_pytz_localized_datetimes_keep_their_instant() -> None:
+    """A datetime pickled with a pytz zone keeps its offset; one this pytz does not know loads as zoneinfo."""
+    from tests import hostile_pickles as H
+
+    wall = dt.datetime(2021, 7, 1, 12).__reduce__()[1][0]  # datetime's 10-byte state
+    expected = dt.datetime(2021, 7, 1, 12, tzinfo=BERLIN)  # CEST, +2 h
+    cases = [("Europe/Berlin", 7200, 3600, "CEST", "pytz"), ("Europe/Berlin", 7200, 3600, "MESZ", "zoneinfo")]
+    for key, offset, dst, name, module in cases:
+        zone = H.call(H.glob("pytz", "_p"), H.const(key), H.const(offset), H.const(dst), H.const(name))
+        data = H.program(H.call(H.glob("datetime", "datetime"), H.const(wall), zone))
+        out = decode(data, allow_pickle=True)
+        assert out == expected and out.utcoffset() == dt.timedelta(hours=2)
+        pandas_2 = int(pd.__version__.partition(".")[0]) < 3
+        assert type(out.tzinfo).__module__.partition(".")[0] == (module if pandas_2 else "zoneinfo")
+    if int(pd.__version__.partition(".")[0]) < 3:  # the unknown "MESZ" was looked up, not added to pytz
+        import pytz
+
+        assert all(name != "MESZ" for *_, name in pytz.timezone("Europe/Berlin")._tzinfos)
+    forged = [
+        (H.const("Europe/Berlin"), H.const(10**9), H.const(0), H.const("X")),
+        (H.const("Europe/Berlin"), H.const(3600)),
+        (H.const("Europe/Berlin"), H.const(3600), H.const(0), H.const(7)),
+        (H.const(5),),
+    ]
+    for args in forged:
+        zone = H.call(H.glob("pytz", "_p"), *args)
+        with pytest.raises(PickleRefusedError, match=r"time zone|pytz\._p called with 2"):
+            decode(H.program(H.call(H.glob("datetime", "datetime"), H.const(wall), zone)), allow_pickle=True)
+
+
+_PANDAS_2_PICKLE = (  # pickle.dumps(<the frame below>, protocol=4) written by pandas 2.3.3 with pytz
+    "gASViAQAAAAAAACMEXBhbmRhcy5jb3JlLmZyYW1llIwJRGF0YUZyYW1llJOUKYGUfZQojARfbWdylIwecGFuZGFzLmNvcmUu"
+    "aW50ZXJuYWxzLm1hbmFnZXJzlIwMQmxvY2tNYW5hZ2VylJOUjBZwYW5kYXMuX2xpYnMuaW50ZXJuYWxzlIwPX3VucGlja2xl"
+    "X2Jsb2NrlJOUjBNwYW5kYXMuX2xpYnMuYXJyYXlzlIwcX19weXhfdW5waWNrbGVfTkRBcnJheUJhY2tlZJSTlIwccGFuZGFz"
+    "LmNvcmUuYXJyYXlzLmRhdGV0aW1lc5SMDURhdGV0aW1lQXJyYXmUk5RKHwbxBE6HlFKUjBlwYW5kYXMuY29yZS5kdHlwZXMu"
+    "ZHR5cGVzlIwPRGF0ZXRpbWVUWkR0eXBllJOUKYGUfZQojAR1bml0lIwCbnOUjAJ0epSMBHB5dHqUjAJfcJSTlCiMDUV1cm9w"
+    "ZS9CZXJsaW6UTWwMSwCMA0xNVJR0lFKUdWKMFm51bXB5Ll9jb3JlLm11bHRpYXJyYXmUjAxfcmVjb25zdHJ1Y3SUk5SMBW51"
+    "bXB5lIwHbmRhcnJheZSTlEsAhZRDAWKUh5RSlChLAUsBSwOGlGgmjAVkdHlwZZSTlIwCTTiUiYiHlFKUKEsEjAE8lE5OTkr/"
+    "////Sv////9LAE4oQwJuc5RLAUsBSwF0lIaUdJRiiUMYAGBNGEBVcBYAAAZJhlhwFgCgvnnMW3AWlHSUYn2Uh5RijAhidWls"
+    "dGluc5SMBXNsaWNllJOUSwBLAUsBh5RSlEsCh5RSlIWUXZQojBhwYW5kYXMuY29yZS5pbmRleGVzLmJhc2WUjApfbmV3X0lu"
+    "ZGV4lJOUaEWMBUluZGV4lJOUfZQojARkYXRhlGglaChLAIWUaCqHlFKUKEsBSwGFlGgvjAJPOJSJiIeUUpQoSwOMAXyUTk5O"
+    "Sv////9K/////0s/dJRiiV2UaBthdJRijARuYW1llE51hpRSlIwdcGFuZGFzLmNvcmUuaW5kZXhlcy5kYXRldGltZXOUjBJf"
+    "bmV3X0RhdGV0aW1lSW5kZXiUk5RoWowNRGF0ZXRpbWVJbmRleJSTlH2UKGhLaA5oEUofBvEEToeUUpRoL4wCTTiUiYiHlFKU"
+    "KEsEaDNOTk5K/////0r/////SwBOKEMCbnOUSwFLAUsBdJSGlHSUYmglaChLAIWUaCqHlFKUKEsBSwOFlGgvjAJNOJSJiIeU"
+    "UpQoSwRoM05OTkr/////Sv////9LAE4oQwJuc5RLAUsBSwF0lIaUdJRiiUMYAACKuTWa5RUAANlKyujlFQAAKNxeN+YVlHSU"
+    "Yn2UjAVfZnJlcZSMG3BhbmRhcy5fbGlicy50c2xpYnMub2Zmc2V0c5SMA0RheZSTlEsBiYaUUpRzh5RiaFeMA2RheZR1hpRS"
+    "lGWGlFKUjARfdHlwlIwJZGF0YWZyYW1llIwJX21ldGFkYXRhlF2UjAVhdHRyc5R9lIwGX2ZsYWdzlH2UjBdhbGxvd3NfZHVw"
+    "bGljYXRlX2xhYmVsc5SIc3ViLg=="
+)
+
+
+def test_pandas_2_pickle_loads_on_this_pandas() -> None:
+    """A pandas 2 pickle: freq in the DatetimeArray state, a pytz column; equal to this pandas' own frame."""
+    out = decode(base64.b64decode(_PANDAS_2_PICKLE), allow_pickle=True)
+    expected = pd.DataFrame(
+        {"tz": pd.date_range("2021-03-28", periods=3, freq="h", tz="Europe/Berlin").as_unit("ns")},
+        index=pd.date_range("2020-01-01", periods=3, freq="D", name="day").as_unit("ns"),
+    )
+    expected.columns = pd.Index(["tz"], dtype=object)  # pandas 2's labels, as pickle.loads keeps them
+    pd.testing.assert_frame_equal(out, expected, check_exact=True)
+    assert out.index.freq == pd.offsets.Day() and out["tz"].dtype == pd.DatetimeTZDtype("ns", "Europe/Berlin")
+    assert [t.utcoffset() for t in out["tz"]] == [dt.timedelta(hours=h) for h in (1, 1, 2)]

@@ -93,8 +93,10 @@ two steps, so that no NumPy, pandas or pyarrow code ever runs on what the pickle
    ``zoneinfo``: ``dateutil/<path>`` and relative paths are refused, and no file outside the time
    zone database is opened.
 
-Time zones pickled by pytz (pandas 2's default) or ``dateutil.tz.tzutc`` are rebuilt as the same
-zone from ``zoneinfo`` / ``datetime.timezone``.
+Time zones pickled by pytz (pandas 2's default) are rebuilt as the same pytz zone when this node runs
+pandas 2.x, so a tz-aware column's dtype equals what ``pickle.loads`` would give; with pandas 3 (whose
+default is zoneinfo) they are rebuilt as the same zone from ``zoneinfo`` / ``datetime.timezone``. Either
+way the instants are equal. ``dateutil.tz.tzutc`` loads as ``datetime.timezone.utc``.
 
 Budgets stop memo reuse from multiplying memory: all rebuilt array bytes together may not exceed the
 pickle's own size (nor ``max_bytes``), and all elements that calls such as ``frozenset(list)`` copy
@@ -377,9 +379,11 @@ def _pandas() -> Any:
 
 def _tz_spec(tz: Any) -> str | list[Any]:
     """A time zone as its IANA key, or as ``[offset in microseconds, name or None]`` if fixed."""
-    key = getattr(tz, "key", None)  # zoneinfo.ZoneInfo
-    if not isinstance(key, str):
-        key = getattr(tz, "zone", None)  # pytz
+    key = None  # only zoneinfo's and pytz's keys: other libraries (dateutil 4) have ``key`` too
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        key = tz.key
+    elif type(tz).__module__.partition(".")[0] == "pytz":
+        key = getattr(tz, "zone", None)
     if isinstance(key, str) and key:
         return key
     offset = tz.utcoffset(None)
@@ -1602,24 +1606,62 @@ class _Rebuilder:
         return _safe_zone(args[0])
 
     def pytz_zone(self, rec: _Record, depth: int) -> Any:
-        """pandas 2 pickles time zones from pytz: rebuilt as the same IANA zone from zoneinfo."""
-        args = self.args(rec, depth, (1, 2, 3, 4))
-        return _dt.timezone.utc if args[0] == "UTC" else _safe_zone(args[0])
+        """A pytz zone ``_p(key[, utcoffset, dst, tzname])``: pytz's own on pandas 2, else zoneinfo.
+
+        The key is checked like every zone key (and must be in the IANA database) before pytz sees
+        it. A localized zone (the offset a datetime was made with) is looked up among those pytz
+        knows for the key, never created; one this node's pytz does not know loads as zoneinfo.
+        """
+        args = self.args(rec, depth, (1, 4))
+        if len(args) == 4 and not (
+            type(args[1]) is int
+            and type(args[2]) is int
+            and type(args[3]) is str
+            and abs(args[1]) < 86400
+            and abs(args[2]) < 86400
+        ):
+            raise _refuse(f"a pytz time zone of unknown layout {tuple(args)!r}")
+        pytz = _pytz_for_pandas()
+        if args[0] == "UTC":
+            return _dt.timezone.utc if pytz is None else pytz.utc
+        zone = _safe_zone(args[0])
+        if pytz is None:
+            return zone
+        try:
+            base = pytz.timezone(args[0])
+        except pytz.UnknownTimeZoneError:
+            return zone
+        if len(args) == 1:
+            return base
+        localized = getattr(base, "_tzinfos", {}).get(
+            (_dt.timedelta(seconds=args[1]), _dt.timedelta(seconds=args[2]), args[3])
+        )
+        return zone if localized is None else localized
 
     def utc(self, rec: _Record, depth: int) -> Any:
         self.args(rec, depth, (0,), state=True)
         return _dt.timezone.utc
 
+    def pytz_utc(self, rec: _Record, depth: int) -> Any:
+        self.args(rec, depth, (0,), state=True)
+        pytz = _pytz_for_pandas()
+        return _dt.timezone.utc if pytz is None else pytz.utc
+
     def fixed_offset(self, rec: _Record, depth: int) -> Any:
         (minutes,) = self.args(rec, depth, (1,))
         if type(minutes) is not int or not -1440 < minutes < 1440:
             raise _refuse("a fixed time zone offset of more than a day")
+        pytz = _pytz_for_pandas()
+        if pytz is not None:
+            return pytz.FixedOffset(minutes)
         return _dt.timezone(_dt.timedelta(minutes=minutes))
 
     def tzinfo(self, tz: Any) -> _dt.tzinfo | None:
-        """A rebuilt time zone: None, datetime.timezone, ZoneInfo, or a zone name checked like a key."""
+        """A rebuilt time zone: None, datetime.timezone, ZoneInfo, a pytz zone we rebuilt, or a key."""
         if tz is None or type(tz) in (_dt.timezone, zoneinfo.ZoneInfo):
             return tz  # type: ignore[no-any-return]
+        if isinstance(tz, _dt.tzinfo) and type(tz).__module__.partition(".")[0] == "pytz":
+            return tz  # only pytz_zone, pytz_utc and fixed_offset make these
         if isinstance(tz, str):
             return _dt.timezone.utc if tz == "UTC" else _safe_zone(tz)
         raise _refuse(f"a time zone of type {_type_name(tz)}")
@@ -1984,6 +2026,8 @@ class _Rebuilder:
             raise _refuse(f"an index of class {kind}")
         data = self.value(d.get("data"), depth)
         freq = self.freq(d.get("freq"), depth) if rec.kind != "pandas._new_Index" else None
+        if freq is None and rec.kind != "pandas._new_Index":
+            freq = self.array_freq(d.get("data"), depth)
         if isinstance(data, np.ndarray):
             if data.ndim != 1:
                 raise _refuse("an index of more than one dimension")
@@ -1998,6 +2042,15 @@ class _Rebuilder:
         if kind == "pandas.CategoricalIndex":
             return pd.CategoricalIndex(data, name=name)
         return pd.Index(data, name=name, copy=False)
+
+    def array_freq(self, obj: Any, depth: int) -> Any:
+        """pandas 2 keeps an index's frequency in the state of its DatetimeArray/TimedeltaArray."""
+        if type(obj) is not _Record or obj.kind != "pandas.__pyx_unpickle_NDArrayBacked":
+            return None
+        state = obj.state if obj.state is not _UNSET else (obj.args[2] if len(obj.args) == 3 else None)
+        if type(state) is not tuple or len(state) != 3 or type(state[2]) is not dict:
+            return None
+        return self.freq(state[2].get("_freq"), depth)
 
     def categorical_dtype(self, rec: _Record, depth: int) -> Any:
         pd = _pandas()
@@ -2204,7 +2257,7 @@ _BUILDERS: dict[str, Callable[[_Rebuilder, _Record, int], Any]] = {
     "zoneinfo.ZoneInfo._unpickle": _Rebuilder.zone,
     "zoneinfo.ZoneInfo": _Rebuilder.zone,
     "pytz._p": _Rebuilder.pytz_zone,
-    "pytz._UTC": _Rebuilder.utc,
+    "pytz._UTC": _Rebuilder.pytz_utc,
     "pytz.FixedOffset": _Rebuilder.fixed_offset,
     "dateutil.tz.tz.tzutc": _Rebuilder.utc,
     "numpy.dtype": _Rebuilder.dtype,
@@ -2251,6 +2304,16 @@ def _require_list(value: Any) -> list[Any]:
     if type(value) is not list:
         raise _refuse("a list where the layout needs one")
     return value
+
+
+def _pytz_for_pandas() -> Any:
+    """pytz if the installed pandas is 2.x (its default time zones are pytz's), else None."""
+    if int(_pandas().__version__.partition(".")[0]) >= 3:
+        return None
+    try:
+        return importlib.import_module("pytz")
+    except ImportError:
+        return None
 
 
 def _safe_zone(key: Any) -> zoneinfo.ZoneInfo:
