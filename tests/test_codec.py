@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flame import codec
+from flame import codec, restricted_pickle
 from flame.codec import MAGIC, VERSION, decode, encode, is_pickle
 from flame.errors import FlameError, PayloadError, PickleRefusedError
 
@@ -808,7 +808,7 @@ def test_codec_payloads_never_reach_pickle(monkeypatch: pytest.MonkeyPatch) -> N
     def fail(data: bytes) -> None:
         raise AssertionError("pickle was used")
 
-    monkeypatch.setattr(codec, "_restricted_loads", fail)
+    monkeypatch.setattr(restricted_pickle, "restricted_loads", fail)
     value = {"a": np.arange(3), "b": pd.DataFrame({"x": [1.0]}), "c": (1, "2")}
     assert_same(value, decode(encode(value), allow_pickle=True))
     with pytest.raises(PayloadError):
