@@ -90,23 +90,8 @@ class StarModelTester:
             test_kwargs: dict[str, Any] = {"node_name": name}
             if name in splits:
                 test_kwargs[f"{data_type}_data"] = splits[name]
-            if local_dp:
-                return StarLocalDPModel(
-                    analyzer,
-                    aggregator,
-                    data_type,
-                    query,
-                    simple_analysis,
-                    output_type,
-                    multiple_results,
-                    analyzer_kwargs,
-                    aggregator_kwargs,
-                    epsilon,
-                    sensitivity,
-                    test_mode=True,
-                    test_kwargs=test_kwargs,
-                )
-            return StarModel(
+            # StarModel's positional parameters, then StarLocalDPModel's two more
+            common = (
                 analyzer,
                 aggregator,
                 data_type,
@@ -116,9 +101,12 @@ class StarModelTester:
                 multiple_results,
                 analyzer_kwargs,
                 aggregator_kwargs,
-                test_mode=True,
-                test_kwargs=test_kwargs,
             )
+            if local_dp:
+                return StarLocalDPModel(
+                    *common, epsilon, sensitivity, test_mode=True, test_kwargs=test_kwargs
+                )
+            return StarModel(*common, test_mode=True, test_kwargs=test_kwargs)
 
         from flame.local.api import simulate
 
