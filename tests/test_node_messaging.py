@@ -202,10 +202,14 @@ async def test_webhook_5xx_is_retried_by_the_broker_and_the_message_arrives_once
     aggregator, node_1 = await fed.start_all()
     flaky = FlakyWebhook(node_1.api_app, failures=2)
     await fed.attach("node-1", flaky)
-    acked = await aggregator.send_message([node_1.node_id], "c", {"v": 1}, attempt_timeout=2.0)
+    # the broker's retries (two delays of at most ~0.05 s) must end within one attempt of the sender, or
+    # it resends and the test below sees the sender's resend instead of the broker's retries: the attempt
+    # is as long as the whole send, a bound that only a hang reaches, however loaded the machine
+    acked = await aggregator.send_message([node_1.node_id], "c", {"v": 1}, timeout=60.0, attempt_timeout=60.0)
     assert acked == ([node_1.node_id], [])
     assert aggregator.messenger.resent == 0
-    found = await node_1.await_messages([aggregator.node_id], "c", timeout=2)
+    # acknowledged, so stored: no waiting needed; the bound is a safety net
+    found = await node_1.await_messages([aggregator.node_id], "c", timeout=60)
     assert contents(found[aggregator.node_id]) == [{"v": 1}]
     assert flaky.rejected == 2
     retries = stack.events.select("delivery.retry", node="node-1")
