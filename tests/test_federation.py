@@ -459,17 +459,20 @@ async def test_lost_acknowledgement_does_not_hold_a_node_back(
     stacks: list[FlameStack], data_root: Path
 ) -> None:
     # the first delivery from the aggregator to node-1 is the acknowledgement of node-1's round-1
-    # update: it is lost, and node-1 would resend only after 5 s; the aggregate makes that moot
+    # update: it is lost, and node-1 would resend only after 30 s (one attempt lasts longer than its
+    # send timeout of 20 s); the aggregate makes that moot
     faults = FaultPlan([DeliveryFault("drop", sender="aggregator", receiver="node-1", limit=1)])
     stack = new_stack(stacks, data_root, faults=faults)
-    options = FederationOptions(max_rounds=3, round_deadline=10.0, send_timeout=10.0)
+    options = FederationOptions(max_rounds=3, round_deadline=10.0, send_timeout=20.0)
     run = await run_federation(
-        stack, SumAnalyzer, SumAggregator, options, timeout=30, timeouts=Timeouts(startup=3.0, attempt=5.0)
+        stack, SumAnalyzer, SumAggregator, options, timeout=40, timeouts=Timeouts(startup=3.0, attempt=30.0)
     )
     assert_all_executed(run)
     assert run.events["delivery.dropped"] == 1
     assert run.result == expected_total([ALL3] * 3) == await final_value(stack)
-    assert run.seconds < 4.0, run.report()
+    # held back, node-1 would wait out its send timeout (20 s); not held back, the run takes ~1 s: the
+    # bound lies between, far from both, so that a loaded machine does not reach it
+    assert run.seconds < options.send_timeout / 2, run.report()
 
 
 # -- 8. late, duplicate and foreign updates ----------------------------------------------------------
@@ -539,13 +542,33 @@ async def test_straggler_rejoins_with_newest_aggregate(
     stacks: list[FlameStack], data_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack = new_stack(stacks, data_root)
-    # node-3 needs 1.3 s for round 1: the aggregator closes rounds 1 and 2 (deadline 0.5 s) without it
-    analyzer = subclass(SumAnalyzer, delays={("node-3", 1): 1.3})
-    options = FederationOptions(max_rounds=5, quorum=2, round_deadline=0.5, send_timeout=5.0)
-    with caplog.at_level(logging.DEBUG):
-        run = await run_federation(
-            stack, analyzer, SumAggregator, options, timeout=30, timeouts=FAST_TIMEOUTS
+    loop = asyncio.get_running_loop()
+    federation: Federation | None = None
+
+    def has_aggregate_of_round_2() -> bool:
+        assert federation is not None
+        return any(
+            m.category == messages.AGGREGATE and m.body.get("round") == 2
+            for m in federation.runtimes["node-3"].inbox.messages("all")
         )
+
+    async def until_aggregate_of_round_2() -> None:
+        assert federation is not None
+        assert await federation.runtimes["node-3"].inbox.wait_until(has_aggregate_of_round_2, 30.0)
+
+    def straggle() -> None:  # node-3, round 1, in its worker thread
+        on_loop(loop, until_aggregate_of_round_2, timeout=35.0)
+
+    # node-3's analysis of round 1 ends only once the aggregate of round 2 has reached it (an event, not
+    # a delay that the machine's speed would race): the aggregator closed rounds 1 and 2 without it;
+    # the 1.5 s deadline is only a bound for node-1 and node-2 (~0.1 s a round on a quiet machine)
+    analyzer = subclass(SumAnalyzer, hooks={("node-3", 1): straggle})
+    options = FederationOptions(max_rounds=5, quorum=2, round_deadline=1.5, send_timeout=5.0)
+    with caplog.at_level(logging.DEBUG):
+        federation = Federation(
+            stack, analyzer, SumAggregator, options, node_kwargs={"timeouts": FAST_TIMEOUTS}
+        )
+        run = await federation.run(timeout=30)
     assert_all_executed(run)
     contributors = round_contributors(stack, run)
     assert contributors[:2] == [["node-1", "node-2"]] * 2
