@@ -18,6 +18,7 @@ import pandas as pd
 
 import flame
 from flame.disclosure import LEDGER_TAG, dp
+from flame.disclosure.audit import ledger_entries
 from flame.federated import FederationOptions
 from flame.protocols.aggregation import pooled_mean_variance, summarise
 from flame.sim import FlameStack, StackSettings
@@ -236,7 +237,7 @@ async def test_honest_analysis_is_released_and_audited_in_log_stream_and_ledger(
         assert audit["digest"].startswith("sha256:")
         node = await start_node(stack, "node-1", "inprocess")
         try:
-            ledger = [json.loads(raw) for raw in await node.storage.read_tagged(LEDGER_TAG)]
+            ledger = [e for raw in await node.storage.read_tagged(LEDGER_TAG) for e in ledger_entries(raw)]
         finally:
             await node.stop()
         assert [e["digest"] for e in ledger] == [
