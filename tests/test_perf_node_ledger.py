@@ -33,10 +33,10 @@ def _record(i: int, epsilon: float = 0.0) -> ReleaseRecord:
 
 
 def test_ledger_entries_reads_single_entries_batches_and_skips_junk() -> None:
-    entry = _record(1).as_dict()
+    entry, other = _record(1).as_dict(), _record(2).as_dict()
     assert ledger_entries(json.dumps(entry).encode()) == [entry]
-    batch = {BATCH_KEY: [entry, 7, "x", _record(2).as_dict()], "version": 1}
-    assert ledger_entries(json.dumps(batch).encode()) == [entry, _record(2).as_dict()]
+    batch = {BATCH_KEY: [entry, 7, "x", other], "version": 1}
+    assert ledger_entries(json.dumps(batch).encode()) == [entry, other]
     assert ledger_entries(b"not json") == []
     assert ledger_entries(b"[1, 2]") == []
     assert ledger_entries(b"\xff\xfe") == []
