@@ -22,7 +22,8 @@ unlike a real deployment where each node is its own process: the throughput is b
 node-1 each a process of its own started from a container's environment (``--src DIR`` or
 ``--baseline-src DIR`` runs an older source tree, interleaved with this one, ``--repeats`` times each):
 ping-pong (send until acknowledged plus the reply) p50/p99, acknowledged messages per second, and the
-CPU time of all three processes per message, the figure a loaded machine distorts least.
+CPU time of all three processes per message, the figure a loaded machine distorts least, and the HTTP
+requests both nodes made per message (what each message costs the stack).
 A hop is three HTTP exchanges (sender -> its broker; broker -> the receiver's sidecar; sidecar -> the
 analysis API), so about three raw round trips is its floor. Two environment factors matter and are
 printed: whether ``sniffio`` is importable (httpcore 1.0.x tries ``import sniffio`` whenever it creates
@@ -263,6 +264,9 @@ async def processes_case(args: argparse.Namespace) -> dict[str, Any]:
         sender = children[1]
         assert sender.stdout is not None
         result: dict[str, Any] = json.loads(await _line(sender.stdout, 600, "sender"))
+        receiver = children[0]
+        assert receiver.stdout is not None
+        received: dict[str, Any] = json.loads(await _line(receiver.stdout, 60, "receiver"))
         for child in children:
             await asyncio.wait_for(child.wait(), 60)
             if child.returncode != 0:
@@ -272,7 +276,10 @@ async def processes_case(args: argparse.Namespace) -> dict[str, Any]:
         # a loaded machine changes least (wall-clock latencies there mostly measure the wait for a core)
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = time.process_time() - cpu_began + used.ru_utime + used.ru_stime
-        result["cpu_ms_per_msg"] = cpu * 1000 / (2 * (args.warmup + args.messages) + args.throughput + 1)
+        messages = 2 * (args.warmup + args.messages) + args.throughput + 1
+        result["cpu_ms_per_msg"] = cpu * 1000 / messages
+        # HTTP requests both nodes made (start-up included) per message: what each message costs the stack
+        result["requests_per_msg"] = (result.pop("requests") + received["requests"]) / messages
         return result
     finally:
         for child in children:
@@ -285,6 +292,12 @@ async def processes_case(args: argparse.Namespace) -> dict[str, Any]:
 async def party(role: str, args: argparse.Namespace) -> None:
     """One node of :func:`processes_case`, from a FLAME container's environment."""
     node = AsyncNode(NodeConfig.from_env(), timeouts=TIMEOUTS, retry=RetryPolicy(attempts=3, base_delay=0.05))
+    requests = [0]
+
+    async def count(_: httpx.Request) -> None:
+        requests[0] += 1
+
+    node.http.event_hooks["request"].append(count)
     await node.start()
     peer = node.partners[0]
     print("ready", flush=True)
@@ -295,6 +308,7 @@ async def party(role: str, args: argparse.Namespace) -> None:
                 ping = found[peer] or []
                 await node.send_message([peer], "pong", {"i": ping[0].body["i"]})
             await node.await_messages([peer], "done", timeout=600)
+            print(json.dumps({"requests": requests[0]}), flush=True)
             return
         rtts: list[float] = []
         acks: list[float] = []
@@ -323,6 +337,7 @@ async def party(role: str, args: argparse.Namespace) -> None:
                     "ack_p99": ack.p99,
                     "rate": rate,
                     "resent": node.messenger.resent,
+                    "requests": requests[0],
                 }
             ),
             flush=True,
@@ -349,13 +364,14 @@ async def throughput_acked(node: AsyncNode, peer: str, count: int, concurrency: 
 def processes_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     header = (
         f"{'tree':<28} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'ack p50':>8} {'ack p99':>8} "
-        f"{'acked/s':>8} {'cpu ms/msg':>10} {'resent':>6} {'drops':>6}"
+        f"{'acked/s':>8} {'cpu ms/msg':>10} {'req/msg':>7} {'resent':>6} {'drops':>6}"
     )
     lines = [header, "-" * len(header)]
     for name, r in rows:
         lines.append(
             f"{name:<28} {r['p50']:8.2f} {r['p99']:8.2f} {r['mean']:8.2f} {r['ack_p50']:8.2f} "
-            f"{r['ack_p99']:8.2f} {r['rate']:8.0f} {r['cpu_ms_per_msg']:10.2f} {r['resent']:6d} "
+            f"{r['ack_p99']:8.2f} {r['rate']:8.0f} {r['cpu_ms_per_msg']:10.2f} {r['requests_per_msg']:7.2f} "
+            f"{r['resent']:6d} "
             f"{r['deliveries_dropped']:6d}"
         )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import pandas as pd
 
 import flame
 from flame.disclosure import LEDGER_TAG, dp
+from flame.disclosure.audit import ledger_entries
 from flame.federated import FederationOptions
 from flame.protocols.aggregation import pooled_mean_variance, summarise
 from flame.sim import FlameStack, StackSettings
@@ -228,7 +229,8 @@ async def test_honest_analysis_is_released_and_audited_in_log_stream_and_ledger(
         honest = Analysis(lambda df: {"age": summarise(df["age"].to_numpy(dtype=float))})
         run = await run_federation(stack, honest, Pool(), FAST, timeout=60)
         assert run.ok, run.report()
-        lines = [e["log"] for e in stack.po.record("node-1").logs if "disclosure audit" in str(e.get("log"))]
+        logs = stack.po.record("node-1").logs  # an entry may carry several lines (the reporter batches)
+        lines = [line for e in logs for line in str(e.get("log")).splitlines() if "disclosure audit" in line]
         assert lines, "each release is in the node's log stream"
         audit = json.loads(lines[0].split("disclosure audit ", 1)[1])
         assert audit["outcome"] == "released" and audit["destination"] == [stack.node("aggregator").node_id]
@@ -236,7 +238,7 @@ async def test_honest_analysis_is_released_and_audited_in_log_stream_and_ledger(
         assert audit["digest"].startswith("sha256:")
         node = await start_node(stack, "node-1", "inprocess")
         try:
-            ledger = [json.loads(raw) for raw in await node.storage.read_tagged(LEDGER_TAG)]
+            ledger = [e for raw in await node.storage.read_tagged(LEDGER_TAG) for e in ledger_entries(raw)]
         finally:
             await node.stop()
         assert [e["digest"] for e in ledger] == [

@@ -3,7 +3,6 @@ analyses written for PrivateAIM's SDK (``StarModel``/``FlameCoreSDK``) under the
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flame.disclosure import LEDGER_TAG
+from flame.disclosure.audit import ledger_entries
 from flame.errors import ConfigurationError, DisclosureRefusedError
 from flame.protocols.aggregation import summarise
 from flame.sim import FlameStack, StackSettings
@@ -72,7 +72,7 @@ async def test_local_dp_spends_the_project_budget(stack: FlameStack) -> None:
                 3.0, local_dp={"epsilon": 7.0, "sensitivity": 1.0}, filename="b.txt"
             )
         assert list(await stack.final_results()) == ["a.txt"]
-        ledger = [json.loads(raw) for raw in await node.storage.read_tagged(LEDGER_TAG)]
+        ledger = [e for raw in await node.storage.read_tagged(LEDGER_TAG) for e in ledger_entries(raw)]
         assert [(e["channel"], e["outcome"], e["epsilon"]) for e in ledger] == [
             ("final/localdp", "released", 4.0),
             ("final/localdp", "refused", 0.0),

@@ -63,6 +63,50 @@ URL_CACHE_SIZE = 256
 #: Default timeouts of one request (seconds): connect, read, write, pool.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
+#: Connections a node keeps to its sidecar, all of them kept alive between requests. httpx's default
+#: (100 connections, 20 kept alive) made a node with many requests in flight close and reopen
+#: connections, and httpcore checks every pooled connection (a system call each) on every request; a
+#: request beyond the limit waits for a connection (within the request's pool timeout).
+NODE_CONNECTIONS = 16
+NODE_LIMITS = httpx.Limits(max_connections=NODE_CONNECTIONS, max_keepalive_connections=NODE_CONNECTIONS)
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: no node service sets cookies, and httpx would parse every
+    response for them."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+        raise ValueError("the node's HTTP client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
+
+
+class NodeHTTPClient(httpx.AsyncClient):
+    """The node's HTTP client: one pool of kept-alive connections (:data:`NODE_LIMITS`), no cookies,
+    no redirects followed."""
+
+    def __init__(
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        limits: httpx.Limits = NODE_LIMITS,
+    ) -> None:
+        super().__init__(transport=transport, timeout=timeout, limits=limits, follow_redirects=False)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        if cookies:
+            raise ValueError("the node's HTTP client keeps no cookies")
+
 
 class FixedBearer(httpx.Auth):
     """``Authorization: Bearer`` with one given token (to try a token before it is taken into use)."""

@@ -20,6 +20,12 @@ carry).
 
 Order: the record is written before the payload is sent. A send that then fails leaves a record of a
 release that did not happen, so the budget and the differencing guard err on the side of caution.
+
+Group commit. One writer task uploads the ledger's records; records staged while an upload is in
+flight go together in the next upload, as one *batch* local result (``{"batch": [entry, ...]}``,
+:data:`BATCH_KEY`), and each release still waits until its own record is stored. A record that spends
+privacy (epsilon or delta above 0) is always written on its own, as a plain entry, so that a reader
+that predates batches still counts every spend. Readers take both forms (:func:`ledger_entries`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ LEDGER_TAG = "flame-disclosure-ledger"
 LEDGER_VERSION = 1
 #: Ledger entries read at once when an analysis loads the project's ledger.
 LOAD_CONCURRENCY = 8
+#: The key of a batch local result: ``{"batch": [entry, ...], "version": 1}`` (see :func:`ledger_entries`).
+BATCH_KEY = "batch"
+#: Records at most in one upload of the ledger.
+MAX_BATCH = 256
 
 
 def digest(data: bytes) -> str:
@@ -121,25 +131,65 @@ def short_audit_line(line: str) -> str | None:
     return ", ".join(parts)
 
 
+def ledger_entries(raw: bytes) -> list[dict[str, Any]]:
+    """The entries in one local result under :data:`LEDGER_TAG`: a single entry, or those of a batch.
+
+    What is not JSON, or neither an object nor a batch of objects, gives no entries (other analyses
+    of the project can write anything under the tag); a non-object inside a batch is skipped.
+    """
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("skipping a ledger entry that is not JSON")
+        return []
+    if not isinstance(value, dict):
+        return []
+    batch = value.get(BATCH_KEY)
+    if isinstance(batch, list) and "outcome" not in value:
+        return [entry for entry in batch if isinstance(entry, dict)]
+    return [value]
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _spends(entry: dict[str, Any]) -> bool:
+    return bool(entry.get("epsilon")) or bool(entry.get("delta"))
+
+
 class Ledger:
     """The project's release ledger on this node: local results under :data:`LEDGER_TAG`.
 
     Without a storage client (tests, an analysis run outside a node) it is kept in memory.
     Entries are read once per process and then kept up to date in memory; a DP spend reads them
     again (``entries(refresh=True)``) to see what concurrent analyses of the project spent.
+    Writes are group commits (see the module's description): :attr:`uploads` counts them.
     """
 
     def __init__(self, storage: StorageClient | None = None) -> None:
         self.storage = storage
         self._entries: list[dict[str, Any]] | None = None if storage is not None else []
         self._lock = asyncio.Lock()
+        #: staged entries not yet handed to an upload, with the future each stager waits on
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        #: set while nothing is staged or being uploaded
+        self._settled = asyncio.Event()
+        self._settled.set()
+        #: uploads made (one per group of records)
+        self.uploads = 0
 
     async def entries(self, *, refresh: bool = False) -> list[dict[str, Any]]:
         """Every entry of the project so far (earlier analyses included).
 
         ``refresh`` reads them from node storage again (what concurrent analyses of the project
-        appended since); without it the entries read once and kept up to date in memory.
+        appended since), after this ledger's own staged records are stored; without it the entries
+        read once and kept up to date in memory (staged records included).
         """
+        if refresh and self.storage is not None:
+            await self._settled.wait()
         async with self._lock:
             if self._entries is None or (refresh and self.storage is not None):
                 self._entries = await self._load()
@@ -165,26 +215,91 @@ class Ledger:
 
         entries = []
         for raw in await asyncio.gather(*(read(item) for item in listed)):
-            try:
-                entry = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                log.warning("skipping a ledger entry that is not JSON")
-                continue
-            if isinstance(entry, dict):
-                entries.append(entry)
+            entries += ledger_entries(raw)
         return entries
 
     async def append(self, record: ReleaseRecord) -> None:
-        """Write ``record`` to the ledger (storage first, then memory)."""
+        """Write ``record`` to the ledger; returns once it is stored."""
+        await self.stage(record)
+        if self._entries is None:
+            async with self._lock:
+                if self._entries is None:
+                    self._entries = await self._load()
+
+    def stage(self, record: ReleaseRecord) -> asyncio.Future[None]:
+        """Add ``record`` to the ledger: at once in memory, and queued for node storage.
+
+        Returns a future that is done when the record is stored (or failed to be: then it is taken out
+        of memory again and the future holds the storage error). Records staged together are stored
+        in staging order.
+        """
         entry = record.as_dict()
-        if self.storage is not None:
-            data = json.dumps(entry, separators=(",", ":"), default=str).encode()
-            await self.storage.save_local(data, tag=LEDGER_TAG, filename="release.json")
-        async with self._lock:
-            if self._entries is None:
-                self._entries = await self._load()
-            else:
-                self._entries.append(entry)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        done.add_done_callback(_retrieve)  # a stager that stopped waiting leaves no unretrieved error
+        if self._entries is not None:
+            self._entries.append(entry)
+        if self.storage is None:
+            done.set_result(None)
+            return done
+        self._queue.append((entry, done))
+        self._settled.clear()
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write())
+        return done
+
+    async def _write(self) -> None:
+        """The writer: uploads what is staged, a group at a time, until nothing is left."""
+        assert self.storage is not None
+        try:
+            while self._queue:
+                group = self._next_group()
+                entries = [entry for entry, _ in group]
+                if len(entries) == 1:
+                    data, filename = entries[0], "release.json"
+                else:
+                    data, filename = {BATCH_KEY: entries, "version": LEDGER_VERSION}, "releases.json"
+                try:
+                    await self.storage.save_local(
+                        json.dumps(data, separators=(",", ":"), default=str).encode(),
+                        tag=LEDGER_TAG,
+                        filename=filename,
+                    )
+                except Exception as exc:
+                    self._fail(group, exc)
+                except BaseException:
+                    self._fail(
+                        group + self._queue, FlameError("the disclosure ledger's writer was cancelled")
+                    )
+                    self._queue = []
+                    raise
+                else:
+                    self.uploads += 1
+                    for _, done in group:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            if not self._queue:
+                self._settled.set()
+
+    def _next_group(self) -> list[tuple[dict[str, Any], asyncio.Future[None]]]:
+        """The next records to upload together: up to :data:`MAX_BATCH`, a spend of privacy alone."""
+        if _spends(self._queue[0][0]):
+            return [self._queue.pop(0)]
+        count = 1
+        while count < min(len(self._queue), MAX_BATCH) and not _spends(self._queue[count][0]):
+            count += 1
+        group, self._queue = self._queue[:count], self._queue[count:]
+        return group
+
+    def _fail(self, group: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: Exception) -> None:
+        """Records not stored: out of memory again (by identity: equal entries stay), ``exc`` to the stagers."""
+        if self._entries is not None:
+            failed = {id(entry) for entry, _ in group}
+            self._entries = [entry for entry in self._entries if id(entry) not in failed]
+        for _, done in group:
+            if not done.done():
+                done.set_exception(exc)
 
 
 def _amount(value: Any) -> float | None:
@@ -229,4 +344,13 @@ def spent(entries: list[dict[str, Any]]) -> tuple[float, float]:
     return epsilon, delta
 
 
-__all__ = ["LEDGER_TAG", "Ledger", "ReleaseRecord", "digest", "invalid_spends", "spent"]
+__all__ = [
+    "BATCH_KEY",
+    "LEDGER_TAG",
+    "Ledger",
+    "ReleaseRecord",
+    "digest",
+    "invalid_spends",
+    "ledger_entries",
+    "spent",
+]

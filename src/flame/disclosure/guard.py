@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flame import codec
@@ -107,7 +107,10 @@ class DisclosureGuard:
         spend = _valid_spend(spend)
         async with self._lock:
             root = channel if path is None else path
-            return await self._release(value, channel, list(destination), root, spend, render)
+            finish = await self._release(value, channel, list(destination), root, spend, render)
+        # the record is stored before this returns (and before anything is sent); while it is being
+        # stored the next release is judged already (its record joins the next upload of the ledger)
+        return await finish()
 
     async def release_message(
         self, body: Mapping[str, Any], *, category: str, receivers: Sequence[str]
@@ -139,7 +142,14 @@ class DisclosureGuard:
         path: str,
         spend: float,
         render: Callable[[Any], Sequence[bytes]] | None = None,
-    ) -> Any:
+    ) -> Callable[[], Awaitable[Any]]:
+        """Judge and record a release (under the guard's lock); returns what completes it.
+
+        The record is staged in the ledger (in memory at once, so the next release is judged against
+        it); the returned function waits until it is stored, then returns what may leave or raises
+        the refusal. A release that spends privacy is stored under the lock, as the re-read of the
+        ledger after it (:meth:`_overtaken`) needs.
+        """
         draws: list[tuple[str, dp.Release]] = []
 
         def on_dp(where: str, request: Any) -> Any:
@@ -172,7 +182,8 @@ class DisclosureGuard:
         # a DP spend reads the ledger from storage again: concurrent analyses of the project spend too
         entries = await self.ledger.entries(refresh=bool(draws) or bool(spend))
         findings = list(inspection.findings)
-        findings += differencing.check(inspection.statistics, entries, self.policy)
+        if inspection.statistics:  # (the check reads every entry of the project's ledger)
+            findings += differencing.check(inspection.statistics, entries, self.policy)
         epsilon = sum(r.epsilon for _, r in draws) + spend
         delta = sum(r.delta for _, r in draws)
         if spend:
@@ -232,8 +243,10 @@ class DisclosureGuard:
         )
         self.records.append(record)
         self.log(record.log_line(), "info")
-        await self.ledger.append(record)
+        stored = self.ledger.stage(record)
         to = ", ".join(destination) or "-"
+        if draws:
+            await stored
         if draws and not refusals and self.ledger.storage is not None:
             overtaken = await self._overtaken(record, entries, draws[0][0])
             if overtaken is not None:
@@ -252,6 +265,17 @@ class DisclosureGuard:
                 self.records.append(refused)
                 self.log(refused.log_line(), "info")
                 await self.ledger.append(refused)
+
+        async def finish() -> Any:
+            await stored
+            return self._conclude(inspection.value, refusals, warned, channel, to)
+
+        return finish
+
+    def _conclude(
+        self, value: Any, refusals: list[Finding], warned: list[Finding], channel: str, to: str
+    ) -> Any:
+        """After the record is stored: raise the refusal, or log the warnings and return ``value``."""
         if refusals:
             first = refusals[0]
             message = (
@@ -268,7 +292,7 @@ class DisclosureGuard:
                 f"{finding.rule} at {finding.path} ({channel} to {to}): {finding.detail}",
                 "warn",
             )
-        return inspection.value
+        return value
 
     async def _overtaken(
         self, record: ReleaseRecord, before: list[dict[str, Any]], where: str

@@ -73,6 +73,21 @@ def acknowledgement(message: dict[str, Any], receiver: str) -> dict[str, Any]:
     return ack
 
 
+#: The top-level key of an acknowledgement that carries more acknowledgements by the same node (their
+#: envelopes, a list). Our SDK sends it with every acknowledgement (empty when there is one): a node
+#: that receives it knows the acknowledging node takes grouped acknowledgements too. Other SDKs read
+#: an acknowledgement's ``meta`` only and ignore the key; they get one acknowledgement per message.
+MORE_ACKS = "more_acks"
+
+
+def acknowledgements(metas: list[dict[str, Any]], receiver: str) -> dict[str, Any]:
+    """One acknowledgement body for the envelopes ``metas`` (one sender's): the first is the body's
+    ``meta``, the rest are under :data:`MORE_ACKS`; each with ``akn_id`` = the receiver's id."""
+    arrived = local_time()
+    echoed = [{**meta, "type": "incoming", "akn_id": receiver, "arrived_at": arrived} for meta in metas]
+    return {"meta": echoed[0], MORE_ACKS: echoed[1:]}
+
+
 @dataclass(frozen=True)
 class Meta:
     """The validated envelope fields of a received body."""
@@ -140,9 +155,11 @@ __all__ = [
     "INTERMEDIATE_DATA",
     "MAX_DEPTH",
     "MAX_MESSAGE_BYTES",
+    "MORE_ACKS",
     "READY_CHECK",
     "Meta",
     "acknowledgement",
+    "acknowledgements",
     "encoded_size",
     "json_depth",
     "local_time",

@@ -152,6 +152,12 @@ class Inbox:
         self._acks.setdefault(message_id, set()).add(node_id)
         await self._notify()
 
+    async def acknowledged_all(self, acks: list[tuple[str, str]]) -> None:
+        """Record several ``(message_id, node_id)`` acknowledgements; waiters wake once."""
+        for message_id, node_id in acks:
+            self._acks.setdefault(message_id, set()).add(node_id)
+        await self._notify()
+
     def acks(self, message_id: str) -> set[str]:
         return set(self._acks.get(message_id, ()))
 

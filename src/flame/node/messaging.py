@@ -19,12 +19,19 @@ the broker drops the delivery):
   node itself; before that list is known, deliveries are refused with :class:`NotReadyError` (503:
   the broker retries them);
 - an acknowledgement must echo a message this node sent (its id is in the table of sent messages,
-  ``meta.sender`` is this node) and ``akn_id`` must be one of that message's recipients;
+  ``meta.sender`` is this node) and ``akn_id`` must be one of that message's recipients; a grouped
+  acknowledgement (below) is taken only if every one it carries is, all by the same node;
 - memory is bounded per sender (see :mod:`flame.node.inbox`) and the table of sent messages keeps the
   latest :data:`MAX_SENT_REMEMBERED`.
 
 What the SDK cannot tell is one participant writing another participant's id as ``meta.sender``:
 only the broker knows the real sender, and it does not pass it on.
+
+Grouped acknowledgements. Every acknowledgement this SDK sends carries the key
+:data:`~flame.node.envelope.MORE_ACKS` (the envelopes of further acknowledgements; empty for one). A
+node that received it from a partner knows the partner takes groups: acknowledgements due to that
+partner while one to it is on its way then go together in the next broker message. Partners that never
+sent the key (PrivateAIM's SDK) get one acknowledgement per message, each sent at once, as before.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any
 from flame.clients.message_broker import MessageBrokerClient
 from flame.errors import FlameTimeoutError, PayloadError, ProtocolError, ServiceError
 from flame.node import envelope
+from flame.node.envelope import Meta
 from flame.node.inbox import Inbox, Message
 from flame.node.tasks import BackgroundTasks
 
@@ -56,6 +64,8 @@ MAX_SENT_REMEMBERED = 100_000
 MAX_ACKS_IN_FLIGHT = 256
 #: the envelope fields an acknowledgement echoes (a sender may add others; they are not copied)
 _ACK_FIELDS = ("type", "category", "id", "akn_id", "status", "sender", "created_at", "arrived_at", "number")
+#: acknowledgements at most in one broker message (a grouped acknowledgement)
+MAX_ACKS_PER_MESSAGE = 256
 
 
 class NotReadyError(ProtocolError):
@@ -84,6 +94,12 @@ class Messenger:
         self.participants: frozenset[str] | None = None
         #: message id -> recipients, of every message this node sent (the latest MAX_SENT_REMEMBERED)
         self._sent_to: dict[str, frozenset[str]] = {}
+        #: partners known to take grouped acknowledgements (they sent one: see the module's description)
+        self.groups_acks: set[str] = set()
+        #: partner -> envelopes to acknowledge once the acknowledgement on its way to it is out
+        self._ack_queues: dict[str, list[dict[str, Any]]] = {}
+        #: broker messages that carried acknowledgements
+        self.ack_messages = 0
 
     # -- sending ------------------------------------------------------------------------------------
 
@@ -218,14 +234,18 @@ class Messenger:
             raise NotReadyError("this node does not know the analysis' participants yet; deliver it again")
         if meta.is_acknowledgement:
             assert meta.akn_id is not None
-            recipients = self._sent_to.get(meta.id)
-            if recipients is None or meta.sender != self.node_id:
-                raise ProtocolError(f"an acknowledgement of {meta.id!r}, which this node did not send")
-            if meta.akn_id not in recipients:
-                raise ProtocolError(
-                    f"an acknowledgement of {meta.id!r} by {meta.akn_id!r}, which it was not sent to"
-                )
-            await self.inbox.acknowledged(meta.id, meta.akn_id)
+            acks = [meta, *self._more_acks(body, meta.akn_id)]
+            for ack in acks:  # all are checked before any counts: a forged one refuses the delivery
+                recipients = self._sent_to.get(ack.id)
+                if recipients is None or ack.sender != self.node_id:
+                    raise ProtocolError(f"an acknowledgement of {ack.id!r}, which this node did not send")
+                if meta.akn_id not in recipients:
+                    raise ProtocolError(
+                        f"an acknowledgement of {ack.id!r} by {meta.akn_id!r}, which it was not sent to"
+                    )
+            if envelope.MORE_ACKS in body:
+                self.groups_acks.add(meta.akn_id)
+            await self.inbox.acknowledged_all([(ack.id, meta.akn_id) for ack in acks])
             return False
         if meta.sender == self.node_id:
             raise ProtocolError(f"message {meta.id!r} claims to come from this node itself")
@@ -252,18 +272,54 @@ class Messenger:
             )
         else:
             self._acking.add(meta.id)
-            self._background.spawn(self._acknowledge({k: body["meta"].get(k) for k in _ACK_FIELDS}))
+            echo = {k: body["meta"].get(k) for k in _ACK_FIELDS}
+            if meta.sender not in self.groups_acks:
+                self._background.spawn(self._acknowledge(meta.sender, [echo]))
+            elif meta.sender in self._ack_queues:
+                self._ack_queues[meta.sender].append(echo)  # goes with the next acknowledgement to it
+            else:
+                self._ack_queues[meta.sender] = []
+                self._background.spawn(self._acknowledge_grouped(meta.sender, echo))
         return is_new
 
-    async def _acknowledge(self, meta: dict[str, Any]) -> None:
+    @staticmethod
+    def _more_acks(body: dict[str, Any], acker: str) -> list[Meta]:
+        """The further acknowledgements of a grouped one (:class:`ProtocolError` for a malformed one)."""
+        more = body.get(envelope.MORE_ACKS)
+        if more is None:
+            return []
+        if not isinstance(more, list) or len(more) >= MAX_ACKS_PER_MESSAGE:
+            raise ProtocolError(
+                f"{envelope.MORE_ACKS} must be a list of fewer than {MAX_ACKS_PER_MESSAGE} acknowledgements"
+            )
+        acks = [envelope.parse_meta({"meta": item}) for item in more]
+        if any(ack.akn_id != acker for ack in acks):
+            raise ProtocolError("a grouped acknowledgement must hold acknowledgements by one node only")
+        return acks
+
+    async def _acknowledge_grouped(self, sender: str, first: dict[str, Any]) -> None:
+        """Acknowledge to ``sender``, then what was queued for it meanwhile, a group at a time."""
+        group = [first]
         try:
-            ack = envelope.acknowledgement({"meta": meta}, self.node_id)
-            await self.broker.send([meta["sender"]], ack)
+            while group:
+                await self._acknowledge(sender, group)
+                queue = self._ack_queues[sender]
+                group = queue[:MAX_ACKS_PER_MESSAGE]
+                del queue[: len(group)]
+        finally:
+            for echo in self._ack_queues.pop(sender, []):  # left when cancelled: its sender resends
+                self._acking.discard(echo["id"])
+
+    async def _acknowledge(self, sender: str, metas: list[dict[str, Any]]) -> None:
+        try:
+            await self.broker.send([sender], envelope.acknowledgements(metas, self.node_id))
+            self.ack_messages += 1
         except ServiceError as exc:
             # the sender resends until acknowledged, and the duplicate is acknowledged again
-            log.warning("acknowledging %s failed: %s", meta["id"], exc)
+            log.warning("acknowledging %s failed: %s", ", ".join(str(m["id"]) for m in metas), exc)
         finally:
-            self._acking.discard(meta["id"])
+            for meta in metas:
+                self._acking.discard(meta["id"])
 
     async def drain(self, timeout: float) -> bool:
         """Wait (up to ``timeout``) until acknowledgements still being sent are out; True if all are."""

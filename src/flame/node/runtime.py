@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 
 from flame import codec
-from flame.clients.base import RetryPolicy
+from flame.clients.base import NodeHTTPClient, RetryPolicy
 from flame.clients.data_api import DataAPI, HubAdapterClient, KongClient
 from flame.clients.message_broker import MessageBrokerClient, Participant
 from flame.clients.po import LogType, PodOrchestratorClient
@@ -106,7 +106,7 @@ class AsyncNode:
         self.serve_api_on = (host, self.config.analysis_port) if serve_api else None
         self._rng = random.Random()
         timeout = httpx.Timeout(self.timeouts.request, connect=min(10.0, self.timeouts.request))
-        self.http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+        self.http: httpx.AsyncClient = NodeHTTPClient(transport=transport, timeout=timeout)
         urls = self.config.urls
         common: dict[str, Any] = {"tokens": self.tokens, "retry": retry, "timeout": timeout, "rng": self._rng}
         self.broker = MessageBrokerClient(
