@@ -32,7 +32,6 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import FastAPI, HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -136,14 +135,18 @@ class FlameStack:
         self.app = StackApp(self)
         self.broker = broker.Broker(self)
         self.po = po.PodOrchestrator(self)
-        self.service_apps: dict[str, Any] = {
-            "message-broker": broker.create_app(self),
-            "storage": storage.create_app(self),
-            "hub-adapter": data.create_hub_adapter_app(self),
-            "kong": data.create_kong_app(self),
-            "po": po.create_app(self),
-        }
-        self.admin_app = _create_admin_app(self)
+        #: service -> its ASGI app, each built when a request first reaches it (building the web
+        #: framework's routes costs more than a small federation's whole run)
+        self.service_apps: dict[str, Any] = _LazyApps(
+            {
+                "message-broker": lambda: broker.create_app(self),
+                "storage": lambda: storage.create_app(self),
+                "hub-adapter": lambda: data.create_hub_adapter_app(self),
+                "kong": lambda: data.create_kong_app(self),
+                "po": lambda: po.create_app(self),
+            }
+        )
+        self._admin_app: Any = None
 
     @classmethod
     def create(
@@ -161,6 +164,13 @@ class FlameStack:
             folder = root / name if root is not None and (root / name).is_dir() else None
             specs.append(NodeSpec(name, role="default", data_dir=folder))
         return cls(specs, **kwargs)
+
+    @property
+    def admin_app(self) -> Any:
+        """The ASGI app of ``/_sim/...``, the emulator's own API (built on first use)."""
+        if self._admin_app is None:
+            self._admin_app = _create_admin_app(self)
+        return self._admin_app
 
     # -- lookup -------------------------------------------------------------------------------------
 
@@ -579,7 +589,21 @@ def _check_analysis_url(url: str) -> None:
         raise ValueError(f"{url!r} is not an absolute http(s) URL such as http://127.0.0.1:8001")
 
 
-def _create_admin_app(stack: FlameStack) -> FastAPI:
+class _LazyApps(dict[str, Any]):
+    """Service name -> ASGI app, each made by its factory on first lookup."""
+
+    def __init__(self, factories: dict[str, Callable[[], Any]]) -> None:
+        super().__init__()
+        self._factories = factories
+
+    def __missing__(self, service: str) -> Any:
+        app = self[service] = self._factories[service]()
+        return app
+
+
+def _create_admin_app(stack: FlameStack) -> Any:
+    from fastapi import FastAPI, HTTPException
+
     app = FastAPI(title="flame emulated stack", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.get("/_sim/nodes")
