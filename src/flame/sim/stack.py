@@ -421,8 +421,10 @@ class FlameStack:
         if self._owns_backend:
             await self.storage_backend.aclose()
         if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+            # a worker thread: thousands of files of a large federation (and a busy disk) take seconds,
+            # during which the event loop keeps serving whatever else shares it
+            tmpdir, self._tmpdir = self._tmpdir, None
+            await asyncio.to_thread(shutil.rmtree, tmpdir, ignore_errors=True)
         self._started_at = None
 
     async def __aenter__(self) -> FlameStack:
