@@ -36,7 +36,9 @@ DEMO = ["sim", "examples/mean_std/analysis.py", "--data", "examples/data", "--no
 def cold(argv: list[str], src: str | None) -> tuple[float, float]:
     """Wall and CPU seconds of one fresh ``python argv`` (``src`` first on its path), run in the checkout."""
     env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as a user's run: bytecode cached after the first
+    # as a user's runs: bytecode cached after the first, in a folder of its own (the trees stay as they are)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "flame-bench-pycache")
     if src is not None:
         env["PYTHONPATH"] = src
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -64,6 +64,13 @@ def test_the_author_api_loads_no_web_framework() -> None:
     }
 
 
+def test_the_author_api_loads_no_numerics_tokens_or_secure_aggregation() -> None:
+    """NumPy, PyJWT and the Paillier protocols load when a run first needs them, not on first use."""
+    loaded = loaded_after(FIRST_USE)
+    assert not top_level(loaded) & {"numpy", "pandas", "jwt", "gmpy2"}
+    assert not loaded & {"flame.federated.secure", "flame.protocols.paillier", "flame.protocols.aggregation"}
+
+
 def test_the_author_api_loads_no_command_line_libraries() -> None:
     """httpx's command-line client (click, pygments, rich) stays unloaded, and so do S3 and minio."""
     loaded = loaded_after(FIRST_USE + "\nimport httpx\n")
