@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from flame.sim import FlameStack
+from flame.sim import FlameStack, storage
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -132,3 +132,15 @@ async def test_stack_builds_each_service_app_when_first_reached() -> None:
         ) as admin:
             nodes = (await admin.get("/_sim/nodes")).json()
         assert [node["name"] for node in nodes] == ["aggregator", "node-1"]
+
+
+async def test_a_stack_registers_its_analysis_before_its_storage_app_is_built() -> None:
+    """Every stack's storage accepts another stack's analysis at once, as when all apps were built up front."""
+    first, second = FlameStack.create(1, seed=1), FlameStack.create(1, seed=2)
+    try:
+        assert "storage" not in dict(first.service_apps)
+        assert storage.project_of(second, first.analysis_id) == first.project_id
+    finally:
+        for stack in (first, second):
+            storage.unregister_analysis(stack.analysis_id)
+            await stack.aclose()

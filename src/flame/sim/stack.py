@@ -135,6 +135,8 @@ class FlameStack:
         self.app = StackApp(self)
         self.broker = broker.Broker(self)
         self.po = po.PodOrchestrator(self)
+        # every stack's storage service accepts this analysis from now on, before any request builds one
+        storage.register_analysis(self.analysis_id, self.project_id)
         #: service -> its ASGI app, each built when a request first reaches it (building the web
         #: framework's routes costs more than a small federation's whole run)
         self.service_apps: dict[str, Any] = _LazyApps(
