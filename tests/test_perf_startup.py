@@ -144,3 +144,17 @@ async def test_a_stack_registers_its_analysis_before_its_storage_app_is_built() 
         for stack in (first, second):
             storage.unregister_analysis(stack.analysis_id)
             await stack.aclose()
+
+
+async def test_the_stack_client_to_the_outside_is_made_on_first_use() -> None:
+    """``stack.http`` is None unless started, one client while started (made when first asked for)."""
+    stack = FlameStack.create(1)
+    assert stack.http is None
+    await stack.start()
+    try:
+        client = stack.http
+        assert isinstance(client, httpx.AsyncClient) and stack.http is client
+        assert stack.ssl_context() is stack.ssl_context()
+    finally:
+        await stack.aclose()
+    assert stack.http is None and client.is_closed

@@ -23,6 +23,7 @@ import asyncio
 import random
 import re
 import shutil
+import ssl
 import tempfile
 import time
 import uuid
@@ -131,7 +132,8 @@ class FlameStack:
         self._server: HTTPServer | None = None
         self._node_servers: dict[str, HTTPServer] = {}
         self.base_url: str | None = None
-        self.http: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._ssl: ssl.SSLContext | None = None
         self.app = StackApp(self)
         self.broker = broker.Broker(self)
         self.po = po.PodOrchestrator(self)
@@ -252,7 +254,9 @@ class FlameStack:
         if target is None:
             return
         if isinstance(target, str):
-            self._analysis_clients[name] = httpx.AsyncClient(base_url=target.rstrip("/"), timeout=None)
+            self._analysis_clients[name] = httpx.AsyncClient(
+                base_url=target.rstrip("/"), timeout=None, verify=self.ssl_context()
+            )
         else:
             transport = httpx.ASGITransport(app=target, raise_app_exceptions=False)
             self._analysis_clients[name] = httpx.AsyncClient(
@@ -359,6 +363,27 @@ class FlameStack:
             self._node_http[name] = client
         return client
 
+    @property
+    def http(self) -> httpx.AsyncClient | None:
+        """The stack's client to the world outside (Kong's upstream data sources): None unless started.
+
+        Made on first use: a client of its own loads the certificate store (~40 ms), which a run
+        without upstream sources never needs.
+        """
+        if self._started_at is None:
+            return None
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=self.settings.delivery_http_timeout(), verify=self.ssl_context()
+            )
+        return self._http
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """One TLS context (httpx's default) for the clients of this stack and its nodes, made on first use."""
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        return self._ssl
+
     # -- life cycle ---------------------------------------------------------------------------------
 
     async def start(self) -> FlameStack:
@@ -366,7 +391,6 @@ class FlameStack:
         if self._started_at is not None:
             return self
         self._started_at = time.monotonic()
-        self.http = httpx.AsyncClient(timeout=self.settings.delivery_http_timeout())
         self.events.record("stack.start", analysis_id=self.analysis_id, nodes=list(self.nodes))
         if self.settings.po_enabled:
             self._spawn(self.po.run())
@@ -417,9 +441,9 @@ class FlameStack:
         self._node_http.clear()
         self._node_ports.clear()
         self._port_to_node.clear()
-        if self.http is not None:
-            await self.http.aclose()
-            self.http = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         if self._owns_backend:
             await self.storage_backend.aclose()
         if self._tmpdir is not None:
