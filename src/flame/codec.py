@@ -84,13 +84,20 @@ import re
 import sys
 import zoneinfo
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgpack
-import numpy as np
-import numpy.typing as npt
 
+from flame._lazy import on_first_use
 from flame.errors import PayloadError, PickleRefusedError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    NDArray = npt.NDArray[Any]
+else:  # NumPy (~50-100 ms) loads when a payload first needs it, not on ``import flame``
+    np = on_first_use("numpy", globals(), "np")
 
 __all__ = [
     "EXT_CODES",
@@ -112,8 +119,6 @@ _HEADER = MAGIC + bytes([VERSION])
 
 MAX_DECODED_BYTES: int = 4 << 30
 """The default ``max_bytes`` of :func:`decode`: at most 4 GiB of array data per payload."""
-
-NDArray = npt.NDArray[Any]
 
 # MessagePack extension type codes (0..127 are for applications).
 _EXT_BIGINT = 1

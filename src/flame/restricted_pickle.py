@@ -51,7 +51,7 @@ import re
 import sys
 import zoneinfo
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -60,12 +60,14 @@ from flame.codec import (
     _FREE_COLUMN_VIEWS,
     _MAX_NDIM,
     _ZONE_KEY,
-    NDArray,
     _pandas,
     _string_dtype,
     _type_name,
 )
 from flame.errors import PayloadError, PickleRefusedError
+
+if TYPE_CHECKING:
+    from flame.codec import NDArray
 
 __all__ = ["restricted_loads"]
 

@@ -28,11 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import jwt
 
+from flame._lazy import on_first_use
 from flame.errors import (
     ConfigurationError,
     ServiceError,
@@ -45,6 +45,11 @@ from flame.errors import (
 )
 from flame.redact import redact
 from flame.waits import bounded
+
+if TYPE_CHECKING:
+    import jwt
+else:  # PyJWT with cryptography (~30 ms) loads when a token is first checked
+    jwt = on_first_use("jwt", globals(), "jwt")
 
 log = logging.getLogger(__name__)
 

@@ -45,16 +45,23 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
+from flame._lazy import on_first_use
 from flame.disclosure.policy import DisclosurePolicy, normalise_name
-from flame.protocols.aggregation import pandas_kind
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from flame.protocols import aggregation
+else:  # NumPy (and the aggregation protocols on it) load when a payload is first checked, not on import
+    np = on_first_use("numpy", globals(), "np")
+    aggregation = on_first_use("flame.protocols.aggregation", globals(), "aggregation")
 
 Outcome = Literal["refused", "suppressed", "warned", "unjudged", "dp"]
 
@@ -327,7 +334,7 @@ class _Walker:
             return self.walk_bytes(bytes(value), path)
         if isinstance(value, Mapping):
             return self.walk_mapping(value, path)
-        pandas = pandas_kind(value)
+        pandas = aggregation.pandas_kind(value)
         if pandas == "frame":
             return self.walk_frame(value, path)
         if pandas == "series":
@@ -338,7 +345,7 @@ class _Walker:
             return self.walk_sequence(value, path)
         if isinstance(value, set | frozenset):
             return self.walk_sequence(list(value), path)
-        if isinstance(value, _SCALARS):
+        if isinstance(value, _scalars()):
             self.unjudged(path, f"a {type(value).__name__} outside any typed statistic")
             return value
         # an object the checks cannot see into (a dataclass, a model, ...): what it holds, and what
@@ -604,20 +611,23 @@ def inspect(
 
 # -- small helpers ------------------------------------------------------------------------------------
 
-#: Scalars the checks pass as unjudged, like numbers: they hold one value, not records.
-_SCALARS: tuple[type, ...] = (
-    datetime.date,
-    datetime.time,
-    datetime.timedelta,
-    decimal.Decimal,
-    fractions.Fraction,
-    np.number,
-    np.datetime64,
-    np.timedelta64,
-    enum.Enum,
-    range,
-    type(Ellipsis),
-)
+
+@functools.cache
+def _scalars() -> tuple[type, ...]:
+    """Scalars the checks pass as unjudged, like numbers: they hold one value, not records."""
+    return (
+        datetime.date,
+        datetime.time,
+        datetime.timedelta,
+        decimal.Decimal,
+        fractions.Fraction,
+        np.number,
+        np.datetime64,
+        np.timedelta64,
+        enum.Enum,
+        range,
+        type(Ellipsis),
+    )
 
 
 def _join(path: str, key: str) -> str:
@@ -668,7 +678,7 @@ def _parameter_count(value: object) -> int:
 def _column_like(value: object) -> bool:
     if isinstance(value, list | tuple | np.ndarray):
         return True
-    return pandas_kind(value) is not None
+    return aggregation.pandas_kind(value) is not None
 
 
 def _stat_kind(keys: set[Any]) -> str:

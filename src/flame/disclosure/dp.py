@@ -31,11 +31,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
+from flame._lazy import on_first_use
 from flame.errors import ConfigurationError, PayloadError
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # NumPy loads when a noise request first needs it, not on ``import flame``
+    np = on_first_use("numpy", globals(), "np")
 
 Mechanism = Literal["laplace", "gaussian"]
 

@@ -31,9 +31,10 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flame import codec
+from flame._lazy import on_first_use
 from flame.clients.storage import default_filename
 from flame.errors import FederationError, FlameError, PayloadError, ProtocolError
-from flame.federated import checkpoint, messages, secure
+from flame.federated import checkpoint, messages
 from flame.federated.data import Data
 from flame.federated.failures import describe_failure
 from flame.federated.options import FederationOptions
@@ -41,8 +42,11 @@ from flame.node.results import EXTENSIONS
 from flame.node.tasks import BackgroundTasks
 
 if TYPE_CHECKING:
+    from flame.federated import secure
     from flame.federated.analyzer import Analyzer
     from flame.node.runtime import AsyncNode
+else:  # secure aggregation (Paillier, gmpy2, NumPy) loads when a run first asks for it
+    secure = on_first_use("flame.federated.secure", globals(), "secure")
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ class Aggregator:
         self._straggler_send: asyncio.Task[Any] | None = None
         self._aborted = False
         self._pending: dict[int, dict[str, Any]] = {}
-        self._secure = secure.SecureAggregation.of(options.secure)
+        self._secure = None if options.secure is None else secure.SecureAggregation.of(options.secure)
         self._public_key: secure.ThresholdPublicKey | None = None
         self._holder = ""
         #: secure mode: the contributors of the first round, the only composition decryptors accept
@@ -287,7 +291,7 @@ class Aggregator:
         """Combine the updates with the author's :meth:`aggregate` (in a worker thread)."""
         self._node.log(f"round {round}: aggregating {len(updates)} update(s)")
         ordered: dict[str, Any] = dict(sorted(updates.items()))
-        if isinstance(updates, secure.SecureUpdates):
+        if self._secure is not None and isinstance(updates, secure.SecureUpdates):
             ordered = secure.SecureUpdates(ordered, updates.totals, updates.contributors)
         return await asyncio.to_thread(self.aggregate, ordered, round, previous)
 

@@ -19,15 +19,19 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flame._lazy import on_first_use
 from flame.errors import FederationError, FlameError, FlameTimeoutError, ProtocolError
-from flame.federated import checkpoint, messages, secure
+from flame.federated import checkpoint, messages
 from flame.federated.data import Data
 from flame.federated.options import FederationOptions
 from flame.node.tasks import BackgroundTasks
-from flame.protocols import paillier
 
 if TYPE_CHECKING:
+    from flame.federated import secure
     from flame.node.runtime import AsyncNode
+    from flame.protocols import paillier
+else:  # secure aggregation (Paillier, gmpy2, NumPy) loads when a run first asks for it
+    secure = on_first_use("flame.federated.secure", globals(), "secure")
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ class AnalysisClient:
         self.aggregate: Any | None = None
         self._last_update: tuple[int, Any] | None = None
         self._background = BackgroundTasks()
-        self._secure = secure.SecureAggregation.of(options.secure)
+        self._secure = None if options.secure is None else secure.SecureAggregation.of(options.secure)
         self._public_key: paillier.PublicKey | None = None
         self._key_holder: secure.KeyHolder | None = None
         self._store: checkpoint.Checkpoints | None = None

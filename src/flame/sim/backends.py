@@ -21,10 +21,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-import urllib3
-from minio import Minio
-from minio.error import S3Error
-
 #: Size of the chunks that :meth:`StorageBackend.open` yields (bytes).
 READ_CHUNK_SIZE = 1024 * 1024
 #: Part size of S3 multipart uploads; objects up to this size go up in one PUT (bytes).
@@ -237,6 +233,11 @@ class S3Backend:
             check_key(prefix.strip("/"))
             prefix = prefix.strip("/") + "/"
         self.prefix = prefix
+        import urllib3  # here, not at module level: a local run with folder storage never loads them
+        from minio import Minio
+        from minio.error import S3Error
+
+        self._s3_error: Any = S3Error
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=10.0, read=120.0),
             maxsize=10,
@@ -268,7 +269,7 @@ class S3Backend:
             if not self._client.bucket_exists(bucket_name=self.bucket):
                 try:
                     self._client.make_bucket(bucket_name=self.bucket)
-                except S3Error as exc:
+                except self._s3_error as exc:
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
             self._bucket_ready = True
@@ -300,7 +301,7 @@ class S3Backend:
         self._ensure_bucket()
         try:
             return self._client.get_object(bucket_name=self.bucket, object_name=name)
-        except S3Error as exc:
+        except self._s3_error as exc:
             if exc.code in _MISSING_CODES:
                 raise KeyError(name[len(self.prefix) :]) from None
             raise
@@ -354,7 +355,7 @@ class S3Backend:
             self._ensure_bucket()
             try:
                 self._client.stat_object(bucket_name=self.bucket, object_name=name)
-            except S3Error as exc:
+            except self._s3_error as exc:
                 if exc.code in _MISSING_CODES:
                     return False
                 raise

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import httpx
+
 from flame.config import NodeConfig
 from flame.node.runtime import AsyncNode
 from flame.sim.proxy import SidecarTransport
@@ -38,7 +40,10 @@ async def start_node(stack: FlameStack, name: str, mode: Mode = "inprocess", **n
         )
         stack.attach_analysis(name, node.api_app)
     else:
-        node = AsyncNode(config, serve_api=False, **node_kwargs)
+        # the nodes of one process share the stack's TLS context (a client's own loads the certificate
+        # store again: ~40 ms per node)
+        transport = httpx.AsyncHTTPTransport(verify=stack.ssl_context())
+        node = AsyncNode(config, transport=transport, serve_api=False, **node_kwargs)
         url = await node.serve_api(host="127.0.0.1", port=0)
         stack.attach_analysis(name, url)
     await node.start()

@@ -23,6 +23,7 @@ import asyncio
 import random
 import re
 import shutil
+import ssl
 import tempfile
 import time
 import uuid
@@ -32,7 +33,6 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import FastAPI, HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -132,18 +132,25 @@ class FlameStack:
         self._server: HTTPServer | None = None
         self._node_servers: dict[str, HTTPServer] = {}
         self.base_url: str | None = None
-        self.http: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._ssl: ssl.SSLContext | None = None
         self.app = StackApp(self)
         self.broker = broker.Broker(self)
         self.po = po.PodOrchestrator(self)
-        self.service_apps: dict[str, Any] = {
-            "message-broker": broker.create_app(self),
-            "storage": storage.create_app(self),
-            "hub-adapter": data.create_hub_adapter_app(self),
-            "kong": data.create_kong_app(self),
-            "po": po.create_app(self),
-        }
-        self.admin_app = _create_admin_app(self)
+        # every stack's storage service accepts this analysis from now on, before any request builds one
+        storage.register_analysis(self.analysis_id, self.project_id)
+        #: service -> its ASGI app, each built when a request first reaches it (building the web
+        #: framework's routes costs more than a small federation's whole run)
+        self.service_apps: dict[str, Any] = _LazyApps(
+            {
+                "message-broker": lambda: broker.create_app(self),
+                "storage": lambda: storage.create_app(self),
+                "hub-adapter": lambda: data.create_hub_adapter_app(self),
+                "kong": lambda: data.create_kong_app(self),
+                "po": lambda: po.create_app(self),
+            }
+        )
+        self._admin_app: Any = None
 
     @classmethod
     def create(
@@ -161,6 +168,13 @@ class FlameStack:
             folder = root / name if root is not None and (root / name).is_dir() else None
             specs.append(NodeSpec(name, role="default", data_dir=folder))
         return cls(specs, **kwargs)
+
+    @property
+    def admin_app(self) -> Any:
+        """The ASGI app of ``/_sim/...``, the emulator's own API (built on first use)."""
+        if self._admin_app is None:
+            self._admin_app = _create_admin_app(self)
+        return self._admin_app
 
     # -- lookup -------------------------------------------------------------------------------------
 
@@ -240,7 +254,9 @@ class FlameStack:
         if target is None:
             return
         if isinstance(target, str):
-            self._analysis_clients[name] = httpx.AsyncClient(base_url=target.rstrip("/"), timeout=None)
+            self._analysis_clients[name] = httpx.AsyncClient(
+                base_url=target.rstrip("/"), timeout=None, verify=self.ssl_context()
+            )
         else:
             transport = httpx.ASGITransport(app=target, raise_app_exceptions=False)
             self._analysis_clients[name] = httpx.AsyncClient(
@@ -347,6 +363,27 @@ class FlameStack:
             self._node_http[name] = client
         return client
 
+    @property
+    def http(self) -> httpx.AsyncClient | None:
+        """The stack's client to the world outside (Kong's upstream data sources): None unless started.
+
+        Made on first use: a client of its own loads the certificate store (~40 ms), which a run
+        without upstream sources never needs.
+        """
+        if self._started_at is None:
+            return None
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=self.settings.delivery_http_timeout(), verify=self.ssl_context()
+            )
+        return self._http
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """One TLS context (httpx's default) for the clients of this stack and its nodes, made on first use."""
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        return self._ssl
+
     # -- life cycle ---------------------------------------------------------------------------------
 
     async def start(self) -> FlameStack:
@@ -354,7 +391,6 @@ class FlameStack:
         if self._started_at is not None:
             return self
         self._started_at = time.monotonic()
-        self.http = httpx.AsyncClient(timeout=self.settings.delivery_http_timeout())
         self.events.record("stack.start", analysis_id=self.analysis_id, nodes=list(self.nodes))
         if self.settings.po_enabled:
             self._spawn(self.po.run())
@@ -405,14 +441,16 @@ class FlameStack:
         self._node_http.clear()
         self._node_ports.clear()
         self._port_to_node.clear()
-        if self.http is not None:
-            await self.http.aclose()
-            self.http = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         if self._owns_backend:
             await self.storage_backend.aclose()
         if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+            # a worker thread: thousands of files of a large federation (and a busy disk) take seconds,
+            # during which the event loop keeps serving whatever else shares it
+            tmpdir, self._tmpdir = self._tmpdir, None
+            await asyncio.to_thread(shutil.rmtree, tmpdir, ignore_errors=True)
         self._started_at = None
 
     async def __aenter__(self) -> FlameStack:
@@ -579,7 +617,21 @@ def _check_analysis_url(url: str) -> None:
         raise ValueError(f"{url!r} is not an absolute http(s) URL such as http://127.0.0.1:8001")
 
 
-def _create_admin_app(stack: FlameStack) -> FastAPI:
+class _LazyApps(dict[str, Any]):
+    """Service name -> ASGI app, each made by its factory on first lookup."""
+
+    def __init__(self, factories: dict[str, Callable[[], Any]]) -> None:
+        super().__init__()
+        self._factories = factories
+
+    def __missing__(self, service: str) -> Any:
+        app = self[service] = self._factories[service]()
+        return app
+
+
+def _create_admin_app(stack: FlameStack) -> Any:
+    from fastapi import FastAPI, HTTPException
+
     app = FastAPI(title="flame emulated stack", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.get("/_sim/nodes")
