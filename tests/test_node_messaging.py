@@ -408,3 +408,26 @@ async def test_a_delivery_after_stop_starts_no_acknowledgement(
     assert len(node_1.messenger._background) == 0
     assert len(fed.stack.events.select("broker.sent")) == sent_before
     assert "never retrieved" not in caplog.text
+
+
+@inprocess_only
+async def test_acknowledgements_are_forgotten_with_the_sent_ids(
+    federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run keeps no acknowledgement of ids it no longer tracks, and refuses late ones for them."""
+    from flame.node import messaging
+
+    monkeypatch.setattr(messaging, "MAX_SENT_REMEMBERED", 3)
+    fed = await federation(analysis_nodes=1)
+    aggregator, node_1 = await fed.start_all()
+    ids = []
+    for i in range(8):
+        sent = await aggregator.send_message([node_1.node_id], "c", {"i": i})
+        assert sent == ([node_1.node_id], [])
+        ids.append(list(aggregator.messenger._sent_to)[-1])
+    assert all(not aggregator.inbox.acks(old) for old in ids[:-3])
+    assert all(aggregator.inbox.acks(kept) == {node_1.node_id} for kept in ids[-3:])
+    assert len(aggregator.inbox._acks) <= 3
+    late = {"meta": {"id": ids[0], "sender": aggregator.node_id, "akn_id": node_1.node_id, "category": "c"}}
+    with pytest.raises(ProtocolError, match="did not send"):
+        await aggregator.messenger.receive(late)

@@ -158,6 +158,10 @@ class Inbox:
             self._acks.setdefault(message_id, set()).add(node_id)
         await self._notify()
 
+    def forget_acks(self, message_id: str) -> None:
+        """Drop what is known of ``message_id``'s acknowledgements (the sender no longer tracks it)."""
+        self._acks.pop(message_id, None)
+
     def acks(self, message_id: str) -> set[str]:
         return set(self._acks.get(message_id, ()))
 

@@ -206,7 +206,9 @@ class Messenger:
     def _remember_sent(self, message_id: str, recipients: Iterable[str]) -> None:
         self._sent_to[message_id] = self._sent_to.get(message_id, frozenset()) | frozenset(recipients)
         if len(self._sent_to) > MAX_SENT_REMEMBERED:
-            del self._sent_to[next(iter(self._sent_to))]
+            oldest = next(iter(self._sent_to))
+            del self._sent_to[oldest]
+            self.inbox.forget_acks(oldest)  # an acknowledgement of it is refused from now on
 
     def _all_acked(
         self, message_id: str, nodes: list[str], ended: Callable[[str], bool] | None = None
