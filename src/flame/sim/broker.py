@@ -52,6 +52,7 @@ from starlette.routing import Match
 
 from flame.sim.auth import broker_claims, current_node, current_stack
 from flame.sim.faults import DeliveryDecision
+from flame.sim.proxy import call_asgi
 from flame.waits import bounded
 
 if TYPE_CHECKING:
@@ -290,14 +291,17 @@ class Broker:
             return
 
     async def _post_once(self, job: _Attempt, timeout: float | None) -> int:
-        # The receiving node's broker posts from inside that node's cluster: its client resolves
-        # ``http://nginx-...`` to that node's sidecar (and fails to connect for a gone or offline pod).
-        client = self.stack.node_http(job.receiver.name)
+        # The receiving node's broker posts from inside that node's cluster: ``http://nginx-...``
+        # resolves to that node's sidecar (and fails to connect for a gone or offline pod).
         url = self._webhooks.get(job.webhook)
         if url is None:
             if len(self._webhooks) >= 4096:
                 self._webhooks.clear()
             url = self._webhooks[job.webhook] = httpx.URL(job.webhook)
+        if url.host.startswith("nginx-"):
+            # the sidecar is the stack's own app: call it, without an HTTP client in between
+            return await bounded(self._post_in_cluster(job, url), timeout)
+        client = self.stack.node_http(job.receiver.name)
         request: Awaitable[httpx.Response] = client.post(
             url,
             content=job.message.body,
@@ -307,6 +311,37 @@ class Broker:
         # ASGI transports ignore httpx timeouts: bound the whole exchange here as well.
         response = await bounded(request, timeout)
         return response.status_code
+
+    async def _post_in_cluster(self, job: _Attempt, url: httpx.URL) -> int:
+        stack = self.stack
+        name = job.receiver.name
+        host = url.host
+        if not stack.reaches(name, host):
+            raise httpx.ConnectError(f"cannot resolve or reach {host}")
+        body = job.message.body
+        netloc = url.netloc
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": url.scheme,
+            "path": url.path,
+            "raw_path": url.raw_path.split(b"?", 1)[0],
+            "query_string": url.query,
+            "root_path": "",
+            "headers": [
+                (b"host", netloc),
+                (b"accept", b"application/json"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 0),
+            "server": (host, url.port or (443 if url.scheme == "https" else 80)),
+            "extensions": {},
+            "flame.via": name,
+        }
+        return await call_asgi(stack.app, scope, body)
 
 
 def retry_delay(k: int, first: float, jitter: float, rng: random.Random) -> float:

@@ -51,7 +51,7 @@ from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
 from flame.sim.issuer import JWKS_PATH, TokenIssuer
 from flame.sim.node import NodeSpec, SimNode
-from flame.sim.proxy import SidecarTransport, forward
+from flame.sim.proxy import SidecarTransport, forward, forward_asgi
 from flame.sim.settings import StackSettings
 
 #: Paths the sidecar lets through to each service (as on a FLAME node); ``{a}``/``{p}``: analysis/project.
@@ -182,12 +182,13 @@ class FlameStack:
         """Host-name resolution inside node ``name``'s cluster: its current sidecar, if its pod is up."""
 
         def resolve(host: str) -> str | None:
-            node = self.nodes[name]
-            if host != node.host or self.faults.offline(name, self.now()):
-                return None
-            return name
+            return name if self.reaches(name, host) else None
 
         return resolve
+
+    def reaches(self, name: str, host: str) -> bool:
+        """Whether ``host`` resolves to node ``name``'s sidecar inside its cluster (see :meth:`resolver`)."""
+        return host == self.nodes[name].host and not self.faults.offline(name, self.now())
 
     # -- environment --------------------------------------------------------------------------------
 
@@ -542,11 +543,16 @@ async def _forward_to_analysis(
 ) -> None:
     client = stack.analysis_client(node.name)
     if client is None:
-        response: Response = PlainTextResponse("the analysis is not running", status_code=502)
-    else:
-        request = Request(scope, receive)
-        url = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
-        response = await forward(request, client, url)
+        await _plain(scope, receive, send, 502, "the analysis is not running")
+        return
+    target = node.analysis_target
+    if target is not None and not isinstance(target, str):
+        # an analysis API in this process: hand the request over as it is, no HTTP client in between
+        await forward_asgi(target, scope, receive, send)
+        return
+    request = Request(scope, receive)
+    url = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+    response = await forward(request, client, url)
     await response(scope, receive, send)
 
 
