@@ -8,13 +8,17 @@ what the caller gets, in both modes where the mode matters.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flame.sim import FlameStack, StackSettings
+from flame.sim.backends import LocalFolderBackend
 from flame.sim.faults import NodeOffline
 from tests.conftest import StackHarness
 
@@ -202,3 +206,31 @@ async def test_a_webhook_outside_the_cluster_goes_over_the_network() -> None:
         dropped = [e for e in stack.events.to_list() if e["kind"] == "delivery.dropped"]
         assert [e["reason"] for e in dropped] == ["connection"]
         assert dropped[0]["error"].startswith("ConnectError")
+
+
+async def test_local_folder_puts_survive_folders_removed_between_them(tmp_path: Path) -> None:
+    backend = LocalFolderBackend(tmp_path / "store")
+    await backend.put("a/b/one", io.BytesIO(b"1"), 1)
+    shutil.rmtree(tmp_path / "store")  # folders it knew of, and its temporary folder, are gone
+    await backend.put("a/b/two", io.BytesIO(b"22"), 2)
+    await backend.put("a/b/one", io.BytesIO(b"3"), 1)
+    assert await backend.list("a/") == ["a/b/one", "a/b/two"]
+    assert (await backend.get("a/b/one"), await backend.get("a/b/two")) == (b"3", b"22")
+    with pytest.raises(OSError):
+        await backend.put("a/b/short", io.BytesIO(b"x"), 5)
+    assert not await backend.exists("a/b/short")
+    assert list((tmp_path / "store" / ".partial").iterdir()) == []
+
+
+async def test_local_folder_backends_sharing_a_root_never_share_a_temporary_file(tmp_path: Path) -> None:
+    first, second = LocalFolderBackend(tmp_path), LocalFolderBackend(tmp_path)
+    await asyncio.gather(
+        *(
+            b.put(f"k/{i}-{n}", io.BytesIO(bytes([i]) * 1000), 1000)
+            for i in range(20)
+            for n, b in enumerate((first, second))
+        )
+    )
+    for i in range(20):
+        for n in range(2):
+            assert await first.get(f"k/{i}-{n}") == bytes([i]) * 1000
