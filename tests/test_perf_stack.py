@@ -12,9 +12,11 @@ import io
 import json
 import math
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from flame.sim import FlameStack, StackSettings
@@ -234,3 +236,305 @@ async def test_local_folder_backends_sharing_a_root_never_share_a_temporary_file
     for i in range(20):
         for n in range(2):
             assert await first.get(f"k/{i}-{n}") == bytes([i]) * 1000
+
+
+# -- the plain handlers of the hot endpoints answer as the FastAPI routes do ------------------------------
+
+
+def _pair() -> tuple[FlameStack, FlameStack]:
+    """Two stacks alike (same seed, same ids); the second serves every request from its FastAPI apps."""
+    fast, slow = (
+        FlameStack.create(2, settings=StackSettings.fast(po_enabled=False), seed=5) for _ in range(2)
+    )
+    slow.app._fast.clear()
+    return fast, slow
+
+
+def _comparable(answer: httpx.Response) -> tuple[int, dict[str, str], Any]:
+    headers = {k: v for k, v in answer.headers.items() if k not in ("date", "server")}
+    try:
+        body: Any = answer.json()
+    except ValueError:
+        return answer.status_code, headers, answer.content
+    if isinstance(body, dict):  # Spring's error JSON: a time and a random request id
+        body.pop("timestamp", None)
+        body.pop("requestId", None)
+        if "object_id" in body:  # a new id per upload
+            body["url"] = body["url"].replace(body.pop("object_id"), "ID")
+    return answer.status_code, headers, body
+
+
+async def _both(
+    fast: FlameStack,
+    slow: FlameStack,
+    node: str,
+    send: Callable[[FlameStack, httpx.AsyncClient], Awaitable[httpx.Response]],
+) -> tuple[Any, Any]:
+    answers = []
+    for stack in (fast, slow):
+        async with stack.client(node) as client:
+            answers.append(_comparable(await send(stack, client)))
+    return answers[0], answers[1]
+
+
+def _auth(stack: FlameStack, node: str, token: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token or stack.node(node).token}"}
+
+
+def _foreign(stack: FlameStack, node: str) -> str:
+    """A valid token of ``node``'s Keycloak, for another analysis."""
+    return stack.node(node).issuer.mint("00000000-0000-4000-8000-000000000000")
+
+
+BROKER_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
+    ("send", lambda s: {"json": {"recipients": [s.node("aggregator").node_id], "message": {"a": [1, "é"]}}}),
+    ("broadcast", lambda s: {"json": {"message": 1}, "path": "/broadcast"}),
+    ("two recipients", lambda s: {"json": {"recipients": [s.node("node-2").node_id] * 2, "message": None}}),
+    ("no token", lambda s: {"json": {"message": 1}, "headers": {}}),
+    ("bad token", lambda s: {"json": {"message": 1}, "headers": {"Authorization": "Bearer x.y.z"}}),
+    ("basic auth", lambda s: {"json": {"message": 1}, "headers": {"Authorization": "Basic abc"}}),
+    (
+        "other analysis",
+        lambda s: {"json": {"message": 1}, "headers": _auth(s, "node-1", _foreign(s, "node-1"))},
+    ),
+    (
+        "not json",
+        lambda s: {"content": b"{}", "headers": {**_auth(s, "node-1"), "Content-Type": "text/plain"}},
+    ),
+    (
+        "empty",
+        lambda s: {"content": b" ", "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"}},
+    ),
+    (
+        "NaN",
+        lambda s: {
+            "content": b'{"message": NaN}',
+            "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"},
+        },
+    ),
+    (
+        "broken",
+        lambda s: {
+            "content": b'{"message": ',
+            "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"},
+        },
+    ),
+    ("no message", lambda s: {"json": {"recipients": [s.node("node-2").node_id]}}),
+    ("no recipients", lambda s: {"json": {"message": 1}}),
+    ("empty recipients", lambda s: {"json": {"recipients": [], "message": 1}}),
+    ("self", lambda s: {"json": {"recipients": [s.node("node-1").node_id], "message": 1}}),
+    ("unknown", lambda s: {"json": {"recipients": ["nobody"], "message": 1}}),
+    ("not a list", lambda s: {"json": {"recipients": "x", "message": 1}}),
+    ("a number", lambda s: {"json": {"recipients": [1], "message": 1}}),
+    ("a list", lambda s: {"json": [1]}),
+    (
+        "vendor json",
+        lambda s: {
+            "content": b'{"message": 2}',
+            "headers": {**_auth(s, "node-1"), "Content-Type": "application/vnd.x+json; charset=utf-8"},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in BROKER_CASES])
+async def test_message_sends_answer_as_the_broker_route(case: str) -> None:
+    fast, slow = _pair()
+    build = dict(BROKER_CASES)[case]
+    async with fast, slow:
+
+        async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
+            spec = build(stack)
+            path = f"/message-broker/analyses/{stack.analysis_id}/messages" + spec.pop("path", "")
+            headers = spec.pop("headers", _auth(stack, "node-1"))
+            return await client.post(path, headers=headers, **spec)
+
+        mine, theirs = await _both(fast, slow, "node-1", send)
+        assert mine == theirs
+        sent = [
+            [
+                (e["sender"], e["recipients"], e["size"])
+                for e in s.events.to_list()
+                if e["kind"] == "broker.sent"
+            ]
+            for s in (fast, slow)
+        ]
+        assert sent[0] == sent[1]
+
+
+PO_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
+    (
+        "log",
+        lambda s: {
+            "json": {
+                "log": "hi",
+                "log_type": "info",
+                "analysis_id": s.analysis_id,
+                "status": "executing",
+                "progress": 7,
+            }
+        },
+    ),
+    (
+        "bad progress",
+        lambda s: {
+            "json": {
+                "log": "hi",
+                "log_type": "info",
+                "analysis_id": s.analysis_id,
+                "status": "x",
+                "progress": 101,
+            }
+        },
+    ),
+    (
+        "bad type",
+        lambda s: {
+            "json": {
+                "log": "hi",
+                "log_type": "loud",
+                "analysis_id": s.analysis_id,
+                "status": "x",
+                "progress": 1,
+            }
+        },
+    ),
+    (
+        "other analysis",
+        lambda s: {
+            "json": {"log": "hi", "log_type": "info", "analysis_id": "a", "status": "x", "progress": 1}
+        },
+    ),
+    (
+        "progress as text",
+        lambda s: {
+            "json": {
+                "log": "hi",
+                "log_type": "info",
+                "analysis_id": s.analysis_id,
+                "status": "x",
+                "progress": "5",
+            }
+        },
+    ),
+    ("no token", lambda s: {"json": {}, "headers": {}}),
+    ("foreign token", lambda s: {"json": {}, "headers": _auth(s, "node-1", _foreign(s, "node-1"))}),
+    (
+        "not json",
+        lambda s: {"content": b"{}", "headers": {**_auth(s, "node-1"), "Content-Type": "text/plain"}},
+    ),
+    (
+        "broken",
+        lambda s: {"content": b"{", "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"}},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in PO_CASES])
+async def test_log_lines_answer_as_the_po_route(case: str) -> None:
+    fast, slow = _pair()
+    build = dict(PO_CASES)[case]
+    async with fast, slow:
+
+        async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
+            spec = build(stack)
+            return await client.post(
+                "/po/stream_logs", headers=spec.pop("headers", _auth(stack, "node-1")), **spec
+            )
+
+        mine, theirs = await _both(fast, slow, "node-1", send)
+        assert mine == theirs
+        logs = [s.po.record("node-1").logs for s in (fast, slow)]
+        assert logs[0] == logs[1]
+
+
+STORAGE_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
+    ("upload", lambda s: {"files": {"file": ("r.bin", b"\x00\x01" * 10)}}),
+    ("tagged", lambda s: {"files": {"file": ("r.csv", b"a,b")}, "data": {"tag": "round-1"}}),
+    ("trailing slash", lambda s: {"files": {"file": ("r.csv", b"a,b")}, "path": "/storage/local/"}),
+    ("no name", lambda s: {"files": {"file": ("", b"x")}}),
+    ("empty tag", lambda s: {"files": {"file": ("r.csv", b"x")}, "data": {"tag": ""}}),
+    ("bad tag", lambda s: {"files": {"file": ("r.csv", b"x")}, "data": {"tag": "Not Valid"}}),
+    ("bad name", lambda s: {"files": {"file": ("../r.csv", b"x")}}),
+    ("no file", lambda s: {"data": {"file": "text"}, "files": {"other": ("r.csv", b"x")}}),
+    ("no form", lambda s: {"content": b"abc"}),
+    ("no token", lambda s: {"files": {"file": ("r.csv", b"x")}, "headers": {}}),
+    ("bad token", lambda s: {"files": {"file": ("r.csv", b"x")}, "headers": {"Authorization": "Bearer x"}}),
+    (
+        "foreign token",
+        lambda s: {"files": {"file": ("r.csv", b"x")}, "headers": _auth(s, "node-1", _foreign(s, "node-1"))},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in STORAGE_CASES])
+async def test_local_uploads_answer_as_the_storage_route(case: str) -> None:
+    fast, slow = _pair()
+    build = dict(STORAGE_CASES)[case]
+    async with fast, slow:
+
+        async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
+            spec = build(stack)
+            path = spec.pop("path", "/storage/local")
+            return await client.put(path, headers=spec.pop("headers", _auth(stack, "node-1")), **spec)
+
+        mine, theirs = await _both(fast, slow, "node-1", send)
+        assert mine == theirs
+        stored = []
+        for stack in (fast, slow):
+            uploads = [(e["size"], e["tag"]) for e in stack.events.to_list() if e["kind"] == "storage.upload"]
+            async with stack.client("node-1") as client:
+                tags = (await client.get("/storage/local/tags", headers=_auth(stack, "node-1"))).json()
+                names = [
+                    [
+                        r["filename"]
+                        for r in (
+                            await client.get(
+                                f"/storage/local/tags/{t['name']}", headers=_auth(stack, "node-1")
+                            )
+                        ).json()["results"]
+                    ]
+                    for t in tags["tags"]
+                ]
+            stored.append((uploads, [t["name"] for t in tags["tags"]], names))
+        assert stored[0] == stored[1]
+
+
+async def test_the_hot_requests_never_reach_the_fastapi_apps() -> None:
+    stack = FlameStack.create(2, settings=StackSettings.fast(po_enabled=False))
+    reached: list[str] = []
+
+    def refusing(service: str) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            reached.append(f"{service} {scope['method']} {scope['path']}")
+            raise AssertionError("a hot request reached the FastAPI app")
+
+        return app
+
+    async with stack:
+        for service in ("message-broker", "storage", "po"):
+            stack.service_apps[service] = refusing(service)
+        auth = _auth(stack, "node-1")
+        async with stack.client("node-1") as client:
+            messages = f"/message-broker/analyses/{stack.analysis_id}/messages"
+            aggregator = stack.node("aggregator").node_id
+            assert (
+                await client.post(messages, json={"recipients": [aggregator], "message": 1}, headers=auth)
+            ).status_code == 202
+            assert (
+                await client.post(messages + "/broadcast", json={"message": 1}, headers=auth)
+            ).status_code == 202
+            log = {
+                "log": "x",
+                "log_type": "info",
+                "analysis_id": stack.analysis_id,
+                "status": "executing",
+                "progress": 1,
+            }
+            assert (await client.post("/po/stream_logs", json=log, headers=auth)).status_code == 200
+            for path in ("/storage/local", "/storage/local/"):
+                answer = await client.put(
+                    path, files={"file": ("a.csv", b"1")}, data={"tag": "t1"}, headers=auth
+                )
+                assert answer.status_code == 200
+        assert reached == []

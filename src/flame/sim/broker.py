@@ -37,7 +37,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -50,8 +50,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
-from flame.sim.auth import broker_claims, current_node, current_stack
+from flame.sim import asgi
+from flame.sim.asgi import ASGIApp, Receive, Scope, Send
+from flame.sim.auth import analysis_mismatch, broker_claims, current_node, current_stack
 from flame.sim.faults import DeliveryDecision
+from flame.sim.issuer import InvalidToken
 from flame.sim.proxy import call_asgi
 from flame.waits import bounded
 
@@ -508,6 +511,64 @@ def create_app(stack: FlameStack) -> FastAPI:
         raise StarletteHTTPException(404)
 
     return app
+
+
+async def fast_send(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """``POST .../messages`` and ``.../messages/broadcast`` as plain ASGI (see :mod:`flame.sim.asgi`).
+
+    Answers 202 for a request the route would accept; hands anything else to the broker app.
+    """
+    message: Any = None
+    recipients: list[SimNode] | None = None
+    body, complete, pending = b"", False, None
+    token = asgi.bearer(scope)
+    if token is not None and asgi.is_json(scope) and asgi.announced_length(scope) is not None:
+        body, complete, pending = await asgi.read_body(receive)
+        if complete and _valid_for(node, token):
+            try:
+                parsed = asgi.parse_json(body)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and "message" in parsed:
+                message = parsed["message"]
+                if scope["path"].endswith("/broadcast"):
+                    recipients = [n for n in stack.nodes.values() if n is not node]
+                else:
+                    recipients = _recipients(stack, node, parsed.get("recipients"))
+    if recipients is None:
+        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+        return
+    stack.broker.accept(node, recipients, message, broadcast=scope["path"].endswith("/broadcast"))
+    await asgi.send_empty(send, 202)
+
+
+def _valid_for(node: SimNode, token: str) -> bool:
+    """Whether ``token`` passes the broker's check at ``node`` (see :func:`~flame.sim.auth.broker_claims`)."""
+    try:
+        claims = node.issuer.verify(token)
+    except InvalidToken:
+        return False
+    return analysis_mismatch(claims, node.analysis_id) is None
+
+
+def _recipients(stack: FlameStack, node: SimNode, ids: Any) -> list[SimNode] | None:
+    """The recipients ``send_message`` accepts for ``ids``; None when it would refuse them."""
+    if not isinstance(ids, list) or not ids:
+        return None
+    recipients: list[SimNode] = []
+    for node_id in ids:
+        partner = stack.node_by_id(node_id) if isinstance(node_id, str) else None
+        if partner is None or partner is node:
+            return None
+        recipients.append(partner)
+    return recipients
 
 
 async def _json_body(request: Request) -> Any:

@@ -47,6 +47,7 @@ except ModuleNotFoundError as exc:  # the emulator's packages are an extra: neve
         f"the emulated node stack needs {exc.name}: pip install 'flame-python-sdk[sim]'", name=exc.name
     ) from exc
 from flame.sim import broker, data, po, storage
+from flame.sim.asgi import FastHandler
 from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
 from flame.sim.issuer import JWKS_PATH, TokenIssuer
@@ -164,6 +165,9 @@ class FlameStack:
 
     # -- lookup -------------------------------------------------------------------------------------
 
+    #: node id -> node, built on first use by :meth:`node_by_id`
+    _by_id: dict[str, SimNode] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
     def node(self, name: str) -> SimNode:
         """The node called ``name``; KeyError with the known names otherwise."""
         try:
@@ -172,7 +176,13 @@ class FlameStack:
             raise KeyError(f"no node {name!r}; nodes: {', '.join(self.nodes)}") from None
 
     def node_by_id(self, node_id: str) -> SimNode | None:
-        return next((n for n in self.nodes.values() if n.node_id == node_id), None)
+        """The node whose id is ``node_id``, or None (every message send looks its recipients up)."""
+        node = self._by_id.get(node_id)
+        if node is None or self.nodes.get(node.name) is not node:
+            # not indexed yet, or the nodes changed since: index them again
+            self._by_id = {n.node_id: n for n in self.nodes.values()}
+            node = self._by_id.get(node_id)
+        return node
 
     def now(self) -> float:
         """Seconds since :meth:`start`, the time base of fault rules."""
@@ -466,6 +476,15 @@ class StackApp:
             )
             for service, pattern in _ALLOWED.items()
         }
+        messages = f"/analyses/{stack.analysis_id}/messages"
+        #: (service, method, path) -> its plain handler (see flame.sim.asgi), for the hot endpoints
+        self._fast: dict[tuple[str, str, str], FastHandler] = {
+            ("message-broker", "POST", messages): broker.fast_send,
+            ("message-broker", "POST", messages + "/broadcast"): broker.fast_send,
+            ("storage", "PUT", "/local"): storage.fast_put_local,
+            ("storage", "PUT", "/local/"): storage.fast_put_local,
+            ("po", "POST", "/stream_logs"): po.fast_stream_logs,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -520,6 +539,10 @@ class StackApp:
         inner["flame.stack"] = stack
         if service == "analysis":
             await _forward_to_analysis(stack, node, inner, receive, send)
+            return
+        fast = self._fast.get((service, scope["method"], tail))
+        if fast is not None:
+            await fast(stack, node, inner, receive, send, lambda: stack.service_apps[service])
         else:
             await stack.service_apps[service](inner, receive, send)
 
