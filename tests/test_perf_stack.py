@@ -538,3 +538,47 @@ async def test_the_hot_requests_never_reach_the_fastapi_apps() -> None:
                 )
                 assert answer.status_code == 200
         assert reached == []
+
+
+async def test_a_webhook_reaches_the_analysis_in_either_mode(make_stack: Any) -> None:
+    harness: StackHarness = await make_stack()
+    stack = harness.stack
+    app = Recorder()
+    webhook = await harness.attach("node-1", app)
+    node = stack.node("node-1")
+    with node.lock:
+        node.subscriptions["s"] = {
+            "subscriptionId": "s",
+            "analysisId": stack.analysis_id,
+            "webhookUrl": webhook,
+        }
+    stack.broker.accept(stack.node("node-2"), [node], {"n": "é"})
+    await stack.broker.quiesce(10)
+    assert [json.loads(seen["body"]) for seen in app.seen] == [{"n": "é"}]
+    assert app.seen[0]["headers"]["content-type"] == "application/json"
+    ok = [e for e in stack.events.to_list() if e["kind"] == "delivery.ok"]
+    assert [e["status"] for e in ok] == [200]
+    # an offline pod: refused at its sidecar (served: its port answers 502, retried; in-process: no route)
+    stack.faults.add(NodeOffline("node-1", start=0, end=math.inf))
+    stack.broker.accept(stack.node("node-2"), [node], {"n": 2})
+    await stack.broker.quiesce(10)
+    dropped = [e for e in stack.events.to_list() if e["kind"] == "delivery.dropped"]
+    expected = "connection" if harness.mode == "inprocess" else "5xx-exhausted"
+    assert [e["reason"] for e in dropped] == [expected]
+    assert len(app.seen) == 1
+
+
+async def test_a_large_request_streams_through_the_sidecar(make_stack: Any) -> None:
+    harness: StackHarness = await make_stack()
+    app = Recorder()
+    await harness.attach("node-1", app)
+    body = bytes(range(256)) * 8192  # 2 MiB: streamed, not read whole
+
+    async def chunks() -> Any:
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    answer = await harness.client("node-1").post("/analysis/webhook", content=chunks())
+    assert answer.status_code == 200
+    assert app.seen[-1]["body"] == body
+    assert answer.content == b"part one, part two"

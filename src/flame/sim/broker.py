@@ -304,6 +304,9 @@ class Broker:
         if url.host.startswith("nginx-"):
             # the sidecar is the stack's own app: call it, without an HTTP client in between
             return await bounded(self._post_in_cluster(job, url), timeout)
+        if url.host == "127.0.0.1" and url.port in self.stack._port_to_node:
+            # a sidecar this stack serves (a node's own port): the same app, without the socket
+            return await bounded(self._post_in_cluster(job, url, via=None), timeout)
         client = self.stack.node_http(job.receiver.name)
         request: Awaitable[httpx.Response] = client.post(
             url,
@@ -315,11 +318,13 @@ class Broker:
         response = await bounded(request, timeout)
         return response.status_code
 
-    async def _post_in_cluster(self, job: _Attempt, url: httpx.URL) -> int:
+    async def _post_in_cluster(self, job: _Attempt, url: httpx.URL, via: str | None = "receiver") -> int:
+        """POST the message to ``url`` on the stack's own app: by the receiver's cluster DNS
+        (``via="receiver"``), or (None) at a node's served port, where the port tells the node."""
         stack = self.stack
         name = job.receiver.name
         host = url.host
-        if not stack.reaches(name, host):
+        if via is not None and not stack.reaches(name, host):
             raise httpx.ConnectError(f"cannot resolve or reach {host}")
         body = job.message.body
         netloc = url.netloc
@@ -342,8 +347,9 @@ class Broker:
             "client": ("127.0.0.1", 0),
             "server": (host, url.port or (443 if url.scheme == "https" else 80)),
             "extensions": {},
-            "flame.via": name,
         }
+        if via is not None:
+            scope["flame.via"] = name
         return await call_asgi(stack.app, scope, body)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -105,6 +105,84 @@ async def forward(
         headers=out_headers,
         background=BackgroundTask(answer.aclose),
     )
+
+
+async def forward_http(
+    client: httpx.AsyncClient, scope: Scope, receive: Receive, send: Send, *, timeout: float | None = None
+) -> None:
+    """Forward the request of ``scope`` over ``client`` (its base URL) and stream the answer back.
+
+    What :func:`forward` does, at the ASGI level: a small announced body is read and sent whole (the
+    upstream sees its length), a larger one streams; the answer's chunks go out as they arrive, without
+    a response object or background task per request. 504 if the upstream times out, 502 if it
+    cannot be reached or breaks off before answering.
+    """
+    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP_BYTES]
+    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    content: Any
+    if length is not None and length.isdigit() and int(length) <= _WHOLE_BODY_LIMIT:
+        content = await _read_whole(receive)
+    else:
+        content = _body_stream(receive)
+    query = scope.get("query_string") or b""
+    url = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    upstream = client.build_request(
+        scope["method"],
+        url,
+        headers=headers,
+        content=content,
+        timeout=timeout if timeout is not None else client.timeout,
+    )
+    try:
+        answer = await client.send(upstream, stream=True)
+    except httpx.TimeoutException:
+        await _text(send, 504, b"upstream timed out")
+        return
+    except httpx.HTTPError:
+        await _text(send, 502, b"bad gateway")
+        return
+    try:
+        out = [(k, v) for k, v in answer.headers.raw if k.lower() not in _DROPPED_BYTES]
+        await send({"type": "http.response.start", "status": answer.status_code, "headers": out})
+        async for chunk in answer.aiter_raw():
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        await answer.aclose()
+
+
+#: Largest announced request body :func:`forward_http` reads whole before sending it on (bytes).
+_WHOLE_BODY_LIMIT = 1024 * 1024
+
+
+async def _read_whole(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise httpx.ReadError("the client went away before the request body ended")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _body_stream(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise httpx.ReadError("the client went away before the request body ended")
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _text(send: Send, status: int, text: bytes) -> None:
+    headers = [(b"content-length", str(len(text)).encode()), (b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text})
 
 
 async def forward_asgi(app: Any, scope: Scope, receive: Receive, send: Send) -> None:

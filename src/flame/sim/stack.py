@@ -52,7 +52,7 @@ from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
 from flame.sim.issuer import JWKS_PATH, TokenIssuer
 from flame.sim.node import NodeSpec, SimNode
-from flame.sim.proxy import SidecarTransport, forward, forward_asgi
+from flame.sim.proxy import SidecarTransport, forward_asgi, forward_http
 from flame.sim.settings import StackSettings
 
 #: Paths the sidecar lets through to each service (as on a FLAME node); ``{a}``/``{p}``: analysis/project.
@@ -573,10 +573,7 @@ async def _forward_to_analysis(
         # an analysis API in this process: hand the request over as it is, no HTTP client in between
         await forward_asgi(target, scope, receive, send)
         return
-    request = Request(scope, receive)
-    url = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
-    response = await forward(request, client, url)
-    await response(scope, receive, send)
+    await forward_http(client, scope, receive, send)
 
 
 async def _plain(scope: Scope, receive: Receive, send: Send, status: int, text: str) -> None:
