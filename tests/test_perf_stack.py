@@ -21,6 +21,7 @@ import pytest
 
 from flame.sim import FlameStack, StackSettings
 from flame.sim.backends import LocalFolderBackend
+from flame.sim.events import EventLog
 from flame.sim.faults import NodeOffline
 from tests.conftest import StackHarness
 
@@ -582,3 +583,15 @@ async def test_a_large_request_streams_through_the_sidecar(make_stack: Any) -> N
     assert answer.status_code == 200
     assert app.seen[-1]["body"] == body
     assert answer.content == b"part one, part two"
+
+
+async def test_events_wake_their_waiters_from_the_loop_and_from_threads() -> None:
+    log = EventLog()
+    on_loop = asyncio.ensure_future(log.wait_for("a.b", timeout=5))
+    await asyncio.sleep(0)
+    log.record("a.b", "n1", x=1)
+    assert [e.detail for e in await on_loop] == [{"x": 1}]
+    from_thread = asyncio.ensure_future(log.wait_for("c", count=2, timeout=5))
+    await asyncio.sleep(0)
+    await asyncio.to_thread(lambda: [log.record("c.d"), log.record("c.e")])
+    assert [e.kind for e in await from_thread] == ["c.d", "c.e"]
