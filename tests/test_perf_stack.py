@@ -459,6 +459,31 @@ STORAGE_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
     ("bad name", lambda s: {"files": {"file": ("../r.csv", b"x")}}),
     ("no file", lambda s: {"data": {"file": "text"}, "files": {"other": ("r.csv", b"x")}}),
     ("no form", lambda s: {"content": b"abc"}),
+    ("odd name", lambda s: {"files": {"file": ('a "b" é%.csv', b"x")}}),
+    ("dashes in data", lambda s: {"files": {"file": ("r.bin", b"\r\n--\r\n" * 100)}}),
+    ("empty file", lambda s: {"files": {"file": ("r.bin", b"")}, "data": {"tag": "t1"}}),
+    ("two files", lambda s: {"files": [("file", ("a.csv", b"1")), ("file", ("b.csv", b"22"))]}),
+    (
+        "quoted boundary",
+        lambda s: {
+            "content": b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.csv"\r\n\r\nxy\r\n--b--\r\n',
+            "headers": {**_auth(s, "node-1"), "Content-Type": 'multipart/form-data; boundary="b"'},
+        },
+    ),
+    (
+        "plain boundary",
+        lambda s: {
+            "content": b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.csv"\r\n\r\nxy\r\n--b--\r\n',
+            "headers": {**_auth(s, "node-1"), "Content-Type": "multipart/form-data; boundary=b"},
+        },
+    ),
+    (
+        "cut off",
+        lambda s: {
+            "content": b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.csv"\r\n\r\nxy',
+            "headers": {**_auth(s, "node-1"), "Content-Type": "multipart/form-data; boundary=b"},
+        },
+    ),
     ("no token", lambda s: {"files": {"file": ("r.csv", b"x")}, "headers": {}}),
     ("bad token", lambda s: {"files": {"file": ("r.csv", b"x")}, "headers": {"Authorization": "Bearer x"}}),
     (
@@ -595,3 +620,18 @@ async def test_events_wake_their_waiters_from_the_loop_and_from_threads() -> Non
     await asyncio.sleep(0)
     await asyncio.to_thread(lambda: [log.record("c.d"), log.record("c.e")])
     assert [e.kind for e in await from_thread] == ["c.d", "c.e"]
+
+
+@pytest.mark.parametrize("data", [b"", b"plain", b"\r\n--\r\n\r\n" * 50, bytes(range(256)) * 64])
+async def test_a_local_upload_reads_back_byte_for_byte(data: bytes) -> None:
+    stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False))
+    async with stack, stack.client("node-1") as client:
+        auth = _auth(stack, "node-1")
+        answer = await client.put(
+            "/storage/local", files={"file": ("r.bin", data)}, data={"tag": "x1"}, headers=auth
+        )
+        assert answer.status_code == 200
+        back = await client.get(f"/storage/local/{answer.json()['object_id']}", headers=auth)
+        assert back.content == data
+        tagged = (await client.get("/storage/local/tags/x1", headers=auth)).json()["results"]
+        assert [r["filename"] for r in tagged] == ["r.bin"]

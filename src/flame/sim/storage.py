@@ -78,6 +78,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, cast
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from starlette.datastructures import FormData, Headers
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -467,11 +468,13 @@ async def _put_local_form(
     content_type = asgi.header(scope, b"content-type") or b""
     if not content_type.lower().startswith(b"multipart/form-data"):
         return None
-    request = Request(scope, asgi.replay(_no_more_body, body, True))
-    try:
-        form = await request.form()
-    except Exception:  # a malformed form: the app answers as it does
-        return None
+    form = _simple_form(content_type, body)
+    if form is None:  # not the plain shape the SDKs send: the full parser decides
+        request = Request(scope, asgi.replay(_no_more_body, body, True))
+        try:
+            form = await request.form()
+        except Exception:  # a malformed form: the app answers as it does
+            return None
     try:
         upload, tag = form.get("file"), form.get("tag")
         if not isinstance(upload, StarletteUploadFile) or not (tag is None or (isinstance(tag, str) and tag)):
@@ -484,6 +487,71 @@ async def _put_local_form(
         return await service.put_local(node, analysis_id, upload, tag, _base_url_of(scope))
     finally:
         await form.close()
+
+
+#: ``multipart/form-data; boundary=...`` with a plain (unquoted) boundary, nothing else
+_MULTIPART = re.compile(rb"multipart/form-data; ?boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})", re.IGNORECASE)
+#: a part's ``Content-Disposition``: a name and perhaps a file name, plain quoted strings
+_DISPOSITION = re.compile(
+    rb'form-data; name="([\x20-\x21\x23-\x5b\x5d-\x7e]+)"(?:; filename="([\x20-\x21\x23-\x24\x26-\x5b\x5d-\x7e]*)")?'
+)
+
+
+def _simple_form(content_type: bytes, body: bytes) -> FormData | None:
+    """The form of a multipart body in the plain shape httpx and requests send, or None.
+
+    Parts named once each, headers ``Content-Disposition`` (ASCII name and file name without quotes,
+    backslashes or ``%``) and perhaps ``Content-Type``, no preamble or epilogue, UTF-8 field values,
+    at most eight parts. It gives what Starlette's parser gives for such a body; anything else is
+    left to that parser (None).
+    """
+    match = _MULTIPART.fullmatch(content_type.strip())
+    if match is None:
+        return None
+    boundary = match.group(1)
+    first, last = b"--" + boundary + b"\r\n", b"\r\n--" + boundary + b"--\r\n"
+    if not body.startswith(first) or not body.endswith(last) or len(body) < len(first) + len(last):
+        return None
+    parts = body[len(first) : -len(last)].split(b"\r\n--" + boundary + b"\r\n")
+    if len(parts) > 8:
+        return None
+    items: list[tuple[str, str | StarletteUploadFile]] = []
+    for part in parts:
+        head, separator, data = part.partition(b"\r\n\r\n")
+        if not separator or b"\r\n--" + boundary in data:
+            return None
+        lines = head.split(b"\r\n")
+        disposition = [
+            v for k, _, v in (line.partition(b":") for line in lines) if k.lower() == b"content-disposition"
+        ]
+        if len(disposition) != 1 or any(
+            line.partition(b":")[0].lower() not in (b"content-disposition", b"content-type") for line in lines
+        ):
+            return None
+        found = _DISPOSITION.fullmatch(disposition[0].strip())
+        if found is None:
+            return None
+        name, filename = found.group(1).decode(), found.group(2)
+        if filename is None:
+            try:
+                items.append((name, data.decode("utf-8")))
+            except UnicodeDecodeError:
+                return None
+            continue
+        headers = Headers(
+            raw=[(k.strip().lower(), v.strip()) for k, _, v in (line.partition(b":") for line in lines)]
+        )
+        items.append(
+            (
+                name,
+                StarletteUploadFile(
+                    io.BytesIO(data), size=len(data), filename=filename.decode(), headers=headers
+                ),
+            )
+        )
+    if len({name for name, _ in items}) != len(items):
+        return None
+    return FormData(items)
 
 
 async def _no_more_body() -> dict[str, Any]:
