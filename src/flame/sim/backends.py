@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import itertools
 import os
-import tempfile
+import secrets
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,10 @@ READ_CHUNK_SIZE = 1024 * 1024
 S3_PART_SIZE = 8 * 1024 * 1024
 #: The folder (under the root) where :class:`LocalFolderBackend` writes before it renames.
 _PARTIAL_DIR = ".partial"
+#: How :class:`LocalFolderBackend` creates a temporary file: a new one, never through a link.
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+#: Folders a :class:`LocalFolderBackend` remembers as existing (forgotten all at once beyond).
+_KNOWN_FOLDERS = 4096
 #: S3 error codes that mean "there is no such object".
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 
@@ -113,6 +118,13 @@ class LocalFolderBackend:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._partial = self.root / _PARTIAL_DIR
+        # temporary names unique across instances and processes sharing the root: this process, this
+        # instance, a counter (a random name per put, as mkstemp draws, cost more than the write)
+        self._tmp_prefix = f"put-{secrets.token_hex(4)}-"
+        self._tmp_counter = itertools.count()
+        #: folders known to exist (mkdir per put cost a stat per level); recreated if removed meanwhile
+        self._folders: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalFolderBackend(root={str(self.root)!r})"
@@ -131,14 +143,26 @@ class LocalFolderBackend:
         await asyncio.to_thread(self._put_sync, path, source, length)
 
     def _put_sync(self, path: Path, source: BinaryIO, length: int) -> None:
-        partial = self.root / _PARTIAL_DIR
-        partial.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=partial, prefix="put-")
+        tmp_name = f"{self._partial}/{self._tmp_prefix}{os.getpid()}-{next(self._tmp_counter)}"
+        try:
+            fd = os.open(tmp_name, _TMP_FLAGS, 0o600)
+        except FileNotFoundError:  # the first put, or the folder was removed meanwhile
+            self._partial.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp_name, _TMP_FLAGS, 0o600)
         try:
             with os.fdopen(fd, "wb") as target:
                 _copy_exactly(source, target, length)
-            os.replace(tmp_name, path)
+            folder = path.parent
+            if folder not in self._folders:
+                folder.mkdir(parents=True, exist_ok=True)
+                if len(self._folders) >= _KNOWN_FOLDERS:
+                    self._folders.clear()
+                self._folders.add(folder)
+            try:
+                os.replace(tmp_name, path)
+            except FileNotFoundError:  # its folder was removed since it was known
+                folder.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp_name, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)

@@ -37,7 +37,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -50,8 +50,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
-from flame.sim.auth import broker_claims, current_node, current_stack
+from flame.sim import asgi
+from flame.sim.asgi import ASGIApp, Receive, Scope, Send
+from flame.sim.auth import analysis_mismatch, broker_claims, current_node, current_stack
 from flame.sim.faults import DeliveryDecision
+from flame.sim.issuer import InvalidToken
+from flame.sim.proxy import call_asgi
 from flame.waits import bounded
 
 if TYPE_CHECKING:
@@ -290,14 +294,20 @@ class Broker:
             return
 
     async def _post_once(self, job: _Attempt, timeout: float | None) -> int:
-        # The receiving node's broker posts from inside that node's cluster: its client resolves
-        # ``http://nginx-...`` to that node's sidecar (and fails to connect for a gone or offline pod).
-        client = self.stack.node_http(job.receiver.name)
+        # The receiving node's broker posts from inside that node's cluster: ``http://nginx-...``
+        # resolves to that node's sidecar (and fails to connect for a gone or offline pod).
         url = self._webhooks.get(job.webhook)
         if url is None:
             if len(self._webhooks) >= 4096:
                 self._webhooks.clear()
             url = self._webhooks[job.webhook] = httpx.URL(job.webhook)
+        if url.host.startswith("nginx-"):
+            # the sidecar is the stack's own app: call it, without an HTTP client in between
+            return await bounded(self._post_in_cluster(job, url), timeout)
+        if url.host == "127.0.0.1" and url.port in self.stack._port_to_node:
+            # a sidecar this stack serves (a node's own port): the same app, without the socket
+            return await bounded(self._post_in_cluster(job, url, via=None), timeout)
+        client = self.stack.node_http(job.receiver.name)
         request: Awaitable[httpx.Response] = client.post(
             url,
             content=job.message.body,
@@ -307,6 +317,40 @@ class Broker:
         # ASGI transports ignore httpx timeouts: bound the whole exchange here as well.
         response = await bounded(request, timeout)
         return response.status_code
+
+    async def _post_in_cluster(self, job: _Attempt, url: httpx.URL, via: str | None = "receiver") -> int:
+        """POST the message to ``url`` on the stack's own app: by the receiver's cluster DNS
+        (``via="receiver"``), or (None) at a node's served port, where the port tells the node."""
+        stack = self.stack
+        name = job.receiver.name
+        host = url.host
+        if via is not None and not stack.reaches(name, host):
+            raise httpx.ConnectError(f"cannot resolve or reach {host}")
+        body = job.message.body
+        netloc = url.netloc
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": url.scheme,
+            "path": url.path,
+            "raw_path": url.raw_path.split(b"?", 1)[0],
+            "query_string": url.query,
+            "root_path": "",
+            "headers": [
+                (b"host", netloc),
+                (b"accept", b"application/json"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 0),
+            "server": (host, url.port or (443 if url.scheme == "https" else 80)),
+            "extensions": {},
+        }
+        if via is not None:
+            scope["flame.via"] = name
+        return await call_asgi(stack.app, scope, body)
 
 
 def retry_delay(k: int, first: float, jitter: float, rng: random.Random) -> float:
@@ -473,6 +517,64 @@ def create_app(stack: FlameStack) -> FastAPI:
         raise StarletteHTTPException(404)
 
     return app
+
+
+async def fast_send(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """``POST .../messages`` and ``.../messages/broadcast`` as plain ASGI (see :mod:`flame.sim.asgi`).
+
+    Answers 202 for a request the route would accept; hands anything else to the broker app.
+    """
+    message: Any = None
+    recipients: list[SimNode] | None = None
+    body, complete, pending = b"", False, None
+    token = asgi.bearer(scope)
+    if token is not None and asgi.is_json(scope) and asgi.announced_length(scope) is not None:
+        body, complete, pending = await asgi.read_body(receive)
+        if complete and _valid_for(node, token):
+            try:
+                parsed = asgi.parse_json(body)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and "message" in parsed:
+                message = parsed["message"]
+                if scope["path"].endswith("/broadcast"):
+                    recipients = [n for n in stack.nodes.values() if n is not node]
+                else:
+                    recipients = _recipients(stack, node, parsed.get("recipients"))
+    if recipients is None:
+        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+        return
+    stack.broker.accept(node, recipients, message, broadcast=scope["path"].endswith("/broadcast"))
+    await asgi.send_empty(send, 202)
+
+
+def _valid_for(node: SimNode, token: str) -> bool:
+    """Whether ``token`` passes the broker's check at ``node`` (see :func:`~flame.sim.auth.broker_claims`)."""
+    try:
+        claims = node.issuer.verify(token)
+    except InvalidToken:
+        return False
+    return analysis_mismatch(claims, node.analysis_id) is None
+
+
+def _recipients(stack: FlameStack, node: SimNode, ids: Any) -> list[SimNode] | None:
+    """The recipients ``send_message`` accepts for ``ids``; None when it would refuse them."""
+    if not isinstance(ids, list) or not ids:
+        return None
+    recipients: list[SimNode] = []
+    for node_id in ids:
+        partner = stack.node_by_id(node_id) if isinstance(node_id, str) else None
+        if partner is None or partner is node:
+            return None
+        recipients.append(partner)
+    return recipients
 
 
 async def _json_body(request: Request) -> Any:

@@ -45,9 +45,16 @@ class EventLog:
             event = Event(len(self._events), self._clock() - self._start, kind, node, detail)
             self._events.append(event)
             waiters = list(self._waiters)
-        for loop, flag in waiters:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(flag.set)
+        if waiters:
+            try:
+                here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            for loop, flag in waiters:
+                if loop is here:
+                    flag.set()  # on its own loop: no wake-up through the loop's self-pipe
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(flag.set)
         return event
 
     def select(self, kind: str | None = None, node: str | None = None, **detail: Any) -> list[Event]:

@@ -47,11 +47,12 @@ except ModuleNotFoundError as exc:  # the emulator's packages are an extra: neve
         f"the emulated node stack needs {exc.name}: pip install 'flame-python-sdk[sim]'", name=exc.name
     ) from exc
 from flame.sim import broker, data, po, storage
+from flame.sim.asgi import FastHandler
 from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
 from flame.sim.issuer import JWKS_PATH, TokenIssuer
 from flame.sim.node import NodeSpec, SimNode
-from flame.sim.proxy import SidecarTransport, forward
+from flame.sim.proxy import SidecarTransport, forward_asgi, forward_http
 from flame.sim.settings import StackSettings
 
 #: Paths the sidecar lets through to each service (as on a FLAME node); ``{a}``/``{p}``: analysis/project.
@@ -178,6 +179,9 @@ class FlameStack:
 
     # -- lookup -------------------------------------------------------------------------------------
 
+    #: node id -> node, built on first use by :meth:`node_by_id`
+    _by_id: dict[str, SimNode] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
     def node(self, name: str) -> SimNode:
         """The node called ``name``; KeyError with the known names otherwise."""
         try:
@@ -186,7 +190,13 @@ class FlameStack:
             raise KeyError(f"no node {name!r}; nodes: {', '.join(self.nodes)}") from None
 
     def node_by_id(self, node_id: str) -> SimNode | None:
-        return next((n for n in self.nodes.values() if n.node_id == node_id), None)
+        """The node whose id is ``node_id``, or None (every message send looks its recipients up)."""
+        node = self._by_id.get(node_id)
+        if node is None or self.nodes.get(node.name) is not node:
+            # not indexed yet, or the nodes changed since: index them again
+            self._by_id = {n.node_id: n for n in self.nodes.values()}
+            node = self._by_id.get(node_id)
+        return node
 
     def now(self) -> float:
         """Seconds since :meth:`start`, the time base of fault rules."""
@@ -196,12 +206,13 @@ class FlameStack:
         """Host-name resolution inside node ``name``'s cluster: its current sidecar, if its pod is up."""
 
         def resolve(host: str) -> str | None:
-            node = self.nodes[name]
-            if host != node.host or self.faults.offline(name, self.now()):
-                return None
-            return name
+            return name if self.reaches(name, host) else None
 
         return resolve
+
+    def reaches(self, name: str, host: str) -> bool:
+        """Whether ``host`` resolves to node ``name``'s sidecar inside its cluster (see :meth:`resolver`)."""
+        return host == self.nodes[name].host and not self.faults.offline(name, self.now())
 
     # -- environment --------------------------------------------------------------------------------
 
@@ -503,6 +514,15 @@ class StackApp:
             )
             for service, pattern in _ALLOWED.items()
         }
+        messages = f"/analyses/{stack.analysis_id}/messages"
+        #: (service, method, path) -> its plain handler (see flame.sim.asgi), for the hot endpoints
+        self._fast: dict[tuple[str, str, str], FastHandler] = {
+            ("message-broker", "POST", messages): broker.fast_send,
+            ("message-broker", "POST", messages + "/broadcast"): broker.fast_send,
+            ("storage", "PUT", "/local"): storage.fast_put_local,
+            ("storage", "PUT", "/local/"): storage.fast_put_local,
+            ("po", "POST", "/stream_logs"): po.fast_stream_logs,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -557,6 +577,10 @@ class StackApp:
         inner["flame.stack"] = stack
         if service == "analysis":
             await _forward_to_analysis(stack, node, inner, receive, send)
+            return
+        fast = self._fast.get((service, scope["method"], tail))
+        if fast is not None:
+            await fast(stack, node, inner, receive, send, lambda: stack.service_apps[service])
         else:
             await stack.service_apps[service](inner, receive, send)
 
@@ -580,12 +604,14 @@ async def _forward_to_analysis(
 ) -> None:
     client = stack.analysis_client(node.name)
     if client is None:
-        response: Response = PlainTextResponse("the analysis is not running", status_code=502)
-    else:
-        request = Request(scope, receive)
-        url = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
-        response = await forward(request, client, url)
-    await response(scope, receive, send)
+        await _plain(scope, receive, send, 502, "the analysis is not running")
+        return
+    target = node.analysis_target
+    if target is not None and not isinstance(target, str):
+        # an analysis API in this process: hand the request over as it is, no HTTP client in between
+        await forward_asgi(target, scope, receive, send)
+        return
+    await forward_http(client, scope, receive, send)
 
 
 async def _plain(scope: Scope, receive: Receive, send: Send, status: int, text: str) -> None:

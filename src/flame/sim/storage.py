@@ -71,19 +71,24 @@ import re
 import secrets
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from fractions import Fraction
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, cast
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from starlette.datastructures import FormData, Headers
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from flame.disclosure.dp import laplace_noise
-from flame.sim import intermediate_crypto
-from flame.sim.auth import current_node, service_claims
+from flame.sim import asgi, intermediate_crypto
+from flame.sim.asgi import ASGIApp
+from flame.sim.auth import analysis_mismatch, current_node, service_claims
 from flame.sim.backends import check_key
+from flame.sim.issuer import InvalidToken
 
 if TYPE_CHECKING:
     from flame.sim.backends import StorageBackend
@@ -266,7 +271,7 @@ def _base_url(request: Request) -> str:
     return f"http://{host}"
 
 
-def _file_size(upload: UploadFile) -> int:
+def _file_size(upload: StarletteUploadFile) -> int:
     handle = upload.file
     handle.seek(0, 2)
     size = handle.tell()
@@ -365,10 +370,30 @@ class _Service:
     def record(self, kind: str, node: SimNode, **detail: Any) -> None:
         self.stack.events.record(kind, node.name, **detail)
 
-    async def put_upload(self, key: str, upload: UploadFile) -> int:
-        size = await asyncio.to_thread(_file_size, upload)
+    async def put_upload(self, key: str, upload: StarletteUploadFile) -> int:
+        # the form parser counted the bytes and rewound the file; else measure it (a blocking seek)
+        size = upload.size if upload.size is not None else await asyncio.to_thread(_file_size, upload)
         await self.backend.put(key, upload.file, size)
         return size
+
+    def check_local(self, analysis_id: str, upload: StarletteUploadFile, tag: str | None) -> tuple[str, str]:
+        """What ``PUT /local`` refuses before it stores anything; returns (project, filename)."""
+        project = self.project(analysis_id)
+        if tag is not None and not is_valid_tag(tag):
+            raise HTTPException(400, f"Invalid tag `{tag}`")
+        return project, check_filename(upload.filename)
+
+    async def put_local(
+        self, node: SimNode, analysis_id: str, upload: StarletteUploadFile, tag: str | None, base_url: str
+    ) -> dict[str, str]:
+        """``PUT /local``: store the upload as a local result of ``node`` (under ``tag``); the answer."""
+        project, filename = self.check_local(analysis_id, upload, tag)
+        object_id = str(uuid.uuid4())
+        size = await self.put_upload(local_key(node.node_id, project, object_id), upload)
+        if tag is not None:
+            await self.write_marker(node, project, tag, object_id, filename)
+        self.record("storage.upload", node, area="local", size=size, object_id=object_id, tag=tag)
+        return {"url": f"{base_url}/local/{object_id}", "object_id": object_id}
 
     async def write_marker(
         self, node: SimNode, project: str, tag: str, object_id: str, filename: str | None
@@ -392,10 +417,159 @@ class _Service:
         await self.backend.put(key, io.BytesIO(data), len(data))
 
 
+#: stack -> its storage service's state, shared by the FastAPI app and :func:`fast_put_local`
+_SERVICES: weakref.WeakKeyDictionary[FlameStack, _Service] = weakref.WeakKeyDictionary()
+
+
+def _service_of(stack: FlameStack) -> _Service:
+    service = _SERVICES.get(stack)
+    if service is None:
+        service = _SERVICES[stack] = _Service(stack)
+    return service
+
+
+async def fast_put_local(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """``PUT /local`` as plain ASGI (see :mod:`flame.sim.asgi`): a small upload the route would store is
+    stored here; anything else (a refusal, a large or unannounced body) goes to the storage app."""
+    body, complete, pending = b"", False, None
+    token = asgi.bearer(scope)
+    answer: dict[str, str] | None = None
+    if token is not None and asgi.announced_length(scope) is not None:
+        body, complete, pending = await asgi.read_body(receive)
+        analysis_id = _analysis_of(node, token) if complete else None
+        if analysis_id is not None:
+            answer = await _put_local_form(stack, node, scope, body, analysis_id)
+    if answer is None:
+        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+        return
+    await asgi.send_json(send, answer)
+
+
+def _analysis_of(node: SimNode, token: str) -> str | None:
+    """The analysis of a token that passes the service's check at ``node``; None otherwise."""
+    try:
+        claims = node.issuer.verify(token)
+    except InvalidToken:
+        return None
+    return None if analysis_mismatch(claims, node.analysis_id) is not None else str(claims["client_id"])
+
+
+async def _put_local_form(
+    stack: FlameStack, node: SimNode, scope: Scope, body: bytes, analysis_id: str
+) -> dict[str, str] | None:
+    """Parse the form of ``PUT /local`` and store it as the route does; None where the route refuses."""
+    content_type = asgi.header(scope, b"content-type") or b""
+    if not content_type.lower().startswith(b"multipart/form-data"):
+        return None
+    form = _simple_form(content_type, body)
+    if form is None:  # not the plain shape the SDKs send: the full parser decides
+        request = Request(scope, asgi.replay(_no_more_body, body, True))
+        try:
+            form = await request.form()
+        except Exception:  # a malformed form: the app answers as it does
+            return None
+    try:
+        upload, tag = form.get("file"), form.get("tag")
+        if not isinstance(upload, StarletteUploadFile) or not (tag is None or (isinstance(tag, str) and tag)):
+            return None
+        service = _service_of(stack)
+        try:
+            service.check_local(analysis_id, upload, tag)
+        except HTTPException:
+            return None
+        return await service.put_local(node, analysis_id, upload, tag, _base_url_of(scope))
+    finally:
+        await form.close()
+
+
+#: ``multipart/form-data; boundary=...`` with a plain (unquoted) boundary, nothing else
+_MULTIPART = re.compile(rb"multipart/form-data; ?boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})", re.IGNORECASE)
+#: a part's ``Content-Disposition``: a name and perhaps a file name, plain quoted strings
+_DISPOSITION = re.compile(
+    rb'form-data; name="([\x20-\x21\x23-\x5b\x5d-\x7e]+)"(?:; filename="([\x20-\x21\x23-\x24\x26-\x5b\x5d-\x7e]*)")?'
+)
+
+
+def _simple_form(content_type: bytes, body: bytes) -> FormData | None:
+    """The form of a multipart body in the plain shape httpx and requests send, or None.
+
+    Parts named once each, headers ``Content-Disposition`` (ASCII name and file name without quotes,
+    backslashes or ``%``) and perhaps ``Content-Type``, no preamble or epilogue, UTF-8 field values,
+    at most eight parts. It gives what Starlette's parser gives for such a body; anything else is
+    left to that parser (None).
+    """
+    match = _MULTIPART.fullmatch(content_type.strip())
+    if match is None:
+        return None
+    boundary = match.group(1)
+    first, last = b"--" + boundary + b"\r\n", b"\r\n--" + boundary + b"--\r\n"
+    if not body.startswith(first) or not body.endswith(last) or len(body) < len(first) + len(last):
+        return None
+    parts = body[len(first) : -len(last)].split(b"\r\n--" + boundary + b"\r\n")
+    if len(parts) > 8:
+        return None
+    items: list[tuple[str, str | StarletteUploadFile]] = []
+    for part in parts:
+        head, separator, data = part.partition(b"\r\n\r\n")
+        if not separator or b"\r\n--" + boundary in data:
+            return None
+        lines = head.split(b"\r\n")
+        disposition = [
+            v for k, _, v in (line.partition(b":") for line in lines) if k.lower() == b"content-disposition"
+        ]
+        if len(disposition) != 1 or any(
+            line.partition(b":")[0].lower() not in (b"content-disposition", b"content-type") for line in lines
+        ):
+            return None
+        found = _DISPOSITION.fullmatch(disposition[0].strip())
+        if found is None:
+            return None
+        name, filename = found.group(1).decode(), found.group(2)
+        if filename is None:
+            try:
+                items.append((name, data.decode("utf-8")))
+            except UnicodeDecodeError:
+                return None
+            continue
+        headers = Headers(
+            raw=[(k.strip().lower(), v.strip()) for k, _, v in (line.partition(b":") for line in lines)]
+        )
+        items.append(
+            (
+                name,
+                StarletteUploadFile(
+                    io.BytesIO(data), size=len(data), filename=filename.decode(), headers=headers
+                ),
+            )
+        )
+    if len({name for name, _ in items}) != len(items):
+        return None
+    return FormData(items)
+
+
+async def _no_more_body() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+def _base_url_of(scope: Scope) -> str:
+    host = asgi.header(scope, b"host")
+    if host:
+        return f"http://{host.decode('latin-1')}"
+    server = scope.get("server") or ("localhost", 80)
+    return f"http://{server[0]}:{server[1]}"
+
+
 def create_app(stack: FlameStack) -> FastAPI:
     """The storage service of every node of ``stack`` (the node comes from the request scope)."""
     register_analysis(stack.analysis_id, stack.project_id)
-    service = _Service(stack)
+    service = _service_of(stack)
     app = FastAPI(
         title="FLAME node storage service (emulated)",
         openapi_url=None,
@@ -568,18 +742,10 @@ def create_app(stack: FlameStack) -> FastAPI:
         file: Annotated[UploadFile, File()],
         tag: Annotated[str | None, Form()] = None,
     ) -> JSONResponse:
-        node = current_node(request)
-        analysis_id = str(claims["client_id"])
-        project = service.project(analysis_id)
-        if tag is not None and not is_valid_tag(tag):
-            raise HTTPException(400, f"Invalid tag `{tag}`")
-        filename = check_filename(file.filename)
-        object_id = str(uuid.uuid4())
-        size = await service.put_upload(local_key(node.node_id, project, object_id), file)
-        if tag is not None:
-            await service.write_marker(node, project, tag, object_id, filename)
-        service.record("storage.upload", node, area="local", size=size, object_id=object_id, tag=tag)
-        return JSONResponse({"url": f"{_base_url(request)}/local/{object_id}", "object_id": object_id})
+        answer = await service.put_local(
+            current_node(request), str(claims["client_id"]), file, tag, _base_url(request)
+        )
+        return JSONResponse(answer)
 
     @app.get("/local/tags")
     async def get_tags(request: Request, claims: Claims) -> JSONResponse:

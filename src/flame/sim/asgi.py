@@ -1,0 +1,144 @@
+"""Plain ASGI plumbing for the stack's hot endpoints.
+
+The emulated services are FastAPI apps, whose routing, middleware and parameter validation cost more
+per request than the work of a message send, a local result upload or a log line. The sidecar serves
+those few endpoints from plain handlers (:data:`FastHandler`) instead, for the requests they can
+answer in full: a valid token, a well-formed body, nothing refused. Any other request goes to the
+service's FastAPI app with the body read so far handed on unchanged (:func:`replay`), so every refusal
+keeps the status, body and headers of the FastAPI route.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flame.sim.node import SimNode
+    from flame.sim.stack import FlameStack
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: ``handler(stack, node, scope, receive, send, fallback)``: answers the request, or passes it on to
+#: ``fallback()`` (the service's FastAPI app) with :func:`replay`.
+FastHandler = Callable[
+    ["FlameStack", "SimNode", Scope, Receive, Send, Callable[[], ASGIApp]], Awaitable[None]
+]
+
+#: Largest body a plain handler reads (bytes); larger or unannounced bodies go to the FastAPI app as
+#: they come (a large upload is spooled to disk there, never held in memory).
+FAST_BODY_LIMIT = 1024 * 1024
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def bearer(scope: Scope) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; None if there is none or it is malformed."""
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def announced_length(scope: Scope) -> int | None:
+    """The ``Content-Length`` if it is a plain number within :data:`FAST_BODY_LIMIT`; else None."""
+    value = header(scope, b"content-length")
+    if value is None or not value.isdigit():
+        return None
+    length = int(value)
+    return length if length <= FAST_BODY_LIMIT else None
+
+
+def is_json(scope: Scope) -> bool:
+    """Whether the request's media type is JSON (``application/json`` or ``application/*+json``)."""
+    value = header(scope, b"content-type")
+    if value is None:
+        return False
+    media = value.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+async def read_body(receive: Receive, limit: int = FAST_BODY_LIMIT) -> tuple[bytes, bool, Message | None]:
+    """The request body, read until it ends or passes ``limit``.
+
+    Returns the bytes read, whether the body ended, and the message that ended the reading if it was
+    not a body part (a disconnect): :func:`replay` hands all of it on.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False, message
+        chunk = message.get("body", b"")
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True, None
+        if size > limit:
+            return b"".join(chunks), False, None
+
+
+def replay(receive: Receive, body: bytes, complete: bool, pending: Message | None = None) -> Receive:
+    """A ``receive`` that yields ``body`` (what was read), then whatever ``receive`` still has.
+
+    Nothing read (an empty ``body``, not ``complete``, nothing ``pending``): ``receive`` itself.
+    """
+    if not body and not complete and pending is None:
+        return receive
+    first = True
+
+    async def again() -> Message:
+        nonlocal first, pending
+        if first:
+            first = False
+            return {"type": "http.request", "body": body, "more_body": not complete}
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return await receive()
+
+    return again
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of ``body`` as the services read it (no NaN or Infinity); ValueError otherwise."""
+    if not body.strip():
+        raise ValueError("no body")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def send_empty(send: Send, status: int) -> None:
+    """An answer without a body (``Content-Length: 0``, as Starlette's ``Response``)."""
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def send_json(send: Send, value: Any, status: int = 200) -> None:
+    """A JSON answer encoded as Starlette's ``JSONResponse`` does."""
+    body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
