@@ -93,3 +93,64 @@ async def test_a_single_acknowledgement_without_the_key_still_counts(nodes: tupl
         assert (await client.post("/webhook", json=echo)).status_code == 200
     assert node_1.inbox.acks(message["meta"]["id"]) == {aggregator.node_id}
     assert aggregator.node_id not in node_1.messenger.groups_acks  # it did not say it takes groups
+
+
+async def test_acks_past_the_in_flight_bound_wait_for_a_slot_instead_of_a_resend(
+    nodes: tuple[AsyncNode, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More deliveries at once than acknowledgements may be in flight: each is acknowledged, none resent."""
+    from flame.node import messaging
+
+    aggregator, node_1, node_2 = nodes
+    monkeypatch.setattr(aggregator.messenger, "_ack_slots", asyncio.Semaphore(2))
+    in_flight = peak = 0
+    send = aggregator.messenger.broker.send
+
+    async def counting_send(recipients: list[str], message: Any) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.01)  # an acknowledgement that takes a while on the wire
+            await send(recipients, message)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(aggregator.messenger.broker, "send", counting_send)
+    await asyncio.gather(_flood(node_1, aggregator, 12), _flood(node_2, aggregator, 12))
+    assert peak == 2
+    assert aggregator.messenger.acks_skipped == 0
+    assert node_1.messenger.resent == 0 and node_2.messenger.resent == 0
+    assert messaging.MAX_ACKS_PENDING > messaging.MAX_ACKS_IN_FLIGHT
+
+
+async def test_acks_past_the_pending_bound_are_skipped_and_come_with_the_resend(
+    nodes: tuple[AsyncNode, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood beyond what may wait is not acknowledged at once (memory stays bounded); resends are."""
+    from flame.node import messaging
+
+    aggregator, node_1, _ = nodes
+    monkeypatch.setattr(messaging, "MAX_ACKS_PENDING", 3)
+    release = asyncio.Event()
+    send = aggregator.messenger.broker.send
+
+    async def held_send(recipients: list[str], message: Any) -> None:
+        await release.wait()
+        await send(recipients, message)
+
+    monkeypatch.setattr(aggregator.messenger.broker, "send", held_send)
+    flood = asyncio.ensure_future(
+        asyncio.gather(
+            *(
+                node_1.send_message([aggregator.node_id], "flood", {"i": i}, attempt_timeout=0.3)
+                for i in range(6)
+            )
+        )
+    )
+    await aggregator.inbox.wait_until(lambda: len(aggregator.inbox) == 6, timeout=10)
+    assert aggregator.messenger.acks_skipped == 3 and len(aggregator.messenger._acking) == 3
+    release.set()
+    results = await asyncio.wait_for(flood, 20)
+    assert all(result == ([aggregator.node_id], []) for result in results)
+    assert node_1.messenger.resent >= 3

@@ -59,9 +59,11 @@ DEFAULT_ATTEMPT_TIMEOUT = 10.0
 DEFAULT_AWAIT_TIMEOUT = 600.0
 #: Sent messages whose acknowledgements are still accepted (the oldest are forgotten first).
 MAX_SENT_REMEMBERED = 100_000
-#: acknowledgements being sent at once; a delivery past this is not acknowledged now (its sender
-#: resends it, and the duplicate is acknowledged then)
+#: acknowledgements being sent at once (broker requests); further ones wait for a free slot
 MAX_ACKS_IN_FLIGHT = 256
+#: acknowledgements sent or waiting to be; a delivery past this is not acknowledged now (its sender
+#: resends it, and the duplicate is acknowledged then): memory stays bounded under a flood
+MAX_ACKS_PENDING = 8192
 #: the envelope fields an acknowledgement echoes (a sender may add others; they are not copied)
 _ACK_FIELDS = ("type", "category", "id", "akn_id", "status", "sender", "created_at", "arrived_at", "number")
 #: acknowledgements at most in one broker message (a grouped acknowledgement)
@@ -81,8 +83,10 @@ class Messenger:
         self.inbox = inbox if inbox is not None else Inbox()
         self._numbers = itertools.count(1)
         self._background = BackgroundTasks()
-        #: ids of the messages whose acknowledgement is being sent (at most MAX_ACKS_IN_FLIGHT)
+        #: ids of the messages whose acknowledgement is being sent or waits for a slot (at most
+        #: MAX_ACKS_PENDING); MAX_ACKS_IN_FLIGHT of them at once
         self._acking: set[str] = set()
+        self._ack_slots = asyncio.Semaphore(MAX_ACKS_IN_FLIGHT)
         self.acks_skipped = 0
         #: set by :meth:`aclose`: a delivery after it is stored, but no acknowledgement starts (the
         #: node's HTTP client is about to close, and its sender resends to whoever answers next)
@@ -265,10 +269,10 @@ class Messenger:
             log.debug("not acknowledging %s: the node is stopping", meta.id)
         elif meta.id in self._acking:
             pass  # a resend while its acknowledgement is under way: that one answers both
-        elif len(self._acking) >= MAX_ACKS_IN_FLIGHT:
+        elif len(self._acking) >= MAX_ACKS_PENDING:
             self.acks_skipped += 1
             log.warning(
-                "not acknowledging %s now: %d acknowledgements are being sent (its sender resends it)",
+                "not acknowledging %s now: %d acknowledgements are pending (its sender resends it)",
                 meta.id,
                 len(self._acking),
             )
@@ -314,7 +318,8 @@ class Messenger:
 
     async def _acknowledge(self, sender: str, metas: list[dict[str, Any]]) -> None:
         try:
-            await self.broker.send([sender], envelope.acknowledgements(metas, self.node_id))
+            async with self._ack_slots:
+                await self.broker.send([sender], envelope.acknowledgements(metas, self.node_id))
             self.ack_messages += 1
         except ServiceError as exc:
             # the sender resends until acknowledged, and the duplicate is acknowledged again
