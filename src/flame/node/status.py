@@ -77,6 +77,8 @@ class StatusReporter:
         self.linger = linger
         #: characters of the queued lines
         self._chars = 0
+        #: the status and progress the PO was last sent
+        self._reported: tuple[Status, int] | None = None
         #: flushes under way (they cut the linger short)
         self._hurry = 0
         #: set when the linger should end: a batch is full, a flush or close began
@@ -200,7 +202,12 @@ class StatusReporter:
     def _lingers(self) -> bool:
         """Whether queued lines wait for more (after the sending task was idle)."""
         return (
-            self.linger > 0 and not self._closing and not self._hurry and self._chars < self._max_batch_chars
+            self.linger > 0
+            and not self._closing
+            and not self._hurry
+            and self._chars < self._max_batch_chars
+            # a status or progress the PO has not seen yet goes at once, with the first line after it
+            and (self._status, self._progress) == self._reported
         )
 
     def _next_batch(self) -> list[LogEntry]:
@@ -228,7 +235,9 @@ class StatusReporter:
         assert self._po is not None
         text = "\n".join(e.text for e in batch)
         try:
-            await self._po.stream_log(text, batch[0].log_type, self._status, self._progress)
+            status, progress = self._status, self._progress
+            await self._po.stream_log(text, batch[0].log_type, status, progress)
+            self._reported = (status, progress)
             self.sent += len(batch)
         except FlameError as exc:
             self.dropped += len(batch)
