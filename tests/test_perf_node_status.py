@@ -61,19 +61,3 @@ async def test_flush_and_close_do_not_wait_for_the_linger(node: AsyncNode) -> No
     await reporter.aclose(5)
     assert time.perf_counter() - began < 2.0
     assert _lines(node, before)[1] == ["flushed", "closed"]
-
-
-async def test_a_new_progress_goes_with_the_next_line_without_lingering(node: AsyncNode) -> None:
-    """Each progress the node reaches is seen by the PO: a line after a change does not wait for company."""
-    reporter = node.reporter
-    assert reporter is not None
-    assert await reporter.flush(5)
-    reporter.linger = 60.0
-    before = len(node.stack.po.record("node-1").logs)  # type: ignore[attr-defined]
-    for progress in (25, 50, 75):
-        reporter.set_progress(progress)
-        node.log(f"at {progress}")
-        # sent at once (the sending task would otherwise hold it for the 60 s linger)
-        await asyncio.wait_for(reporter._idle.wait(), 5)
-    entries = node.stack.po.record("node-1").logs[before:]  # type: ignore[attr-defined]
-    assert [(e["log"], e["progress"]) for e in entries] == [("at 25", 25), ("at 50", 50), ("at 75", 75)]

@@ -77,8 +77,6 @@ class StatusReporter:
         self.linger = linger
         #: characters of the queued lines
         self._chars = 0
-        #: the status and progress the PO was last sent
-        self._reported: tuple[Status, int] | None = None
         #: flushes under way (they cut the linger short)
         self._hurry = 0
         #: set when the linger should end: a batch is full, a flush or close began
@@ -202,12 +200,7 @@ class StatusReporter:
     def _lingers(self) -> bool:
         """Whether queued lines wait for more (after the sending task was idle)."""
         return (
-            self.linger > 0
-            and not self._closing
-            and not self._hurry
-            and self._chars < self._max_batch_chars
-            # a status or progress the PO has not seen yet goes at once, with the first line after it
-            and (self._status, self._progress) == self._reported
+            self.linger > 0 and not self._closing and not self._hurry and self._chars < self._max_batch_chars
         )
 
     def _next_batch(self) -> list[LogEntry]:
@@ -235,9 +228,7 @@ class StatusReporter:
         assert self._po is not None
         text = "\n".join(e.text for e in batch)
         try:
-            status, progress = self._status, self._progress
-            await self._po.stream_log(text, batch[0].log_type, status, progress)
-            self._reported = (status, progress)
+            await self._po.stream_log(text, batch[0].log_type, self._status, self._progress)
             self.sent += len(batch)
         except FlameError as exc:
             self.dropped += len(batch)
