@@ -2,10 +2,7 @@
 
 User code (any thread) only puts entries on a bounded queue; a task on the runtime's loop sends them
 to ``POST /po/stream_logs``, joining consecutive lines of the same level into one entry, with the
-service client's retries. A line that finds the sending task idle waits up to :data:`LINGER` seconds
-for more before they go (not when a batch is full, the status or progress changed, on
-:meth:`StatusReporter.flush` or at close), so a node that logs a line per message (the disclosure
-audit) does not make a request to the PO per message. When the queue is full, or the PO cannot be reached after the retries, the
+service client's retries. When the queue is full, or the PO cannot be reached after the retries, the
 entry is dropped with a warning on the local log: the analysis goes on.
 
 Shutdown is bounded and does not rely on cancellation: :meth:`StatusReporter.aclose` tells the sending
@@ -24,9 +21,8 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from flame.clients.po import LOG_TYPES, LogType, PodOrchestratorClient
 from flame.errors import FlameError
@@ -50,8 +46,6 @@ FINAL_STATUSES: tuple[Status, ...] = ("executed", "stopped", "failed")
 
 #: How long :meth:`StatusReporter.aclose` waits for the sending task after cancelling it (seconds).
 CANCEL_GRACE = 1.0
-#: How long a line that finds the sending task idle waits for more lines to join it (seconds).
-LINGER = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,17 +64,8 @@ class StatusReporter:
         *,
         max_queue: int = 10_000,
         max_batch_chars: int = 16_000,
-        linger: float = LINGER,
     ) -> None:
         self._po = po
-        #: how long a line that finds the sending task idle waits for more (seconds; 0: not at all)
-        self.linger = linger
-        #: characters of the queued lines
-        self._chars = 0
-        #: flushes under way (they cut the linger short)
-        self._hurry = 0
-        #: set when the linger should end: a batch is full, a flush or close began
-        self._full = asyncio.Event()
         self._loop = loop
         self._entries: deque[LogEntry] = deque()
         self._max_queue = max_queue
@@ -117,7 +102,6 @@ class StatusReporter:
             self._status = status
         if changed:
             self.log(f"status: {status}", "info")
-            self._call(self._full.set)  # the line with the new status goes without lingering
 
     def set_progress(self, progress: float) -> int:
         """Set progress (0 to 100). It never decreases: a smaller value is ignored with a warning."""
@@ -130,10 +114,7 @@ class StatusReporter:
                     self._progress,
                 )
                 return self._progress
-            changed = value != self._progress
             self._progress = value
-        if changed:
-            self._call(self._full.set)  # queued lines go now, carrying the new progress
         return value
 
     def log(self, text: str, log_type: LogType = "info") -> None:
@@ -141,10 +122,6 @@ class StatusReporter:
         if log_type not in LOG_TYPES:
             raise ValueError(f"unknown log type {log_type!r}; one of {', '.join(LOG_TYPES)}")
         entry = LogEntry(redact(text), log_type)
-        self._call(self._put, entry)
-
-    def _call(self, function: Callable[..., None], *args: Any) -> None:
-        """Run ``function(*args)`` on the reporter's loop: now when called on it, else soon."""
         if self._loop.is_closed():
             return
         try:
@@ -152,10 +129,10 @@ class StatusReporter:
         except RuntimeError:
             running = None
         if running is self._loop:
-            function(*args)
+            self._put(entry)
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self._loop.call_soon_threadsafe(function, *args)
+                self._loop.call_soon_threadsafe(self._put, entry)
 
     def _put(self, entry: LogEntry) -> None:
         if len(self._entries) >= self._max_queue:
@@ -163,9 +140,6 @@ class StatusReporter:
             log.warning("log queue full: a line for the pod orchestrator was dropped")
             return
         self._entries.append(entry)
-        self._chars += len(entry.text)
-        if self._chars >= self._max_batch_chars:
-            self._full.set()
         self._idle.clear()
         self._wake.set()
 
@@ -175,7 +149,6 @@ class StatusReporter:
 
     async def _run(self) -> None:
         me = asyncio.current_task()
-        woke = False
         while True:
             if self._abandon or _cancel_requested(me):
                 self._drop_queued()
@@ -187,21 +160,8 @@ class StatusReporter:
                     return
                 self._wake.clear()
                 await self._wake.wait()
-                woke = True
                 continue
-            if woke:
-                woke = False
-                if self._lingers():
-                    self._full.clear()
-                    await _wait_event(self._full, self.linger)
-                    continue
             await self._send(self._next_batch())
-
-    def _lingers(self) -> bool:
-        """Whether queued lines wait for more (after the sending task was idle)."""
-        return (
-            self.linger > 0 and not self._closing and not self._hurry and self._chars < self._max_batch_chars
-        )
 
     def _next_batch(self) -> list[LogEntry]:
         """Consecutive queued entries of one log type, up to the batch size."""
@@ -213,14 +173,12 @@ class StatusReporter:
                 break
             batch.append(self._entries.popleft())
             size += len(following.text)
-        self._chars -= size
         return batch
 
     def _drop_queued(self) -> None:
         if self._entries:
             count = len(self._entries)
             self._entries.clear()
-            self._chars = 0
             self.dropped += count
             log.warning("%d log line(s) for the pod orchestrator were dropped at shutdown", count)
 
@@ -238,12 +196,7 @@ class StatusReporter:
         """Wait until every queued line was sent or dropped; False if ``timeout`` ran out first."""
         if self._task is None:
             return True
-        self._hurry += 1
-        self._full.set()
-        try:
-            return await _wait_event(self._idle, timeout)
-        finally:
-            self._hurry -= 1
+        return await _wait_event(self._idle, timeout)
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Send what is queued (within ``timeout``), then stop; returns within ``timeout + CANCEL_GRACE``."""
@@ -252,7 +205,6 @@ class StatusReporter:
             return
         self._closing = True
         self._wake.set()
-        self._full.set()
         try:
             await asyncio.wait({task}, timeout=max(timeout, 0.0))
         finally:
@@ -260,7 +212,6 @@ class StatusReporter:
                 # out of time (or this close was cancelled): drop the rest, end the batch in flight
                 self._abandon = True
                 self._wake.set()
-                self._full.set()
                 task.cancel()
                 await asyncio.wait({task}, timeout=CANCEL_GRACE)
                 if not task.done():
