@@ -14,6 +14,10 @@ from flame.sim.faults import parse_faults
 from flame.sim.federation import Federation, FederationRun
 from flame.stats import StatsAnalysis
 
+#: every delivery 0.1 s late: a restart at 0.5 s of a test's run lands in the middle of the fit, however
+#: fast the stack is (without it a run may end before 0.5 s, and the restart then never happens)
+MID_FIT_DELAY = "delay=1:0.1"
+
 
 def write_frames(root: Path, frames: list[pd.DataFrame], key: str) -> Path:
     """``root/node-i/s3/key`` for each frame (CSV, or Parquet by the key's ending)."""

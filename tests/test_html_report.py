@@ -210,7 +210,10 @@ def test_real_run_report_has_every_section(fault_report: dict[str, Any]) -> None
 
 def test_a_stopped_run_shows_its_status_and_errors() -> None:
     result = flame.simulate(
-        EXAMPLES / "logistic_regression" / "analysis.py", data=EXAMPLES / "data", timeout=1.0
+        EXAMPLES / "logistic_regression" / "analysis.py",
+        data=EXAMPLES / "data",
+        faults="delay=1:5",  # every delivery 5 s late: the run cannot end within its 1 s
+        timeout=1.0,
     )
     report = json.loads(json.dumps(result.report))
     assert report["status"] == "timeout"

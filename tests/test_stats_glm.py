@@ -18,7 +18,7 @@ from flame.disclosure import DisclosurePolicy
 from flame.errors import AggregationError, ConfigurationError, DisclosureRefusedError, FederationError
 from flame.sim.synthetic import generate_study_patients
 from flame.stats.glm import glm_combine, glm_fit, glm_local, local_levels, union_of_levels
-from tests.stats_helpers import run_stats, run_stats_federation, split
+from tests.stats_helpers import MID_FIT_DELAY, run_stats, run_stats_federation, split
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPLITS = {"3 nodes": [400, 400, 0], "5 uneven nodes": [60, 700, 90, 250, 0]}
@@ -265,7 +265,9 @@ async def test_a_restart_in_the_middle_of_the_fit_gives_the_same_model(
     analysis = stats.glm("diabetes ~ age + bmi + gender", source="patients.csv", family="binomial")
     frames = split(pooled, [600, 600, 0])
     undisturbed = await run_stats_federation(analysis, frames)
-    disturbed = await run_stats_federation(analysis, frames, faults=f"restart={restarted}@0.5")
+    disturbed = await run_stats_federation(
+        analysis, frames, faults=f"restart={restarted}@0.5;{MID_FIT_DELAY}"
+    )
     assert disturbed.ok, disturbed.report()
     assert disturbed.outcomes[restarted].incarnations == 2
     pd.testing.assert_frame_equal(

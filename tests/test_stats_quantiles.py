@@ -14,7 +14,7 @@ from flame import stats
 from flame.disclosure import DisclosurePolicy, inspect
 from flame.errors import ConfigurationError, FederationError
 from flame.sim.synthetic import generate_study_patients
-from tests.stats_helpers import run_stats, run_stats_federation, split
+from tests.stats_helpers import MID_FIT_DELAY, run_stats, run_stats_federation, split
 
 SPLITS = {"3 nodes": [600, 600, 0], "5 uneven nodes": [150, 700, 250, 400, 0]}
 PROBS = [0.1, 0.25, 0.5, 0.75, 0.9]
@@ -135,7 +135,9 @@ async def test_a_restart_in_the_middle_of_the_search_gives_the_same_quantiles(
     analysis = stats.quantiles(["age", "bmi", "creatinine"], PROBS, source="patients.csv")
     frames = split(pooled, [600, 600, 0])
     undisturbed = await run_stats_federation(analysis, frames)
-    disturbed = await run_stats_federation(analysis, frames, faults=f"restart={restarted}@0.5")
+    disturbed = await run_stats_federation(
+        analysis, frames, faults=f"restart={restarted}@0.5;{MID_FIT_DELAY}"
+    )
     assert disturbed.ok, disturbed.report()
     assert disturbed.outcomes[restarted].incarnations == 2
     pd.testing.assert_frame_equal(

@@ -29,7 +29,7 @@ from flame.stats.survival import (
     survival_local,
     time_grid,
 )
-from tests.stats_helpers import run_stats, run_stats_federation, split
+from tests.stats_helpers import MID_FIT_DELAY, run_stats, run_stats_federation, split
 
 SPLITS = {"3 nodes": [2000, 2000, 0], "5 uneven nodes": [600, 2400, 900, 1200, 0]}
 #: half-years over three years: coarse enough that no node has an interval with 1 to 4 events
@@ -297,7 +297,7 @@ async def test_an_aggregator_restarted_mid_fit_gives_the_same_cox_model(pooled: 
     analysis = stats.cox("age + group", time="time", event="event", source="patients.csv", grid=GRID)
     frames = split(pooled, [2000, 2000, 0])
     undisturbed = await run_stats_federation(analysis, frames)
-    disturbed = await run_stats_federation(analysis, frames, faults="restart=aggregator@0.5")
+    disturbed = await run_stats_federation(analysis, frames, faults=f"restart=aggregator@0.5;{MID_FIT_DELAY}")
     assert disturbed.ok, disturbed.report()
     assert disturbed.outcomes["aggregator"].incarnations == 2
     pd.testing.assert_frame_equal(
