@@ -131,14 +131,27 @@ def _reject_constant(name: str) -> Any:
 
 
 async def send_empty(send: Send, status: int) -> None:
-    """An answer without a body (``Content-Length: 0``, as Starlette's ``Response``)."""
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+    """An answer without a body, with the headers Starlette's ``Response`` gives one.
+
+    ``Content-Length: 0``, except for the statuses that never have a body (1xx, 204, 304): none.
+    """
+    headers = [] if status < 200 or status in (204, 304) else [(b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
 
 
-async def send_json(send: Send, value: Any, status: int = 200) -> None:
-    """A JSON answer encoded as Starlette's ``JSONResponse`` does."""
+async def send_json(
+    send: Send, value: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A JSON answer encoded as Starlette's ``JSONResponse`` does (``headers`` first, as it puts them)."""
     body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send_encoded_json(send, body, status, headers)
+
+
+async def send_encoded_json(
+    send: Send, body: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """An answer of JSON already encoded, with the headers of :func:`send_json`."""
+    head = [*(headers or ()), (b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
