@@ -538,6 +538,8 @@ class StackApp:
         self._fast_by_parent: dict[tuple[str, str, str], FastHandler] = {
             ("message-broker", "DELETE", messages + "/subscriptions"): broker.fast_setup,
         }
+        #: services answered by a plain handler whatever the path
+        self._fast_by_service: dict[str, FastHandler] = {"kong": data.fast_kong}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -596,8 +598,8 @@ class StackApp:
         fast = self._fast.get((service, scope["method"], tail))
         if fast is None:
             fast = self._fast_by_parent.get((service, scope["method"], tail.rpartition("/")[0]))
-        if fast is None and service == "kong":
-            fast = data.fast_kong
+        if fast is None:
+            fast = self._fast_by_service.get(service)
         if fast is not None:
             await fast(stack, node, inner, receive, send, lambda: stack.service_apps[service])
         else:
