@@ -569,7 +569,8 @@ class StackApp:
         if host.startswith("nginx-") and host != node.host:
             await _plain(scope, receive, send, 502, f"no pod answers for {host} on {name}")
             return
-        if stack.faults.offline(node.name, stack.now()):
+        faults = stack.faults
+        if faults.rules and faults.offline(node.name, stack.now()):
             await _plain(scope, receive, send, 502, f"the pod of {node.name} is offline")
             return
         if path == "/healthz":
@@ -579,7 +580,7 @@ class StackApp:
         if service is None or not self._allowed[service].match(tail):
             await _plain(scope, receive, send, 404, "not routed by the sidecar")
             return
-        status = stack.faults.outage(service, node.name, stack.now())
+        status = faults.outage(service, node.name, stack.now()) if faults.rules else None
         if status is not None:
             stack.events.record("fault.outage", node.name, service=service, status=status, path=tail)
             await _plain(scope, receive, send, status, "service unavailable (injected)")
