@@ -1,11 +1,12 @@
 """Plain ASGI plumbing for the stack's hot endpoints.
 
 The emulated services are FastAPI apps, whose routing, middleware and parameter validation cost more
-per request than the work of a message send, a local result upload or a log line. The sidecar serves
-those few endpoints from plain handlers (:data:`FastHandler`) instead, for the requests they can
-answer in full: a valid token, a well-formed body, nothing refused. Any other request goes to the
-service's FastAPI app with the body read so far handed on unchanged (:func:`replay`), so every refusal
-keeps the status, body and headers of the FastAPI route.
+per request than the work of a message send, a local result upload or a log line, and whose import
+and route building cost more than a small federation's whole run. The sidecar serves every request a
+run makes from plain handlers (:data:`FastHandler`) instead, for the requests they can answer in
+full: a valid token, a well-formed body, nothing refused. Any other request goes to the service's
+FastAPI app with the body read so far handed on unchanged (:func:`replay`), so every refusal keeps the
+status, body and headers of the FastAPI route; FastAPI is imported when the first such request comes.
 """
 
 from __future__ import annotations
