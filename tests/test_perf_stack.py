@@ -11,7 +11,10 @@ import asyncio
 import io
 import json
 import math
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -247,8 +250,14 @@ def _pair() -> tuple[FlameStack, FlameStack]:
     fast, slow = (
         FlameStack.create(2, settings=StackSettings.fast(po_enabled=False), seed=5) for _ in range(2)
     )
-    slow.app._fast.clear()
+    _all_through_fastapi(slow)
     return fast, slow
+
+
+def _all_through_fastapi(stack: FlameStack) -> None:
+    stack.app._fast.clear()
+    stack.app._fast_by_parent.clear()
+    stack.app._fast_by_service.clear()
 
 
 def _comparable(answer: httpx.Response) -> tuple[int, dict[str, str], Any]:
@@ -524,6 +533,347 @@ async def test_local_uploads_answer_as_the_storage_route(case: str) -> None:
                 ]
             stored.append((uploads, [t["name"] for t in tags["tags"]], names))
         assert stored[0] == stored[1]
+
+
+LOG = {"log": "hi", "log_type": "info", "status": "executing", "progress": 7}
+MORE_PO_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
+    ("progress true", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "progress": True}}),
+    ("progress 7.0", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "progress": 7.0}}),
+    ("no status", lambda s: {"json": {**{k: v for k, v in LOG.items() if k != "status"}, "analysis_id": 1}}),
+    ("extra field", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "extra": [1]}}),
+    ("log a number", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "log": 5}}),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in MORE_PO_CASES])
+async def test_more_log_lines_answer_as_the_po_route(case: str) -> None:
+    fast, slow = _pair()
+    build = dict(MORE_PO_CASES)[case]
+    async with fast, slow:
+
+        async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
+            spec = build(stack)
+            return await client.post(
+                "/po/stream_logs", headers=spec.pop("headers", _auth(stack, "node-1")), **spec
+            )
+
+        mine, theirs = await _both(fast, slow, "node-1", send)
+        assert mine == theirs
+        assert fast.po.record("node-1").logs == slow.po.record("node-1").logs
+
+
+# -- the requests of a run's start-up and end answer as the FastAPI routes do ------------------------------
+
+DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+Case = Callable[[FlameStack], dict[str, Any]]
+
+
+def _broker(path: str) -> Callable[[FlameStack], str]:
+    return lambda s: f"/message-broker/analyses/{s.analysis_id}{path}"
+
+
+def _json_in(s: FlameStack, content: bytes, media: str = "application/json") -> dict[str, Any]:
+    return {"content": content, "headers": {**_auth(s, "node-1"), "Content-Type": media}}
+
+
+SETUP_CASES: list[tuple[str, str, Callable[[FlameStack], str], Case]] = [
+    ("participants", "GET", _broker("/participants"), lambda s: {}),
+    ("participants, no token", "GET", _broker("/participants"), lambda s: {"headers": {}}),
+    (
+        "participants, bad token",
+        "GET",
+        _broker("/participants"),
+        lambda s: {"headers": _auth(s, "node-1", "x")},
+    ),
+    (
+        "participants, other analysis",
+        "GET",
+        _broker("/participants"),
+        lambda s: {"headers": _auth(s, "node-1", _foreign(s, "node-1"))},
+    ),
+    ("self", "GET", _broker("/participants/self"), lambda s: {}),
+    ("self, no token", "GET", _broker("/participants/self"), lambda s: {"headers": {}}),
+    ("self, POST", "POST", _broker("/participants/self"), lambda s: {}),
+    (
+        "subscribe",
+        "POST",
+        _broker("/messages/subscriptions"),
+        lambda s: {"json": {"webhookUrl": "http://a:1/w"}},
+    ),
+    (
+        "subscribe, host",
+        "POST",
+        _broker("/messages/subscriptions"),
+        lambda s: {"json": {"webhookUrl": "https://a/w"}, "headers": {**_auth(s, "node-1"), "Host": "x:81"}},
+    ),
+    ("subscribe, no url", "POST", _broker("/messages/subscriptions"), lambda s: {"json": {}}),
+    (
+        "subscribe, ftp",
+        "POST",
+        _broker("/messages/subscriptions"),
+        lambda s: {"json": {"webhookUrl": "ftp://a"}},
+    ),
+    (
+        "subscribe, bad port",
+        "POST",
+        _broker("/messages/subscriptions"),
+        lambda s: {"json": {"webhookUrl": "http://a:x"}},
+    ),
+    ("subscribe, a list", "POST", _broker("/messages/subscriptions"), lambda s: {"json": ["http://a"]}),
+    (
+        "subscribe, text",
+        "POST",
+        _broker("/messages/subscriptions"),
+        lambda s: _json_in(s, b"{}", "text/plain"),
+    ),
+    ("subscribe, broken", "POST", _broker("/messages/subscriptions"), lambda s: _json_in(s, b"{")),
+    (
+        "subscribe, no token",
+        "POST",
+        _broker("/messages/subscriptions"),
+        lambda s: {"json": {}, "headers": {}},
+    ),
+    ("unsubscribe", "DELETE", _broker(f"/messages/subscriptions/{UUID}"), lambda s: {}),
+    ("unsubscribe, upper", "DELETE", _broker(f"/messages/subscriptions/{UUID.upper()}"), lambda s: {}),
+    ("unsubscribe, not a uuid", "DELETE", _broker("/messages/subscriptions/x"), lambda s: {}),
+    (
+        "unsubscribe, no token",
+        "DELETE",
+        _broker(f"/messages/subscriptions/{UUID}"),
+        lambda s: {"headers": {}},
+    ),
+    ("tags", "GET", lambda s: "/storage/local/tags", lambda s: {}),
+    ("tags, no token", "GET", lambda s: "/storage/local/tags", lambda s: {"headers": {}}),
+    (
+        "tags, empty bearer",
+        "GET",
+        lambda s: "/storage/local/tags",
+        lambda s: {"headers": {"Authorization": "Bearer "}},
+    ),
+    (
+        "tags, bad token",
+        "GET",
+        lambda s: "/storage/local/tags",
+        lambda s: {"headers": _auth(s, "node-1", "x")},
+    ),
+    ("final", "PUT", lambda s: "/storage/final", lambda s: {"files": {"file": ("r.txt", b"42")}}),
+    ("final/", "PUT", lambda s: "/storage/final/", lambda s: {"files": {"file": ("r.txt", b"42")}}),
+    ("final, no name", "PUT", lambda s: "/storage/final", lambda s: {"files": {"file": ("", b"4")}}),
+    ("final, bad name", "PUT", lambda s: "/storage/final", lambda s: {"files": {"file": ("..", b"4")}}),
+    ("final, no file", "PUT", lambda s: "/storage/final", lambda s: {"data": {"file": "x"}}),
+    (
+        "final, no token",
+        "PUT",
+        lambda s: "/storage/final",
+        lambda s: {"files": {"file": ("r", b"4")}, "headers": {}},
+    ),
+    (
+        "final, foreign token",
+        "PUT",
+        lambda s: "/storage/final",
+        lambda s: {"files": {"file": ("r", b"4")}, "headers": _auth(s, "node-1", _foreign(s, "node-1"))},
+    ),
+    ("stores", "GET", lambda s: f"/hub-adapter/kong/datastore/{s.project_id}", lambda s: {}),
+    (
+        "stores, detailed",
+        "GET",
+        lambda s: f"/hub-adapter/kong/datastore/{s.project_id}?detailed=true",
+        lambda s: {},
+    ),
+    (
+        "stores, detailed=1",
+        "GET",
+        lambda s: f"/hub-adapter/kong/datastore/{s.project_id}?detailed=1",
+        lambda s: {},
+    ),
+    (
+        "stores, detailed=x",
+        "GET",
+        lambda s: f"/hub-adapter/kong/datastore/{s.project_id}?detailed=x",
+        lambda s: {},
+    ),
+    (
+        "stores, no token",
+        "GET",
+        lambda s: f"/hub-adapter/kong/datastore/{s.project_id}",
+        lambda s: {"headers": {}},
+    ),
+    ("stores, POST", "POST", lambda s: f"/hub-adapter/kong/datastore/{s.project_id}", lambda s: {}),
+    ("s3 object", "GET", lambda s: "/kong/node-1-s3/s3/patients.csv", lambda s: {"headers": _key(s)}),
+    ("s3 list", "GET", lambda s: "/kong/node-1-s3/s3/?list-type=2", lambda s: {"headers": _key(s)}),
+    ("s3 missing", "GET", lambda s: "/kong/node-1-s3/s3/nothing.csv", lambda s: {"headers": _key(s)}),
+    ("s3 no key", "GET", lambda s: "/kong/node-1-s3/s3/patients.csv", lambda s: {}),
+    ("s3 HEAD", "HEAD", lambda s: "/kong/node-1-s3/s3/patients.csv", lambda s: {"headers": _key(s)}),
+    ("s3 PUT", "PUT", lambda s: "/kong/node-1-s3/s3/patients.csv", lambda s: {"headers": _key(s)}),
+    ("kong TRACE", "TRACE", lambda s: "/kong/node-1-s3/s3/patients.csv", lambda s: {"headers": _key(s)}),
+    ("kong unknown", "GET", lambda s: "/kong/nothing/s3/x", lambda s: {"headers": _key(s)}),
+    (
+        "fhir search",
+        "GET",
+        lambda s: "/kong/node-1-fhir/fhir/Patient?_count=2",
+        lambda s: {"headers": _key(s)},
+    ),
+]
+
+
+def _key(stack: FlameStack) -> dict[str, str]:
+    return {"apikey": stack.node("node-1").data_key}
+
+
+def _setup_pair() -> tuple[FlameStack, FlameStack]:
+    fast, slow = (
+        FlameStack.create(2, data_root=DATA, settings=StackSettings.fast(po_enabled=False), seed=5)
+        for _ in range(2)
+    )
+    _all_through_fastapi(slow)
+    return fast, slow
+
+
+def _without_random_ids(answer: tuple[int, dict[str, str], Any]) -> tuple[int, dict[str, str], Any]:
+    status, headers, body = answer
+    headers = {k: v for k, v in headers.items() if k not in ("x-kong-request-id", "x-amz-request-id")}
+    if "location" in headers:
+        headers["location"] = headers["location"].rpartition("/")[0]
+    if isinstance(body, (dict, list)):
+        body = _scrub(body)
+    elif isinstance(body, bytes):
+        body = re.sub(rb"<RequestId>[^<]*</RequestId>", b"", body)
+    return status, headers, body
+
+
+#: what differs between two stacks alike anyway: random ids (of subscriptions, requests, data sources,
+#: FHIR bundles) and the seconds the stacks were made in
+_RANDOM = frozenset(("subscriptionId", "request_id", "id", "meta", "created_at", "updated_at"))
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in _RANDOM}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("case", [c[0] for c in SETUP_CASES])
+async def test_start_up_requests_answer_as_the_routes(case: str) -> None:
+    _, method, path, build = next(c for c in SETUP_CASES if c[0] == case)
+    fast, slow = _setup_pair()
+    async with fast, slow:
+
+        async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
+            spec = build(stack)
+            headers = spec.pop("headers", _auth(stack, "node-1"))
+            return await client.request(method, path(stack), headers=headers, **spec)
+
+        mine, theirs = await _both(fast, slow, "node-1", send)
+        assert _without_random_ids(mine) == _without_random_ids(theirs)
+        effects = [
+            [
+                (
+                    e["kind"],
+                    e.get("node"),
+                    e.get("filename"),
+                    e.get("size"),
+                    e.get("status"),
+                    e.get("webhook"),
+                )
+                for e in stack.events.to_list()
+                if e["kind"].split(".")[0] in ("broker", "storage", "data")
+            ]
+            for stack in (fast, slow)
+        ]
+        assert effects[0] == effects[1]
+        assert await fast.final_results() == await slow.final_results()
+        subscriptions = [
+            [(s["analysisId"], s["webhookUrl"]) for s in stack.node("node-1").subscriptions.values()]
+            for stack in (fast, slow)
+        ]
+        assert subscriptions[0] == subscriptions[1]
+
+
+async def test_a_subscription_ends_as_through_the_route() -> None:
+    fast, slow = _pair()
+    async with fast, slow:
+        for stack in (fast, slow):
+            async with stack.client("node-1") as client:
+                path = f"/message-broker/analyses/{stack.analysis_id}/messages/subscriptions"
+                made = await client.post(
+                    path, json={"webhookUrl": "http://a/w"}, headers=_auth(stack, "node-1")
+                )
+                sid = made.json()["subscriptionId"]
+                assert made.headers["location"].endswith(
+                    f"/analyses/{stack.analysis_id}/messages/subscriptions/{sid}"
+                )
+                gone = await client.delete(f"{path}/{sid.upper()}", headers=_auth(stack, "node-1"))
+                assert (gone.status_code, gone.headers.get("content-length"), gone.content) == (
+                    204,
+                    None,
+                    b"",
+                )
+            assert stack.node("node-1").subscriptions == {}
+            assert [
+                e["subscription_ids"] for e in stack.events.to_list() if e["kind"] == "broker.unsubscribed"
+            ] == [[sid]]
+
+
+async def test_the_participant_list_is_encoded_once_until_the_nodes_change() -> None:
+    stack = FlameStack.create(2, settings=StackSettings.fast(po_enabled=False))
+    first = stack.broker.participants_body()
+    assert stack.broker.participants_body() is first
+    assert json.loads(first) == [n.participant() for n in stack.nodes.values()]
+    stack.nodes.pop("node-2")
+    assert json.loads(stack.broker.participants_body()) == [n.participant() for n in stack.nodes.values()]
+
+
+#: run in a fresh interpreter: ``flame sim`` of the demo and a 3-node ``flame.simulate`` (no FastAPI,
+#: no pydantic), then one refused request on a fast stack and on a stack served only by FastAPI
+_NO_WEB_FRAMEWORK = """
+import asyncio, json, sys, tempfile
+import flame
+from flame.cli import main
+from flame.sim import FlameStack, StackSettings
+
+report = tempfile.mkdtemp() + "/report.json"
+assert main(["sim", "examples/mean_std/analysis.py", "--data", "examples/data", "--report", report]) == 0
+flame.simulate("examples/mean_std/analysis.py", data="examples/data", nodes=3)
+before = sorted(m for m in ("fastapi", "pydantic") if m in sys.modules)
+
+async def refused(through_fastapi):
+    stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False), seed=3)
+    if through_fastapi:
+        stack.app._fast.clear()
+        stack.app._fast_by_parent.clear()
+        stack.app._fast_by_service.clear()
+    async with stack, stack.client("node-1") as client:
+        answers = []
+        for method, path, headers in (
+            ("GET", f"/message-broker/analyses/{stack.analysis_id}/participants", {}),
+            ("GET", "/storage/local/tags", {"Authorization": "Bearer x"}),
+            ("POST", "/po/stream_logs", {"Authorization": f"Bearer {stack.node('node-1').token}"}),
+        ):
+            answer = await client.request(method, path, headers=headers, json={"log": 1})
+            answers.append([answer.status_code, sorted(answer.headers.items()), answer.text])
+        return answers
+
+fast = asyncio.run(refused(False))
+after = sorted(m for m in ("fastapi", "pydantic") if m in sys.modules)
+print(json.dumps({"before": before, "after": after, "fast": fast, "route": asyncio.run(refused(True))}))
+"""
+
+
+@pytest.mark.integration
+def test_a_run_never_imports_fastapi_and_a_refusal_still_gets_the_routes_answer() -> None:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_WEB_FRAMEWORK], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["before"] == []
+    assert seen["after"] == ["fastapi", "pydantic"]
+    assert [a[0] for a in seen["fast"]] == [401, 403, 422]
+    assert seen["fast"] == seen["route"]
 
 
 async def test_the_hot_requests_never_reach_the_fastapi_apps() -> None:

@@ -79,7 +79,8 @@ def test_the_author_api_and_flame_sim_load_no_s3_client() -> None:
 
 
 async def test_stack_builds_each_service_app_when_first_reached() -> None:
-    """A stack builds a service's app on the first request to it, not up front; then keeps it."""
+    """A stack builds a service's app on the first request that falls through to it, not up front; then
+    keeps it."""
     async with FlameStack.create(1) as stack:
         assert dict(stack.service_apps) == {}
         async with stack.client("node-1") as client:
@@ -91,6 +92,9 @@ async def test_stack_builds_each_service_app_when_first_reached() -> None:
                 headers={"Authorization": f"Bearer {stack.node('node-1').token}"},
             )
             assert response.status_code == 200, response.text
+            assert dict(stack.service_apps) == {}  # answered by the sidecar's plain handler
+            response = await client.get(f"/message-broker/analyses/{stack.analysis_id}/participants/self")
+            assert response.status_code == 401  # a refusal is the broker app's
         assert set(stack.service_apps) == {"message-broker"}
         broker_app = stack.service_apps["message-broker"]
         assert stack.service_apps["message-broker"] is broker_app

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import HTTPException
+from starlette.exceptions import HTTPException
 
 from flame.sim.stack import FlameStack
 from flame.sim.storage import check_filename, register_analysis, unregister_analysis

@@ -1,11 +1,12 @@
 """Plain ASGI plumbing for the stack's hot endpoints.
 
 The emulated services are FastAPI apps, whose routing, middleware and parameter validation cost more
-per request than the work of a message send, a local result upload or a log line. The sidecar serves
-those few endpoints from plain handlers (:data:`FastHandler`) instead, for the requests they can
-answer in full: a valid token, a well-formed body, nothing refused. Any other request goes to the
-service's FastAPI app with the body read so far handed on unchanged (:func:`replay`), so every refusal
-keeps the status, body and headers of the FastAPI route.
+per request than the work of a message send, a local result upload or a log line, and whose import
+and route building cost more than a small federation's whole run. The sidecar serves every request a
+run makes from plain handlers (:data:`FastHandler`) instead, for the requests they can answer in
+full: a valid token, a well-formed body, nothing refused. Any other request goes to the service's
+FastAPI app with the body read so far handed on unchanged (:func:`replay`), so every refusal keeps the
+status, body and headers of the FastAPI route; FastAPI is imported when the first such request comes.
 """
 
 from __future__ import annotations
@@ -131,14 +132,27 @@ def _reject_constant(name: str) -> Any:
 
 
 async def send_empty(send: Send, status: int) -> None:
-    """An answer without a body (``Content-Length: 0``, as Starlette's ``Response``)."""
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+    """An answer without a body, with the headers Starlette's ``Response`` gives one.
+
+    ``Content-Length: 0``, except for the statuses that never have a body (1xx, 204, 304): none.
+    """
+    headers = [] if status < 200 or status in (204, 304) else [(b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
 
 
-async def send_json(send: Send, value: Any, status: int = 200) -> None:
-    """A JSON answer encoded as Starlette's ``JSONResponse`` does."""
+async def send_json(
+    send: Send, value: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A JSON answer encoded as Starlette's ``JSONResponse`` does (``headers`` first, as it puts them)."""
     body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send_encoded_json(send, body, status, headers)
+
+
+async def send_encoded_json(
+    send: Send, body: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """An answer of JSON already encoded, with the headers of :func:`send_json`."""
+    head = [*(headers or ()), (b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})

@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-from fastapi import Depends, FastAPI, Request
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
@@ -59,6 +60,8 @@ from flame.sim.proxy import call_asgi
 from flame.waits import bounded
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from flame.sim.node import SimNode
     from flame.sim.stack import FlameStack
 
@@ -120,6 +123,36 @@ class Broker:
         #: webhook URLs parsed once: httpx parses a URL string on every request otherwise
         self._webhooks: dict[str, httpx.URL] = {}
         self._slots: asyncio.Semaphore | None = None  # made on the loop that delivers
+        # Every node asks for the whole list at start-up: with n nodes, n lists of n entries. The
+        # encoded list is kept while the stack's nodes are the same (a node's id and role never change).
+        self._listed: tuple[tuple[SimNode, ...], bytes] | None = None
+
+    def participants_body(self) -> bytes:
+        """``GET .../participants``'s answer: every node of the stack as JSON, encoded once."""
+        nodes = tuple(self.stack.nodes.values())
+        listed = self._listed
+        if listed is None or listed[0] != nodes:  # element by element, identity first
+            body = json.dumps([n.participant() for n in nodes], separators=(",", ":")).encode()
+            listed = self._listed = (nodes, body)
+        return listed[1]
+
+    def subscribe(self, node: SimNode, analysis_id: str, url: str) -> dict[str, str]:
+        """Subscribe webhook ``url`` at ``node`` (already validated); the new subscription."""
+        sid = str(uuid.uuid4())
+        subscription = {"subscriptionId": sid, "analysisId": analysis_id, "webhookUrl": url}
+        with node.lock:
+            node.subscriptions[sid] = subscription
+        self.stack.events.record(
+            "broker.subscribed", node.name, subscription_id=sid, webhook=url, deployment=node.deployment_name
+        )
+        return subscription
+
+    def unsubscribe(self, node: SimNode, sid: str) -> None:
+        """Remove subscription ``sid`` (a canonical UUID) of ``node``, if there is one."""
+        with node.lock:
+            existed = node.subscriptions.pop(sid, None) is not None
+        if existed:
+            self.stack.events.record("broker.unsubscribed", node.name, subscription_ids=[sid])
 
     @property
     def pending(self) -> int:
@@ -385,6 +418,8 @@ class _ClientError(Exception):
 
 def create_app(stack: FlameStack) -> FastAPI:
     """The broker REST API of every node of ``stack`` (paths as the real node message broker sees them)."""
+    from fastapi import Depends, FastAPI
+
     app = FastAPI(
         title="flame emulated message broker",
         openapi_url=None,
@@ -403,13 +438,8 @@ def create_app(stack: FlameStack) -> FastAPI:
         url = body.get("webhookUrl") if isinstance(body, dict) else None
         if not isinstance(url, str) or not _absolute_http_url(url):
             raise _ClientError(400, "webhookUrl must be an absolute http(s) URL")
-        sid = str(uuid.uuid4())
-        subscription = {"subscriptionId": sid, "analysisId": analysis_id, "webhookUrl": url}
-        with node.lock:
-            node.subscriptions[sid] = subscription
-        current_stack(request).events.record(
-            "broker.subscribed", node.name, subscription_id=sid, webhook=url, deployment=node.deployment_name
-        )
+        subscription = current_stack(request).broker.subscribe(node, analysis_id, url)
+        sid = subscription["subscriptionId"]
         location = (
             f"{request.url.scheme}://{request.url.netloc}/analyses/{analysis_id}/messages/subscriptions/{sid}"
         )
@@ -445,11 +475,7 @@ def create_app(stack: FlameStack) -> FastAPI:
     @app.delete(subscriptions + "/{subscription_id}", status_code=204)
     async def delete_subscription(analysis_id: str, subscription_id: str, request: Request) -> Response:
         node = current_node(request)
-        sid = _subscription_id(subscription_id)
-        with node.lock:
-            existed = node.subscriptions.pop(sid, None) is not None
-        if existed:
-            current_stack(request).events.record("broker.unsubscribed", node.name, subscription_ids=[sid])
+        current_stack(request).broker.unsubscribe(node, _subscription_id(subscription_id))
         return Response(status_code=204)
 
     @app.post("/analyses/{analysis_id}/messages", status_code=202)
@@ -482,18 +508,9 @@ def create_app(stack: FlameStack) -> FastAPI:
         stack_.broker.accept(node, partners, body["message"], broadcast=True)
         return Response(status_code=202)
 
-    # Every node asks for the whole list at start-up: with n nodes, n lists of n entries. The encoded
-    # list is kept while the stack's nodes are the same (a node's id and role never change).
-    listed: dict[str, tuple[tuple[SimNode, ...], bytes]] = {}
-
     @app.get("/analyses/{analysis_id}/participants", response_model=list[dict[str, str]])
     async def participants(analysis_id: str, request: Request) -> Response:
-        nodes = tuple(current_stack(request).nodes.values())
-        known = listed.get("nodes")
-        if known is None or known[0] != nodes:  # element by element, identity first
-            body = json.dumps([n.participant() for n in nodes], separators=(",", ":")).encode()
-            known = listed["nodes"] = (nodes, body)
-        return Response(known[1], media_type="application/json")
+        return Response(current_stack(request).broker.participants_body(), media_type="application/json")
 
     @app.get("/analyses/{analysis_id}/participants/self")
     async def participant_self(analysis_id: str, request: Request) -> dict[str, str]:
@@ -553,6 +570,66 @@ async def fast_send(
         return
     stack.broker.accept(node, recipients, message, broadcast=scope["path"].endswith("/broadcast"))
     await asgi.send_empty(send, 202)
+
+
+async def fast_setup(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """What every node asks its broker at start-up and stop, as plain ASGI (see :mod:`flame.sim.asgi`).
+
+    ``GET .../participants`` (the encoded list kept by :meth:`Broker.participants_body`),
+    ``GET .../participants/self``, ``POST .../messages/subscriptions`` and
+    ``DELETE .../messages/subscriptions/{id}``; anything the routes would refuse goes to the broker app.
+    """
+    token = asgi.bearer(scope)
+    method, path = scope["method"], scope["path"]
+    if token is None or not _valid_for(node, token):
+        await fallback()(scope, receive, send)
+    elif method == "GET" and path.endswith("/participants"):
+        await asgi.send_encoded_json(send, stack.broker.participants_body())
+    elif method == "GET" and path.endswith("/participants/self"):
+        await asgi.send_json(send, node.participant())
+    elif method == "DELETE":
+        sid = path.rpartition("/")[2]
+        if not _UUID.match(sid):
+            await fallback()(scope, receive, send)
+            return
+        stack.broker.unsubscribe(node, str(uuid.UUID(sid)))
+        await asgi.send_empty(send, 204)
+    else:
+        await _fast_subscribe(stack, node, scope, receive, send, fallback)
+
+
+async def _fast_subscribe(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    url: Any = None
+    body, complete, pending = b"", False, None
+    if asgi.is_json(scope) and asgi.announced_length(scope) is not None:
+        body, complete, pending = await asgi.read_body(receive)
+        if complete:
+            try:
+                parsed = asgi.parse_json(body)
+            except ValueError:
+                parsed = None
+            url = parsed.get("webhookUrl") if isinstance(parsed, dict) else None
+    if not isinstance(url, str) or not _absolute_http_url(url):
+        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+        return
+    subscription = stack.broker.subscribe(node, node.analysis_id, url)
+    base = URL(scope=scope)
+    location = f"{base.scheme}://{base.netloc}{scope['path']}/{subscription['subscriptionId']}"
+    await asgi.send_json(send, subscription, 201, [(b"location", location.encode("latin-1"))])
 
 
 def _valid_for(node: SimNode, token: str) -> bool:

@@ -42,23 +42,31 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from fastapi import Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from flame.sim.auth import current_node, service_claims
+from flame.sim import asgi
+from flame.sim.asgi import ASGIApp, Receive, Scope, Send
+from flame.sim.auth import analysis_mismatch, current_node, service_claims
 from flame.sim.fhir_search import FHIR_JSON, FhirLoadError, FhirStore, operation_outcome
+from flame.sim.issuer import InvalidToken
 from flame.sim.node import DataSource, SimNode
 from flame.sim.proxy import forward
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fastapi import FastAPI
+
     from flame.sim.stack import FlameStack
 
 #: Kong's answer when no route matches.
@@ -144,28 +152,58 @@ def kong_route(source: DataSource, project_id: str, created_at: int) -> dict[str
 
 def create_hub_adapter_app(stack: FlameStack) -> FastAPI:
     """The hub adapter of every node: only ``GET /kong/datastore/{project_id}`` gets through the sidecar."""
-    app = FastAPI(title="emulated hub adapter", openapi_url=None, docs_url=None, redoc_url=None)
-    created_at = int(time.time())
+    from fastapi import Depends, FastAPI
 
-    @app.get("/kong/datastore/{project_id}")
-    async def list_data_stores(
-        request: Request,
-        project_id: str,
-        claims: Annotated[dict[str, Any], Depends(service_claims)],
-        detailed: bool = False,
-    ) -> dict[str, Any]:
-        node = current_node(request)
-        # The hub adapter lists Kong services by the project tag: another project has none here.
-        sources = node.sources if project_id == stack.project_id else []
-        services = []
-        for source in sources:
-            service = kong_service(source, stack.project_id, created_at)
-            service["routes"] = [kong_route(source, stack.project_id, created_at)] if detailed else []
-            services.append(service)
-        stack.events.record("data.list", node.name, project_id=project_id, sources=[s.name for s in sources])
-        return {"data": services, "next": None}
+    app = FastAPI(title="emulated hub adapter", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/kong/datastore/{project_id}", dependencies=[Depends(service_claims)])
+    async def list_data_stores(request: Request, project_id: str, detailed: bool = False) -> dict[str, Any]:
+        return data_stores(stack, current_node(request), project_id, detailed)
 
     return app
+
+
+def data_stores(stack: FlameStack, node: SimNode, project_id: str, detailed: bool) -> dict[str, Any]:
+    """``GET /kong/datastore/{project_id}``'s answer at ``node`` (the route checked the token)."""
+    # The hub adapter lists Kong services by the project tag: another project has none here.
+    sources = node.sources if project_id == stack.project_id else []
+    services = []
+    for source in sources:
+        service = kong_service(source, stack.project_id, stack.created_at)
+        service["routes"] = [kong_route(source, stack.project_id, stack.created_at)] if detailed else []
+        services.append(service)
+    stack.events.record("data.list", node.name, project_id=project_id, sources=[s.name for s in sources])
+    return {"data": services, "next": None}
+
+
+async def fast_data_stores(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """``GET /kong/datastore/{project_id}`` as plain ASGI (see :mod:`flame.sim.asgi`): the answer for a
+    valid token and a plain ``detailed`` flag (or none); anything else goes to the hub adapter app."""
+    detailed = _PLAIN_FLAGS.get(scope.get("query_string", b""))
+    token = asgi.bearer(scope)
+    if detailed is None or token is None or not _token_valid(node, token):
+        await fallback()(scope, receive, send)
+        return
+    await asgi.send_json(send, data_stores(stack, node, scope["path"].rpartition("/")[2], detailed))
+
+
+#: the query strings the plain handler of the data stores reads itself: ``detailed`` as SDKs send it
+_PLAIN_FLAGS = {b"": False, b"detailed=false": False, b"detailed=true": True}
+
+
+def _token_valid(node: SimNode, token: str) -> bool:
+    try:
+        claims = node.issuer.verify(token)
+    except InvalidToken:
+        return False
+    return analysis_mismatch(claims, node.analysis_id) is None
 
 
 # -- Kong ------------------------------------------------------------------------------------------------
@@ -173,21 +211,59 @@ def create_hub_adapter_app(stack: FlameStack) -> FastAPI:
 
 def create_kong_app(stack: FlameStack) -> FastAPI:
     """Kong's proxy of every node: the node's data sources under ``/{name}/fhir`` and ``/{name}/s3``."""
-    app = FastAPI(title="emulated Kong", openapi_url=None, docs_url=None, redoc_url=None)
-    fhir_stores = _FhirStores()
-    buckets: dict[str, FolderBucket] = {}
-    buckets_lock = threading.Lock()
+    from fastapi import FastAPI
 
-    def bucket_of(source: DataSource) -> FolderBucket:
+    app = FastAPI(title="emulated Kong", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.api_route("/{path:path}", methods=list(_KONG_METHODS))
+    async def proxy(request: Request, path: str) -> Response:
+        return await _kong_of(stack).answer(request, path)
+
+    return app
+
+
+#: the methods Kong's routes take here (any other gets the app's 405)
+_KONG_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def fast_kong(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """Kong as plain ASGI (see :mod:`flame.sim.asgi`): the same answers as :func:`create_kong_app`'s
+    route, which takes every path; a method it does not route goes to the app."""
+    if scope["method"] not in _KONG_METHODS:
+        await fallback()(scope, receive, send)
+        return
+    request = Request(scope, receive)
+    response = await _kong_of(stack).answer(request, scope["path"][1:])
+    await response(scope, receive, send)
+
+
+class _Kong:
+    """Kong's state for one stack: the data sources' FHIR stores and S3 folder buckets."""
+
+    def __init__(self, stack: FlameStack) -> None:
+        self.stack = stack
+        self.fhir_stores = _FhirStores()
+        self.buckets: dict[str, FolderBucket] = {}
+        self.buckets_lock = threading.Lock()
+
+    def bucket_of(self, source: DataSource) -> FolderBucket:
         assert source.folder is not None
-        with buckets_lock:
-            bucket = buckets.get(source.id)
+        with self.buckets_lock:
+            bucket = self.buckets.get(source.id)
             if bucket is None:
-                bucket = buckets[source.id] = FolderBucket(source.name, Path(source.folder))
+                bucket = self.buckets[source.id] = FolderBucket(source.name, Path(source.folder))
             return bucket
 
-    @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
-    async def proxy(request: Request, path: str) -> Response:
+    async def answer(self, request: Request, path: str) -> Response:
+        """Kong's answer to ``request`` for ``path`` (``{source}/{kind}/...``) at the request's node."""
+        stack = self.stack
         node = current_node(request)
         name, _, rest = path.partition("/")
         kind, slash, tail = rest.partition("/")
@@ -204,15 +280,24 @@ def create_kong_app(stack: FlameStack) -> FastAPI:
                 response = kong_error(503, "Service unavailable")
             elif kind == "fhir":
                 base = f"{_external_base(request, stack, node)}/kong/{source.name}/fhir"
-                response = await _serve_fhir_folder(request, source, tail, base, fhir_stores)
+                response = await _serve_fhir_folder(request, source, tail, base, self.fhir_stores)
             else:
-                response = await _serve_s3_folder(request, bucket_of(source), tail)
+                response = await _serve_s3_folder(request, self.bucket_of(source), tail)
         stack.events.record(
             f"data.{kind}", node.name, source=source.name, query=event_query, status=response.status_code
         )
         return response
 
-    return app
+
+#: stack -> its Kong's state, shared by the FastAPI app and :func:`fast_kong`
+_KONGS: weakref.WeakKeyDictionary[FlameStack, _Kong] = weakref.WeakKeyDictionary()
+
+
+def _kong_of(stack: FlameStack) -> _Kong:
+    kong = _KONGS.get(stack)
+    if kong is None:
+        kong = _KONGS[stack] = _Kong(stack)
+    return kong
 
 
 def kong_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -38,19 +38,19 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field, ValidationError
 
 from flame.sim import asgi
 from flame.sim.asgi import ASGIApp, Receive, Scope, Send
-from flame.sim.auth import analysis_mismatch, current_node, po_claims
+from flame.sim.auth import analysis_mismatch
 from flame.sim.issuer import InvalidToken
 from flame.waits import bounded
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from flame.sim.node import SimNode
     from flame.sim.stack import FlameStack
 
@@ -59,14 +59,30 @@ STATUSES = ("starting", "started", "executing", "executed", "stuck", "stopping",
 FINAL_STATUSES = ("executed", "failed", "stopped")
 
 
-class LogEntry(BaseModel):
-    """The body of ``POST /po/stream_logs``."""
+#: the fields of a log entry (``POST /po/stream_logs``), in order: see :func:`plain_entry`
+LOG_FIELDS = ("log", "log_type", "analysis_id", "status", "progress")
+LOG_TYPES = frozenset(get_args(LogType))
 
-    log: str
-    log_type: LogType
-    analysis_id: str
-    status: str
-    progress: int = Field(ge=0, le=100)
+
+def plain_entry(value: Any) -> dict[str, Any] | None:
+    """The log entry of a parsed body when it is plainly valid; None when only the route can tell.
+
+    Plainly valid: strings where the entry has strings, a known ``log_type``, an ``int`` progress
+    within 0..100. Anything else (a number written as a string, a missing field) is the route's to
+    judge with its model, which accepts some of it and refuses the rest with its own answer.
+    """
+    if not isinstance(value, dict):
+        return None
+    entry = {name: value.get(name) for name in LOG_FIELDS}
+    progress = entry["progress"]
+    if (
+        not all(isinstance(entry[name], str) for name in LOG_FIELDS[:4])
+        or entry["log_type"] not in LOG_TYPES
+        or type(progress) is not int
+        or not 0 <= progress <= 100
+    ):
+        return None
+    return entry
 
 
 @dataclass
@@ -218,20 +234,20 @@ class PodOrchestrator:
 
     # -- logs -----------------------------------------------------------------------------------------
 
-    async def receive_log(self, node: SimNode, entry: LogEntry) -> None:
+    async def receive_log(self, node: SimNode, entry: dict[str, Any]) -> None:
+        """Take a validated log entry of ``node`` (the fields of :data:`LOG_FIELDS`)."""
         record = self.records[node.name]
-        record.logs.append(entry.model_dump())
-        if entry.status in STATUSES and record.status not in FINAL_STATUSES:
-            record.status = entry.status
-        if entry.status == "executing":
+        record.logs.append(entry)
+        status, progress = entry["status"], entry["progress"]
+        if status in STATUSES and record.status not in FINAL_STATUSES:
+            record.status = status
+        if status == "executing":
             record.executing = True
-        if entry.progress < record.progress:
-            self.stack.events.record(
-                "po.progress_decreased", node.name, was=record.progress, now=entry.progress
-            )
-        record.progress = max(record.progress, entry.progress)
+        if progress < record.progress:
+            self.stack.events.record("po.progress_decreased", node.name, was=record.progress, now=progress)
+        record.progress = max(record.progress, progress)
         self.stack.events.record(
-            "po.log", node.name, log_type=entry.log_type, status=entry.status, progress=entry.progress
+            "po.log", node.name, log_type=entry["log_type"], status=status, progress=progress
         )
         self._bump()
 
@@ -393,17 +409,17 @@ async def fast_stream_logs(
 ) -> None:
     """``POST /stream_logs`` as plain ASGI (see :mod:`flame.sim.asgi`): a valid entry is taken here,
     anything else goes to the PO app."""
-    entry: LogEntry | None = None
+    entry: dict[str, Any] | None = None
     body, complete, pending = b"", False, None
     token = asgi.bearer(scope)
     if token is not None and asgi.is_json(scope) and asgi.announced_length(scope) is not None:
         body, complete, pending = await asgi.read_body(receive)
         if complete and _token_valid(node, token):
             try:
-                entry = LogEntry.model_validate(asgi.parse_json(body))
-            except (ValueError, ValidationError):
+                entry = plain_entry(asgi.parse_json(body))
+            except ValueError:
                 entry = None
-            if entry is not None and entry.analysis_id != node.analysis_id:
+            if entry is not None and entry["analysis_id"] != node.analysis_id:
                 entry = None
     if entry is None:
         await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
@@ -421,18 +437,7 @@ def _token_valid(node: SimNode, token: str) -> bool:
 
 
 def create_app(stack: FlameStack) -> FastAPI:
-    """The PO's API as the sidecar exposes it: ``POST /stream_logs`` (prefix ``/po`` stripped)."""
-    app = FastAPI(title="emulated pod orchestrator", openapi_url=None, docs_url=None, redoc_url=None)
+    """The PO's API as a FastAPI app (see :mod:`flame.sim.po_app`)."""
+    from flame.sim.po_app import create_app
 
-    @app.post("/stream_logs")
-    async def stream_logs(
-        entry: LogEntry, request: Request, claims: dict[str, Any] = Depends(po_claims)
-    ) -> dict[str, str]:
-        node = current_node(request)
-        if entry.analysis_id != node.analysis_id:
-            detail = f"Forbidden: this sidecar serves analysis {node.analysis_id}, not {entry.analysis_id}"
-            raise HTTPException(403, detail)
-        await stack.po.receive_log(node, entry)
-        return {"status": "ok"}
-
-    return app
+    return create_app(stack)

@@ -97,6 +97,8 @@ class FlameStack:
             if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", name):
                 raise ValueError(f"node name {name!r}: use lowercase letters, digits and '-'")
         self.seed = seed
+        #: when the stack's data services were set up (Kong's ``created_at``, Unix seconds)
+        self.created_at = int(time.time())
         self.rng = random.Random(seed)
         self.analysis_id = analysis_id or str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         self.project_id = project_id or str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -514,15 +516,30 @@ class StackApp:
             )
             for service, pattern in _ALLOWED.items()
         }
-        messages = f"/analyses/{stack.analysis_id}/messages"
-        #: (service, method, path) -> its plain handler (see flame.sim.asgi), for the hot endpoints
+        analysis = f"/analyses/{stack.analysis_id}"
+        messages = analysis + "/messages"
+        #: (service, method, path) -> its plain handler (see flame.sim.asgi), for every request a run
+        #: makes: the services' FastAPI apps are built (and FastAPI imported) only for the rest
         self._fast: dict[tuple[str, str, str], FastHandler] = {
             ("message-broker", "POST", messages): broker.fast_send,
             ("message-broker", "POST", messages + "/broadcast"): broker.fast_send,
+            ("message-broker", "GET", analysis + "/participants"): broker.fast_setup,
+            ("message-broker", "GET", analysis + "/participants/self"): broker.fast_setup,
+            ("message-broker", "POST", messages + "/subscriptions"): broker.fast_setup,
             ("storage", "PUT", "/local"): storage.fast_put_local,
             ("storage", "PUT", "/local/"): storage.fast_put_local,
+            ("storage", "PUT", "/final"): storage.fast_put_final,
+            ("storage", "PUT", "/final/"): storage.fast_put_final,
+            ("storage", "GET", "/local/tags"): storage.fast_get_tags,
+            ("hub-adapter", "GET", f"/kong/datastore/{stack.project_id}"): data.fast_data_stores,
             ("po", "POST", "/stream_logs"): po.fast_stream_logs,
         }
+        #: paths with an id at the end: (service, method, path up to the id) -> its plain handler
+        self._fast_by_parent: dict[tuple[str, str, str], FastHandler] = {
+            ("message-broker", "DELETE", messages + "/subscriptions"): broker.fast_setup,
+        }
+        #: services answered by a plain handler whatever the path
+        self._fast_by_service: dict[str, FastHandler] = {"kong": data.fast_kong}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -552,7 +569,8 @@ class StackApp:
         if host.startswith("nginx-") and host != node.host:
             await _plain(scope, receive, send, 502, f"no pod answers for {host} on {name}")
             return
-        if stack.faults.offline(node.name, stack.now()):
+        faults = stack.faults
+        if faults.rules and faults.offline(node.name, stack.now()):
             await _plain(scope, receive, send, 502, f"the pod of {node.name} is offline")
             return
         if path == "/healthz":
@@ -562,7 +580,7 @@ class StackApp:
         if service is None or not self._allowed[service].match(tail):
             await _plain(scope, receive, send, 404, "not routed by the sidecar")
             return
-        status = stack.faults.outage(service, node.name, stack.now())
+        status = faults.outage(service, node.name, stack.now()) if faults.rules else None
         if status is not None:
             stack.events.record("fault.outage", node.name, service=service, status=status, path=tail)
             await _plain(scope, receive, send, status, "service unavailable (injected)")
@@ -579,6 +597,10 @@ class StackApp:
             await _forward_to_analysis(stack, node, inner, receive, send)
             return
         fast = self._fast.get((service, scope["method"], tail))
+        if fast is None:
+            fast = self._fast_by_parent.get((service, scope["method"], tail.rpartition("/")[0]))
+        if fast is None:
+            fast = self._fast_by_service.get(service)
         if fast is not None:
             await fast(stack, node, inner, receive, send, lambda: stack.service_apps[service])
         else:

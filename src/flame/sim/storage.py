@@ -75,22 +75,24 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from fractions import Fraction
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from starlette.datastructures import FormData, Headers
 from starlette.datastructures import UploadFile as StarletteUploadFile
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from flame.disclosure.dp import laplace_noise
-from flame.sim import asgi, intermediate_crypto
+from flame.sim import asgi
 from flame.sim.asgi import ASGIApp
-from flame.sim.auth import analysis_mismatch, current_node, service_claims
+from flame.sim.auth import analysis_mismatch
 from flame.sim.backends import check_key
 from flame.sim.issuer import InvalidToken
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from flame.sim.backends import StorageBackend
     from flame.sim.node import SimNode
     from flame.sim.stack import FlameStack
@@ -103,8 +105,6 @@ LOCALDP_MAX_BYTES = 4096
 DEFAULT_FILENAME = "data.bin"
 #: Longest result file name (bytes of UTF-8): what common file systems and the hub's name column hold.
 MAX_FILENAME_BYTES = 255
-
-Claims = Annotated[dict[str, Any], Depends(service_claims)]
 
 # analysis id -> project id of every analysis that has buckets (see the module docstring).
 _ANALYSES: dict[str, str] = {}
@@ -376,6 +376,22 @@ class _Service:
         await self.backend.put(key, upload.file, size)
         return size
 
+    async def put_final(self, node: SimNode, analysis_id: str, upload: StarletteUploadFile) -> None:
+        """``PUT /final``: store the upload as a final result of ``analysis_id``."""
+        filename = check_filename(upload.filename)
+        self.require_bucket(analysis_id, "Result")
+        size = await self.put_upload(final_prefix(analysis_id) + filename, upload)
+        self.record("storage.upload", node, area="final", size=size, filename=filename)
+        self.record(
+            "storage.final", node, analysis_id=analysis_id, filename=filename, size=size, localdp=False
+        )
+
+    async def tags(self, node: SimNode, project: str, base_url: str) -> dict[str, Any]:
+        """``GET /local/tags``'s answer: the tags of ``node``'s local results, in alphabetical order."""
+        prefix = node_project_prefix(node.node_id, project) + "tags/"
+        names = sorted({key[len(prefix) :].split("/", 1)[0] for key in await self.backend.list(prefix)})
+        return {"tags": [{"name": name, "url": f"{base_url}/local/tags/{name}"} for name in names]}
+
     def check_local(self, analysis_id: str, upload: StarletteUploadFile, tag: str | None) -> tuple[str, str]:
         """What ``PUT /local`` refuses before it stores anything; returns (project, filename)."""
         project = self.project(analysis_id)
@@ -438,6 +454,31 @@ async def fast_put_local(
 ) -> None:
     """``PUT /local`` as plain ASGI (see :mod:`flame.sim.asgi`): a small upload the route would store is
     stored here; anything else (a refusal, a large or unannounced body) goes to the storage app."""
+    await _fast_upload(stack, node, scope, receive, send, fallback, final=False)
+
+
+async def fast_put_final(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """``PUT /final`` as plain ASGI, as :func:`fast_put_local` (204 for a stored result)."""
+    await _fast_upload(stack, node, scope, receive, send, fallback, final=True)
+
+
+async def _fast_upload(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+    *,
+    final: bool,
+) -> None:
     body, complete, pending = b"", False, None
     token = asgi.bearer(scope)
     answer: dict[str, str] | None = None
@@ -445,11 +486,31 @@ async def fast_put_local(
         body, complete, pending = await asgi.read_body(receive)
         analysis_id = _analysis_of(node, token) if complete else None
         if analysis_id is not None:
-            answer = await _put_local_form(stack, node, scope, body, analysis_id)
+            answer = await _put_form(stack, node, scope, body, analysis_id, final)
     if answer is None:
         await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+    elif final:
+        await asgi.send_empty(send, 204)
+    else:
+        await asgi.send_json(send, answer)
+
+
+async def fast_get_tags(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """``GET /local/tags`` as plain ASGI: the answer for a valid token, anything else to the storage app."""
+    token = asgi.bearer(scope)
+    analysis_id = _analysis_of(node, token) if token is not None else None
+    project = project_of(stack, analysis_id) if analysis_id is not None else None
+    if project is None:
+        await fallback()(scope, receive, send)
         return
-    await asgi.send_json(send, answer)
+    await asgi.send_json(send, await _service_of(stack).tags(node, project, _base_url_of(scope)))
 
 
 def _analysis_of(node: SimNode, token: str) -> str | None:
@@ -461,10 +522,11 @@ def _analysis_of(node: SimNode, token: str) -> str | None:
     return None if analysis_mismatch(claims, node.analysis_id) is not None else str(claims["client_id"])
 
 
-async def _put_local_form(
-    stack: FlameStack, node: SimNode, scope: Scope, body: bytes, analysis_id: str
+async def _put_form(
+    stack: FlameStack, node: SimNode, scope: Scope, body: bytes, analysis_id: str, final: bool
 ) -> dict[str, str] | None:
-    """Parse the form of ``PUT /local`` and store it as the route does; None where the route refuses."""
+    """Parse the form of ``PUT /local`` (``/final``) and store it as the route does; the answer (``{}``
+    for ``/final``), or None where the route refuses."""
     content_type = asgi.header(scope, b"content-type") or b""
     if not content_type.lower().startswith(b"multipart/form-data"):
         return None
@@ -481,9 +543,16 @@ async def _put_local_form(
             return None
         service = _service_of(stack)
         try:
-            service.check_local(analysis_id, upload, tag)
+            if final:
+                check_filename(upload.filename)
+                service.require_bucket(analysis_id, "Result")
+            else:
+                service.check_local(analysis_id, upload, tag)
         except HTTPException:
             return None
+        if final:
+            await service.put_final(node, analysis_id, upload)
+            return {}
         return await service.put_local(node, analysis_id, upload, tag, _base_url_of(scope))
     finally:
         await form.close()
@@ -567,271 +636,10 @@ def _base_url_of(scope: Scope) -> str:
 
 
 def create_app(stack: FlameStack) -> FastAPI:
-    """The storage service of every node of ``stack`` (the node comes from the request scope)."""
-    register_analysis(stack.analysis_id, stack.project_id)
-    service = _service_of(stack)
-    app = FastAPI(
-        title="FLAME node storage service (emulated)",
-        openapi_url=None,
-        docs_url=None,
-        redoc_url=None,
-        redirect_slashes=False,
-    )
+    """The storage service of every node of ``stack`` as a FastAPI app (see :mod:`flame.sim.storage_app`)."""
+    from flame.sim.storage_app import create_app
 
-    # -- final results ------------------------------------------------------------------------------
-
-    @app.put("/final", status_code=204)
-    @app.put("/final/", status_code=204, include_in_schema=False)
-    async def put_final(request: Request, claims: Claims, file: Annotated[UploadFile, File()]) -> Response:
-        node = current_node(request)
-        analysis_id = str(claims["client_id"])
-        filename = check_filename(file.filename)
-        service.require_bucket(analysis_id, "Result")
-        size = await service.put_upload(final_prefix(analysis_id) + filename, file)
-        service.record("storage.upload", node, area="final", size=size, filename=filename)
-        service.record(
-            "storage.final", node, analysis_id=analysis_id, filename=filename, size=size, localdp=False
-        )
-        return Response(status_code=204)
-
-    @app.put("/final/localdp", status_code=204)
-    async def put_final_localdp(
-        request: Request,
-        claims: Claims,
-        file: Annotated[UploadFile, File()],
-        epsilon: Annotated[float, Form()],
-        sensitivity: Annotated[float, Form()],
-    ) -> Response:
-        node = current_node(request)
-        analysis_id = str(claims["client_id"])
-        filename = check_filename(file.filename)
-        try:
-            value = parse_single_number(await file.read(LOCALDP_MAX_BYTES + 1))
-        except ValueError:
-            raise HTTPException(400, "Uploaded file must contain a single numerical value.") from None
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise HTTPException(400, "epsilon must be a finite number greater than 0.")
-        if not (math.isfinite(sensitivity) and sensitivity > 0):
-            raise HTTPException(400, "sensitivity must be a finite number greater than 0.")
-        service.require_bucket(analysis_id, "Result")
-        # OpenDP's Laplace mechanism, as PrivateAIM's result service uses (sample_laplace: a reference)
-        noisy = await asyncio.to_thread(laplace_noise, value, sensitivity / epsilon)
-        content = repr(noisy).encode()
-        await service.put_bytes(final_prefix(analysis_id) + filename, content)
-        service.record("storage.upload", node, area="final", size=len(content), filename=filename)
-        service.record(
-            "storage.final",
-            node,
-            analysis_id=analysis_id,
-            filename=filename,
-            size=len(content),
-            localdp=True,
-            epsilon=epsilon,
-            sensitivity=sensitivity,
-        )
-        return Response(status_code=204)
-
-    # -- intermediate results -----------------------------------------------------------------------
-
-    @app.put("/intermediate")
-    @app.put("/intermediate/", include_in_schema=False)
-    async def put_intermediate(
-        request: Request,
-        claims: Claims,
-        file: Annotated[UploadFile, File()],
-        remote_node_id: Annotated[str, Form()],
-    ) -> JSONResponse:
-        node = current_node(request)
-        analysis_id = str(claims["client_id"])
-        service.require_bucket(analysis_id, "Temp")
-        receiver = stack.node_by_id(remote_node_id)
-        if receiver is None:
-            raise HTTPException(404, f"Remote node with ID {remote_node_id} does not exist.")
-        if not getattr(receiver, "storage_public_key_published", True):
-            raise HTTPException(400, f"Remote node with ID {remote_node_id} does not provide a public key")
-        object_id = str(uuid.uuid4())
-        size = await asyncio.to_thread(_file_size, file)
-        reader = intermediate_crypto.EncryptingReader(
-            file.file,
-            node.storage_key,
-            receiver.storage_key.public_key(),
-            context=object_id.encode(),
-        )
-        stored = intermediate_crypto.encrypted_size(size)
-        await service.backend.put(intermediate_key(analysis_id, object_id), cast(BinaryIO, reader), stored)
-        service.record(
-            "storage.upload",
-            node,
-            area="intermediate",
-            size=size,
-            stored=stored,
-            object_id=object_id,
-            receiver=receiver.name,
-        )
-        url = f"{_base_url(request)}/intermediate/{object_id}?remote_node_id={node.node_id}"
-        return JSONResponse({"url": url, "object_id": object_id})
-
-    @app.get("/intermediate/{object_id}")
-    async def get_intermediate(
-        request: Request, claims: Claims, object_id: uuid.UUID, remote_node_id: str
-    ) -> Response:
-        node = current_node(request)
-        analysis_id = str(claims["client_id"])
-        oid = str(object_id)
-        key = intermediate_key(analysis_id, oid)
-        missing = HTTPException(404, f"Object with ID {oid} does not exist")
-        if not await service.backend.exists(key):
-            raise missing
-        sender = stack.node_by_id(remote_node_id)
-        if sender is None:
-            raise HTTPException(404, f"Remote node with ID {remote_node_id} does not exist.")
-        if not getattr(sender, "storage_public_key_published", True):
-            raise HTTPException(400, f"Remote node with ID {remote_node_id} does not provide a public key")
-        if not _claim(key):
-            raise missing
-        raw = service.backend.open(key)
-        plain = intermediate_crypto.decrypt_stream(
-            raw, node.storage_key, sender.storage_key.public_key(), context=oid.encode()
-        )
-        try:
-            first = await plain.__anext__()
-        except BaseException as exc:
-            await _close(plain)
-            await _close(raw)
-            _release(key)
-            if isinstance(exc, KeyError):
-                raise missing from None
-            if isinstance(exc, intermediate_crypto.DecryptionError):
-                raise HTTPException(
-                    400,
-                    f"Failed to decrypt file with ID {oid} which was encrypted by node {remote_node_id}.",
-                ) from None
-            raise
-
-        async def body() -> AsyncIterator[bytes]:
-            yield first
-            async for chunk in plain:
-                yield chunk
-            # Read completely: the object is gone (before the claim is released).
-            service.record("storage.read", node, area="intermediate", object_id=oid, sender=sender.name)
-            try:
-                await service.backend.delete(key)
-            except Exception as exc:  # the real service logs a failed delete and answers anyway
-                service.record(
-                    "storage.delete_failed", node, area="intermediate", object_id=oid, error=repr(exc)
-                )
-            else:
-                service.record("storage.delete", node, area="intermediate", object_id=oid)
-
-        async def cleanup() -> None:
-            try:
-                await _close(plain)
-                await _close(raw)
-            finally:
-                _release(key)
-
-        return _CleanupStreamingResponse(body(), cleanup)
-
-    # -- local results ------------------------------------------------------------------------------
-
-    @app.put("/local")
-    @app.put("/local/", include_in_schema=False)
-    async def put_local(
-        request: Request,
-        claims: Claims,
-        file: Annotated[UploadFile, File()],
-        tag: Annotated[str | None, Form()] = None,
-    ) -> JSONResponse:
-        answer = await service.put_local(
-            current_node(request), str(claims["client_id"]), file, tag, _base_url(request)
-        )
-        return JSONResponse(answer)
-
-    @app.get("/local/tags")
-    async def get_tags(request: Request, claims: Claims) -> JSONResponse:
-        node = current_node(request)
-        project = service.project(str(claims["client_id"]))
-        prefix = node_project_prefix(node.node_id, project) + "tags/"
-        names = sorted({key[len(prefix) :].split("/", 1)[0] for key in await service.backend.list(prefix)})
-        base = _base_url(request)
-        return JSONResponse({"tags": [{"name": name, "url": f"{base}/local/tags/{name}"} for name in names]})
-
-    @app.post("/local/tags")
-    async def post_tag(
-        request: Request,
-        claims: Claims,
-        tag_name: str,
-        object_id: uuid.UUID,
-        filename: str | None = None,
-    ) -> JSONResponse:
-        node = current_node(request)
-        project = service.project(str(claims["client_id"]))
-        oid = str(object_id)
-        if not await service.backend.exists(local_key(node.node_id, project, oid)):
-            raise HTTPException(404, f"Object with ID {oid} does not exist")
-        if not is_valid_tag(tag_name):
-            raise HTTPException(400, f"Invalid tag `{tag_name}`")
-        recorded = await service.write_marker(
-            node, project, tag_name, oid, check_filename(filename) if filename else None
-        )
-        return JSONResponse({"filename": recorded, "url": f"{_base_url(request)}/local/{oid}"})
-
-    @app.get("/local/tags/{tag_name}")
-    async def get_tagged(request: Request, claims: Claims, tag_name: str) -> JSONResponse:
-        node = current_node(request)
-        project = service.project(str(claims["client_id"]))
-        if not is_valid_tag(tag_name):
-            return JSONResponse({"results": []})
-        prefix = node_project_prefix(node.node_id, project) + f"tags/{tag_name}/"
-        keys = await service.backend.list(prefix)
-
-        async def marker(key: str) -> dict[str, Any] | None:
-            try:
-                data = json.loads(await service.backend.get(key))
-            except (KeyError, ValueError):
-                return None
-            return data if isinstance(data, dict) else None
-
-        markers = [m for m in await asyncio.gather(*(marker(k) for k in keys)) if m is not None]
-        markers.sort(key=lambda m: (str(m.get("created", "")), str(m.get("object_id", ""))))
-        base = _base_url(request)
-        results = [
-            {
-                "filename": str(m.get("filename", DEFAULT_FILENAME)),
-                "url": f"{base}/local/{m.get('object_id')}",
-            }
-            for m in markers
-        ]
-        return JSONResponse({"results": results})
-
-    @app.get("/local/{object_id}")
-    async def get_local(request: Request, claims: Claims, object_id: uuid.UUID) -> Response:
-        node = current_node(request)
-        project = service.project(str(claims["client_id"]))
-        oid = str(object_id)
-        raw = service.backend.open(local_key(node.node_id, project, oid))
-        try:
-            first = await raw.__anext__()
-        except StopAsyncIteration:
-            first = b""
-        except BaseException as exc:
-            await _close(raw)
-            if isinstance(exc, KeyError):
-                raise HTTPException(404, f"Object with ID {oid} does not exist") from None
-            raise
-        service.record("storage.read", node, area="local", object_id=oid)
-
-        async def body() -> AsyncIterator[bytes]:
-            yield first
-            async for chunk in raw:
-                yield chunk
-
-        async def cleanup() -> None:
-            await _close(raw)
-
-        return _CleanupStreamingResponse(body(), cleanup)
-
-    return app
+    return create_app(stack)
 
 
 async def read_final_results(stack: FlameStack, analysis_id: str) -> dict[str, bytes]:
