@@ -36,7 +36,7 @@ from flame.errors import (
     TokenAudienceError,
     TokenSignatureError,
 )
-from flame.node import envelope
+from flame.node import envelope, heap
 from flame.node.api import ApiLimits, create_api
 from flame.node.inbox import Inbox, Message
 from flame.node.loop import LoopThread
@@ -150,6 +150,8 @@ class AsyncNode:
         self._subscription: str | None = None
         self._server: HTTPServer | None = None
         self._started = False
+        #: whether this node counts among the running nodes of :mod:`flame.node.heap`
+        self._holds_heap = False
 
     def __repr__(self) -> str:
         return f"AsyncNode(node_id={self.node_id!r}, role={self.role!r}, status={self.status!r})"
@@ -293,6 +295,9 @@ class AsyncNode:
         self._started = True
         self.reporter.set_status("started")
         self.log(f"node {self.node_id} started as {self.role} with {len(self.partners)} partner(s)")
+        # what start-up built lives as long as the node: full collections need not visit it meanwhile
+        heap.node_started()
+        self._holds_heap = True
         return self
 
     async def _wait_for_sidecar(self) -> None:
@@ -325,6 +330,9 @@ class AsyncNode:
         Bounded: each step gets ``timeouts.shutdown`` seconds (plus a second for cancelling it), and
         a step that fails or hangs is logged and left behind, so the steps after it still run.
         """
+        if self._holds_heap:
+            self._holds_heap = False
+            heap.node_stopped()
         if status is not None and self.reporter is not None:
             self.set_status(status)
         elif status in FINAL_STATUSES:
