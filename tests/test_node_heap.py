@@ -36,9 +36,12 @@ def _in_collected_generations(obj: object) -> bool:
 def test_objects_of_start_up_are_exempt_while_nodes_run_and_collected_again_after(fresh_heap: None) -> None:
     before = _Cycle()
     heap.node_started()
-    heap.node_started()  # a second node of the same process changes nothing
     assert gc.get_freeze_count() > 0
     assert not _in_collected_generations(before)
+    second = _Cycle()
+    heap.node_started()  # a second node of the same process: what its start-up made is exempt too
+    assert not _in_collected_generations(second)
+    del second
     # what is made while nodes run is collected as before
     later = _Cycle()
     gone = weakref.ref(later)

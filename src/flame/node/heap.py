@@ -6,12 +6,13 @@ the SDK's own modules, the node's clients), and a full collection then stops the
 40 to 80 ms: the slowest of a node's message round trips were exactly these pauses, in the sender,
 the receiver or the stack.
 
-So while nodes run, what existed when the first of them had started is exempt from collections
+So while nodes run, what existed when each of them had started is exempt from collections
 (``gc.freeze``: the collector's permanent generation, which no collection visits); objects made
 afterwards (an analysis' data, messages) are collected as before. When the last node of the process
-stops, everything is handed back to the collector (``gc.unfreeze``), so a process that runs one
-federation after another (a notebook) reclaims what the earlier ones left. A process that disabled
-the collector, or froze objects itself, is left alone.
+stops, everything is handed back to the collector (``gc.unfreeze``): cyclic garbage that was frozen
+meanwhile is reclaimed then, and a process that runs one federation after another (a notebook) keeps
+nothing of the earlier ones. A process that disabled the collector, or froze objects itself, is left
+alone.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _froze = False
 
 
 def node_started() -> None:
-    """A node started; the first of the process exempts the objects alive now from collections."""
+    """A node started: the objects alive now are exempt from collections until the last node stops."""
     global _running, _froze
     with _lock:
         _running += 1
@@ -35,6 +36,8 @@ def node_started() -> None:
             gc.collect(1)  # the young generations first: what survives them is long-lived
             gc.freeze()
             _froze = True
+        elif _froze:
+            gc.freeze()  # a further node of the process (a local federation): its start-up state too
 
 
 def node_stopped() -> None:
