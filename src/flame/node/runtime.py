@@ -75,6 +75,11 @@ class Timeouts:
     shutdown: float = 10.0
 
 
+def _same_values(released: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether the guard released ``body`` as it was: the same keys, each holding the same object."""
+    return released.keys() == body.keys() and all(released[key] is body[key] for key in body)
+
+
 class AsyncNode:
     """One analysis container's connection to its FLAME node (async API).
 
@@ -417,12 +422,14 @@ class AsyncNode:
         self._require_started()
         # a body the messenger would refuse (shape, size, depth, recipients) is refused before the guard
         # records a release that never happens
-        self.messenger.check_outgoing(receivers, category, body)
+        message = self.messenger.check_outgoing(receivers, category, body)
         released = await self.disclosure.release_message(body, category=category, receivers=receivers)
-        return await self.messenger.send(
+        if not _same_values(released, body):
+            # the guard changed it (differential privacy): enveloped and checked again
+            message = self.messenger.envelope(released, category)
+        return await self.messenger.send_prepared(
+            message,
             receivers,
-            category,
-            released,
             timeout=self.timeouts.send if timeout is None else timeout,
             attempt_timeout=self.timeouts.attempt if attempt_timeout is None else attempt_timeout,
             max_attempts=max_attempts,
