@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,30 @@ def test_star_model_rows_are_refused_like_native_ones(tmp_path: Path) -> None:
     errors = {name: str(error) for name, error in run.errors.items()}
     assert any(isinstance(e, DisclosureRefusedError) for e in run.errors.values()), errors
     assert any("rule identifier-column" in text or "rule row-level" in text for text in errors.values())
+
+
+async def test_a_message_is_enveloped_once_unless_the_guard_changed_it(stack: FlameStack) -> None:
+    node = await start_node(stack, "node-1")
+    aggregator_id = node.aggregator_id or ""
+    aggregator = await start_node(stack, "aggregator")
+    try:
+        await node.send_message([aggregator_id], "plain", {"x": 1})
+        await node.send_message([aggregator_id], "plain", {"x": 2})
+        found = (await aggregator.await_messages([node.node_id], "plain", timeout=5))[node.node_id] or []
+        # one envelope (one message number) per message released as it was
+        assert [m.body["x"] for m in found] == [1, 2]
+        assert found[1].meta["number"] == found[0].meta["number"] + 1
+        # what the guard changed leaves as the guard released it, never the body as it was given
+        release = node.disclosure.release_message
+
+        async def changing(body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+            released = await release(body, **kwargs)
+            return {**released, "x": [released["x"], "changed"]}
+
+        node.disclosure.release_message = changing  # type: ignore[method-assign]
+        await node.send_message([aggregator_id], "changed", {"x": 3})
+        got = (await aggregator.await_messages([node.node_id], "changed", timeout=5))[node.node_id] or []
+        assert [m.body["x"] for m in got] == [[3, "changed"]]
+    finally:
+        await node.stop()
+        await aggregator.stop()

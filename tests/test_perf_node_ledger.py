@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from flame.clients.base import RetryPolicy
@@ -116,3 +117,22 @@ async def test_a_failed_ledger_upload_fails_each_release_of_its_group_and_nothin
     finally:
         await node.stop()
         await aggregator.stop()
+
+
+async def test_the_first_release_reads_the_ledger_with_one_listing_request(stack: FlameStack) -> None:
+    node = await start_node(stack, "node-1")
+    paths: list[str] = []
+
+    async def note(request: httpx.Request) -> None:
+        if request.method == "GET":
+            paths.append(request.url.path)
+
+    node.http.event_hooks["request"].append(note)
+    try:
+        await node.disclosure.release_message({"i": 1}, category="c", receivers=[node.aggregator_id or ""])
+        # the tag's listing only (an unknown tag is listed as empty): no listing of every tag first
+        assert [p for p in paths if "/local/tags" in p] == [f"/storage/local/tags/{LEDGER_TAG}"]
+        second = Ledger(node.storage)
+        assert len(await second.entries()) == 1  # what the first release stored is read back
+    finally:
+        await node.stop()

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import select
+import ssl
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from flame.errors import ServiceError, ServiceUnavailableError
@@ -85,6 +88,101 @@ class _NoCookies(httpx.Cookies):
 _NO_COOKIES = _NoCookies()
 
 
+class _Socket(Protocol):
+    def fileno(self) -> int: ...
+
+
+def _readable(sock: _Socket) -> bool:
+    """Whether ``sock`` has data (or an end of stream) waiting: one ``poll`` without waiting."""
+    fd = sock.fileno()
+    if fd < 0:
+        return True  # closed: the next read ends at once
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _PooledStream(httpcore.AsyncNetworkStream):
+    """A connection of the node's pool whose liveness check is one ``poll`` of its socket.
+
+    Before every request and after every response, httpcore asks each idle pooled connection whether
+    the server closed it (``is_readable``). Its stream answers that by building anyio's whole table
+    of socket attributes, a ``getpeername`` system call included, for every connection every time:
+    with the node's 16 connections the larger part of the pool's bookkeeping per request. This
+    stream keeps the socket it was connected with and polls it directly; everything else is the
+    wrapped stream's.
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        # asyncio hands out a wrapper of the socket (``TransportSocket``), not the socket itself; where
+        # there is no poll (Windows), the wrapped stream answers as before
+        sock = inner.get_extra_info("socket") if hasattr(select, "poll") else None
+        self._sock: _Socket | None = sock if callable(getattr(sock, "fileno", None)) else None
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.start_tls(ssl_context, server_hostname, timeout)  # TLS: as it is
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self._sock is not None:
+            return _readable(self._sock)
+        return self._inner.get_extra_info(info)
+
+
+class _PoolBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's anyio backend, its TCP connections wrapped in :class:`_PooledStream`."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _PooledStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _node_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with ``limits``, its connection pool on :class:`_PoolBackend`."""
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    pool = getattr(transport, "_pool", None)
+    context = getattr(pool, "_ssl_context", None)
+    # (an httpx or httpcore whose transport is built otherwise: left as it is)
+    if type(pool) is httpcore.AsyncConnectionPool and isinstance(context, ssl.SSLContext):
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_PoolBackend(),
+        )
+    return transport
+
+
 class NodeHTTPClient(httpx.AsyncClient):
     """The node's HTTP client: one pool of kept-alive connections (:data:`NODE_LIMITS`), no cookies,
     no redirects followed."""
@@ -96,6 +194,8 @@ class NodeHTTPClient(httpx.AsyncClient):
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         limits: httpx.Limits = NODE_LIMITS,
     ) -> None:
+        if transport is None:
+            transport = _node_transport(limits)
         super().__init__(transport=transport, timeout=timeout, limits=limits, follow_redirects=False)
 
     @property

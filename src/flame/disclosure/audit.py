@@ -199,14 +199,12 @@ class Ledger:
         assert self.storage is not None
         from flame.errors import ServiceError
 
+        storage = self.storage
         try:
-            tags = await self.storage.tags()
+            # one request: the service lists an unknown tag as empty, so no listing of the tags first
+            listed = await storage.tagged(LEDGER_TAG)
         except ServiceError as exc:
             raise FlameError(f"the disclosure ledger cannot be read from node storage: {exc}") from exc
-        if LEDGER_TAG not in tags:
-            return []
-        storage = self.storage
-        listed = await storage.tagged(LEDGER_TAG)
         gate = asyncio.Semaphore(LOAD_CONCURRENCY)
 
         async def read(item: Any) -> bytes:

@@ -192,10 +192,8 @@ class Checkpoints:
     async def read_all(self, tag: str | None = None) -> list[dict[str, Any]]:
         """Every record under the checkpoint tag (or ``tag``) that names this analysis and node."""
         tag = tag or self.tag
-        results = self.node.results
-        if tag not in await results.tags():
-            return []
-        raw = await results.storage.read_tagged(tag, "all")
+        # an unknown tag is listed as empty: no listing of the tags first
+        raw = await self.node.results.storage.read_tagged(tag, "all")
         records = []
         for blob in raw:
             try:

@@ -124,10 +124,13 @@ class Messenger:
             )
         return message
 
-    def check_outgoing(self, recipients: Sequence[str], category: str, body: dict[str, Any]) -> None:
-        """Raise what :meth:`send` would raise for this message before sending anything."""
+    def check_outgoing(
+        self, recipients: Sequence[str], category: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Raise what :meth:`send` would raise for this message before sending anything; returns the
+        enveloped message (for :meth:`send_prepared`)."""
         self._check_recipients(recipients)
-        self.envelope(body, category)
+        return self.envelope(body, category)
 
     def _check_recipients(self, recipients: Sequence[str]) -> None:
         if self.node_id in recipients:

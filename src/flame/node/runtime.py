@@ -36,7 +36,7 @@ from flame.errors import (
     TokenAudienceError,
     TokenSignatureError,
 )
-from flame.node import envelope
+from flame.node import envelope, heap
 from flame.node.api import ApiLimits, create_api
 from flame.node.inbox import Inbox, Message
 from flame.node.loop import LoopThread
@@ -73,6 +73,11 @@ class Timeouts:
     await_messages: float = DEFAULT_AWAIT_TIMEOUT
     #: shutdown: flushing logs, removing the subscription
     shutdown: float = 10.0
+
+
+def _same_values(released: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether the guard released ``body`` as it was: the same keys, each holding the same object."""
+    return released.keys() == body.keys() and all(released[key] is body[key] for key in body)
 
 
 class AsyncNode:
@@ -150,6 +155,8 @@ class AsyncNode:
         self._subscription: str | None = None
         self._server: HTTPServer | None = None
         self._started = False
+        #: whether this node counts among the running nodes of :mod:`flame.node.heap`
+        self._holds_heap = False
 
     def __repr__(self) -> str:
         return f"AsyncNode(node_id={self.node_id!r}, role={self.role!r}, status={self.status!r})"
@@ -293,6 +300,9 @@ class AsyncNode:
         self._started = True
         self.reporter.set_status("started")
         self.log(f"node {self.node_id} started as {self.role} with {len(self.partners)} partner(s)")
+        # what start-up built lives as long as the node: full collections need not visit it meanwhile
+        heap.node_started()
+        self._holds_heap = True
         return self
 
     async def _wait_for_sidecar(self) -> None:
@@ -325,6 +335,9 @@ class AsyncNode:
         Bounded: each step gets ``timeouts.shutdown`` seconds (plus a second for cancelling it), and
         a step that fails or hangs is logged and left behind, so the steps after it still run.
         """
+        if self._holds_heap:
+            self._holds_heap = False
+            heap.node_stopped()
         if status is not None and self.reporter is not None:
             self.set_status(status)
         elif status in FINAL_STATUSES:
@@ -409,12 +422,14 @@ class AsyncNode:
         self._require_started()
         # a body the messenger would refuse (shape, size, depth, recipients) is refused before the guard
         # records a release that never happens
-        self.messenger.check_outgoing(receivers, category, body)
+        message = self.messenger.check_outgoing(receivers, category, body)
         released = await self.disclosure.release_message(body, category=category, receivers=receivers)
-        return await self.messenger.send(
+        if not _same_values(released, body):
+            # the guard changed it (differential privacy): enveloped and checked again
+            message = self.messenger.envelope(released, category)
+        return await self.messenger.send_prepared(
+            message,
             receivers,
-            category,
-            released,
             timeout=self.timeouts.send if timeout is None else timeout,
             attempt_timeout=self.timeouts.attempt if attempt_timeout is None else attempt_timeout,
             max_attempts=max_attempts,
