@@ -11,7 +11,7 @@ stack with an aggregator and one analysis node and measures:
   (``--throughput`` messages, at most ``--concurrency`` in flight), until all are acknowledged.
 
 Modes: ``served`` (stack served by uvicorn on loopback, both analysis APIs served by uvicorn: every
-hop is real HTTP) and ``inprocess`` (httpx's ASGI transport, no sockets). The baseline is a raw httpx
+request of a node and every webhook to an analysis API is real HTTP) and ``inprocess`` (httpx's ASGI transport, no sockets). The baseline is a raw httpx
 POST round trip to a trivial uvicorn endpoint on loopback, with and without ``TCP_NODELAY`` on the
 server's connections (a listening socket of protocol 0 gets none from asyncio: Nagle's algorithm then
 holds every response body back until the client's delayed ACK, about 40 ms).
@@ -24,8 +24,9 @@ node-1 each a process of its own started from a container's environment (``--src
 ping-pong (send until acknowledged plus the reply) p50/p99, acknowledged messages per second, and the
 CPU time of all three processes per message, the figure a loaded machine distorts least, and the HTTP
 requests both nodes made per message (what each message costs the stack).
-A hop is three HTTP exchanges (sender -> its broker; broker -> the receiver's sidecar; sidecar -> the
-analysis API), so about three raw round trips is its floor. Two environment factors matter and are
+A hop is two HTTP exchanges between processes (sender -> its broker; the receiver's sidecar -> the
+analysis API) and an in-process hand-over inside the stack (broker -> the receiver's sidecar), so about
+two raw round trips is its floor. Two environment factors matter and are
 printed: whether ``sniffio`` is importable (httpcore 1.0.x tries ``import sniffio`` whenever it creates
 a lock; when it is missing every such failed import scans ``sys.path``, ~1.5 ms per hop here) and
 ``--uvloop``. The script reports; it always exits 0.
@@ -229,9 +230,10 @@ async def _line(stream: asyncio.StreamReader, timeout: float, what: str) -> str:
 async def processes_case(args: argparse.Namespace) -> dict[str, Any]:
     """The stack served in this process; the aggregator and node-1 each in a process of their own.
 
-    As on FLAME: each node's analysis serves its API on a port of its own, and every hop is real HTTP
-    on loopback (sender -> its sidecar and broker; hub relay; broker -> the receiver's sidecar ->
-    the receiver's analysis API; the acknowledgement back the same way).
+    As on FLAME: each node's analysis serves its API on a port of its own, and every hop between
+    processes is real HTTP on loopback (sender -> its sidecar and broker; the receiver's sidecar ->
+    its analysis API; the acknowledgement back the same way); the broker hands a webhook to the
+    receiver's sidecar inside the stack's process.
     """
     cpu_began = time.process_time()
     stack = FlameStack.create(1, settings=StackSettings.fast(po_enabled=False, delivery_timeout=500.0))

@@ -3,7 +3,7 @@
 Run ``python benchmarks/rounds.py`` (``--quick`` for a smaller run). It prints:
 
 - **rounds**: for ``inprocess`` (fast mode: httpx's ASGI transport, no sockets) and ``served`` (uvicorn
-  on loopback, every hop real HTTP) and 3, 10 and 50 analysis nodes, a federation of a trivial
+  on loopback, every request of a node and every webhook to an analysis API real HTTP) and 3, 10 and 50 analysis nodes, a federation of a trivial
   analysis (each node returns ``{"count": 1, "round": r}``, the aggregator sums) over ``--rounds`` rounds.
   ``s/round`` is the steady round period: from the aggregator's first ``aggregate`` call to its last,
   divided by the rounds in between; one period is a whole round trip of the protocol (aggregate

@@ -14,7 +14,9 @@ orchestrator, and each node's Keycloak. It is one ASGI application routed like t
 
 Two modes run the same code. In-process: clients use :meth:`FlameStack.client` (httpx's ASGI
 transport), webhooks are delivered in-process. Served: :meth:`FlameStack.serve` runs uvicorn on
-127.0.0.1 and webhooks travel over real HTTP to the analysis APIs.
+127.0.0.1; every request of a node and every webhook to an analysis API travels over real HTTP. The
+broker hands a webhook to the receiving node's sidecar in-process (both are parts of the stack, in one
+process); the sidecar's request to the analysis API is real HTTP again.
 """
 
 from __future__ import annotations
