@@ -657,6 +657,17 @@ SETUP_CASES: list[tuple[str, str, Callable[[FlameStack], str], Case]] = [
         lambda s: "/storage/local/tags",
         lambda s: {"headers": _auth(s, "node-1", "x")},
     ),
+    ("tagged", "GET", lambda s: "/storage/local/tags/t1", lambda s: {}),
+    ("tagged, invalid tag", "GET", lambda s: "/storage/local/tags/a%20b", lambda s: {}),
+    ("tagged, empty tag", "GET", lambda s: "/storage/local/tags/", lambda s: {}),
+    ("tagged, deeper", "GET", lambda s: "/storage/local/tags/t1/x", lambda s: {}),
+    ("tagged, no token", "GET", lambda s: "/storage/local/tags/t1", lambda s: {"headers": {}}),
+    (
+        "tagged, bad token",
+        "GET",
+        lambda s: "/storage/local/tags/t1",
+        lambda s: {"headers": _auth(s, "node-1", "x")},
+    ),
     ("final", "PUT", lambda s: "/storage/final", lambda s: {"files": {"file": ("r.txt", b"42")}}),
     ("final/", "PUT", lambda s: "/storage/final/", lambda s: {"files": {"file": ("r.txt", b"42")}}),
     ("final, no name", "PUT", lambda s: "/storage/final", lambda s: {"files": {"file": ("", b"4")}}),
@@ -913,6 +924,9 @@ async def test_the_hot_requests_never_reach_the_fastapi_apps() -> None:
                     path, files={"file": ("a.csv", b"1")}, data={"tag": "t1"}, headers=auth
                 )
                 assert answer.status_code == 200
+            tagged = await client.get("/storage/local/tags/t1", headers=auth)
+            assert tagged.status_code == 200
+            assert [r["filename"] for r in tagged.json()["results"]] == ["a.csv", "a.csv"]
         assert reached == []
 
 

@@ -539,6 +539,7 @@ class StackApp:
         #: paths with an id at the end: (service, method, path up to the id) -> its plain handler
         self._fast_by_parent: dict[tuple[str, str, str], FastHandler] = {
             ("message-broker", "DELETE", messages + "/subscriptions"): broker.fast_setup,
+            ("storage", "GET", "/local/tags"): storage.fast_get_tagged,
         }
         #: services answered by a plain handler whatever the path
         self._fast_by_service: dict[str, FastHandler] = {"kong": data.fast_kong}

@@ -392,6 +392,30 @@ class _Service:
         names = sorted({key[len(prefix) :].split("/", 1)[0] for key in await self.backend.list(prefix)})
         return {"tags": [{"name": name, "url": f"{base_url}/local/tags/{name}"} for name in names]}
 
+    async def tagged(self, node: SimNode, project: str, tag: str, base_url: str) -> dict[str, Any]:
+        """``GET /local/tags/{tag}``'s answer: ``node``'s local results under ``tag``, oldest first."""
+        if not is_valid_tag(tag):
+            return {"results": []}
+        keys = await self.backend.list(node_project_prefix(node.node_id, project) + f"tags/{tag}/")
+
+        async def marker(key: str) -> dict[str, Any] | None:
+            try:
+                data = json.loads(await self.backend.get(key))
+            except (KeyError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+
+        markers = [m for m in await asyncio.gather(*(marker(k) for k in keys)) if m is not None]
+        markers.sort(key=lambda m: (str(m.get("created", "")), str(m.get("object_id", ""))))
+        results = [
+            {
+                "filename": str(m.get("filename", DEFAULT_FILENAME)),
+                "url": f"{base_url}/local/{m.get('object_id')}",
+            }
+            for m in markers
+        ]
+        return {"results": results}
+
     def check_local(self, analysis_id: str, upload: StarletteUploadFile, tag: str | None) -> tuple[str, str]:
         """What ``PUT /local`` refuses before it stores anything; returns (project, filename)."""
         project = self.project(analysis_id)
@@ -511,6 +535,25 @@ async def fast_get_tags(
         await fallback()(scope, receive, send)
         return
     await asgi.send_json(send, await _service_of(stack).tags(node, project, _base_url_of(scope)))
+
+
+async def fast_get_tagged(
+    stack: FlameStack,
+    node: SimNode,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    fallback: Callable[[], ASGIApp],
+) -> None:
+    """``GET /local/tags/{tag}`` as plain ASGI: the answer for a valid token, anything else to the storage app."""
+    tag = scope["path"][len("/local/tags/") :]
+    token = asgi.bearer(scope)
+    analysis_id = _analysis_of(node, token) if token is not None and tag else None
+    project = project_of(stack, analysis_id) if analysis_id is not None else None
+    if project is None:
+        await fallback()(scope, receive, send)
+        return
+    await asgi.send_json(send, await _service_of(stack).tagged(node, project, tag, _base_url_of(scope)))
 
 
 def _analysis_of(node: SimNode, token: str) -> str | None:

@@ -7,7 +7,6 @@ answers the rest (refusals, intermediate results, tags, reads), and is imported 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +20,6 @@ from flame.disclosure.dp import laplace_noise
 from flame.sim import intermediate_crypto
 from flame.sim.auth import current_node, service_claims
 from flame.sim.storage import (
-    DEFAULT_FILENAME,
     LOCALDP_MAX_BYTES,
     _base_url,
     _claim,
@@ -35,7 +33,6 @@ from flame.sim.storage import (
     intermediate_key,
     is_valid_tag,
     local_key,
-    node_project_prefix,
     parse_single_number,
     register_analysis,
 )
@@ -246,31 +243,10 @@ def create_app(stack: FlameStack) -> FastAPI:
 
     @app.get("/local/tags/{tag_name}")
     async def get_tagged(request: Request, claims: Claims, tag_name: str) -> JSONResponse:
-        node = current_node(request)
         project = service.project(str(claims["client_id"]))
-        if not is_valid_tag(tag_name):
-            return JSONResponse({"results": []})
-        prefix = node_project_prefix(node.node_id, project) + f"tags/{tag_name}/"
-        keys = await service.backend.list(prefix)
-
-        async def marker(key: str) -> dict[str, Any] | None:
-            try:
-                data = json.loads(await service.backend.get(key))
-            except (KeyError, ValueError):
-                return None
-            return data if isinstance(data, dict) else None
-
-        markers = [m for m in await asyncio.gather(*(marker(k) for k in keys)) if m is not None]
-        markers.sort(key=lambda m: (str(m.get("created", "")), str(m.get("object_id", ""))))
-        base = _base_url(request)
-        results = [
-            {
-                "filename": str(m.get("filename", DEFAULT_FILENAME)),
-                "url": f"{base}/local/{m.get('object_id')}",
-            }
-            for m in markers
-        ]
-        return JSONResponse({"results": results})
+        return JSONResponse(
+            await service.tagged(current_node(request), project, tag_name, _base_url(request))
+        )
 
     @app.get("/local/{object_id}")
     async def get_local(request: Request, claims: Claims, object_id: uuid.UUID) -> Response:
