@@ -7,6 +7,8 @@ run makes from plain handlers (:data:`FastHandler`) instead, for the requests th
 full: a valid token, a well-formed body, nothing refused. Any other request goes to the service's
 FastAPI app with the body read so far handed on unchanged (:func:`replay`), so every refusal keeps the
 status, body and headers of the FastAPI route; FastAPI is imported when the first such request comes.
+
+A handler gets one :class:`FastCall`: the request, its node, and the way to pass it on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
+
+from flame.sim.auth import analysis_mismatch
+from flame.sim.issuer import InvalidToken
 
 if TYPE_CHECKING:
     from flame.sim.node import SimNode
@@ -24,17 +29,79 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-#: ``handler(stack, node, scope, receive, send, fallback)``: answers the request, or passes it on to
-#: ``fallback()`` (the service's FastAPI app) with :func:`replay`.
-FastHandler = Callable[
-    ["FlameStack", "SimNode", Scope, Receive, Send, Callable[[], ASGIApp]], Awaitable[None]
-]
+#: ``await handler(call)``: answers the request of ``call``, or hands it on (:meth:`FastCall.pass_on`)
+FastHandler = Callable[["FastCall"], Awaitable[None]]
 
 #: Largest body a plain handler reads (bytes); larger or unannounced bodies go to the FastAPI app as
 #: they come (a large upload is spooled to disk there, never held in memory).
 FAST_BODY_LIMIT = 1024 * 1024
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class FastCall:
+    """One request for a plain handler: the ASGI triple, the node it came to, and its service's app.
+
+    What :meth:`read_body` reads is kept, so :meth:`pass_on` hands the app the whole request whatever
+    the handler read of it before deciding.
+    """
+
+    __slots__ = ("_body", "_complete", "_fallback", "_pending", "node", "receive", "scope", "send", "stack")
+
+    def __init__(
+        self,
+        stack: FlameStack,
+        node: SimNode,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        fallback: Callable[[], ASGIApp],
+    ) -> None:
+        self.stack = stack
+        self.node = node
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self._fallback = fallback
+        self._body = b""
+        self._complete = False
+        self._pending: Message | None = None
+
+    def claims(self) -> dict[str, Any] | None:
+        """The claims of the request's bearer token if the node's issuer signed it for the node's
+        analysis; None for no token, a bad or expired one, or one of another analysis."""
+        token = bearer(self.scope)
+        if token is None:
+            return None
+        try:
+            claims = self.node.issuer.verify(token)
+        except InvalidToken:
+            return None
+        return claims if analysis_mismatch(claims, self.node.analysis_id) is None else None
+
+    async def read_body(self, *, json: bool = False) -> bytes | None:
+        """The whole body if its ``Content-Length`` is within :data:`FAST_BODY_LIMIT` (and, with
+        ``json``, its media type is JSON); None otherwise, or if it did not come whole."""
+        if (json and not is_json(self.scope)) or announced_length(self.scope) is None:
+            return None
+        self._body, self._complete, self._pending = await read_body(self.receive)
+        return self._body if self._complete else None
+
+    async def read_json(self) -> Any:
+        """The parsed JSON body (see :meth:`read_body` and :func:`parse_json`); None if there is none
+        or it does not parse (a JSON ``null`` is None too: no handler takes it)."""
+        body = await self.read_body(json=True)
+        if body is None:
+            return None
+        try:
+            return parse_json(body)
+        except ValueError:
+            return None
+
+    async def pass_on(self) -> None:
+        """Hand the request to its service's app, with what was read of the body replayed first."""
+        receive = replay(self.receive, self._body, self._complete, self._pending)
+        await self._fallback()(self.scope, receive, self.send)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -37,7 +37,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -52,10 +52,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
 from flame.sim import asgi
-from flame.sim.asgi import ASGIApp, Receive, Scope, Send
-from flame.sim.auth import analysis_mismatch, broker_claims, current_node, current_stack
+from flame.sim.asgi import FastCall
+from flame.sim.auth import broker_claims, current_node, current_stack
 from flame.sim.faults import DeliveryDecision
-from flame.sim.issuer import InvalidToken
 from flame.sim.proxy import call_asgi
 from flame.waits import bounded
 
@@ -536,60 +535,39 @@ def create_app(stack: FlameStack) -> FastAPI:
     return app
 
 
-async def fast_send(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
+async def fast_send(call: FastCall) -> None:
     """``POST .../messages`` and ``.../messages/broadcast`` as plain ASGI (see :mod:`flame.sim.asgi`).
 
     Answers 202 for a request the route would accept; hands anything else to the broker app.
     """
+    stack, node, path = call.stack, call.node, call.scope["path"]
     message: Any = None
     recipients: list[SimNode] | None = None
-    body, complete, pending = b"", False, None
-    token = asgi.bearer(scope)
-    if token is not None and asgi.is_json(scope) and asgi.announced_length(scope) is not None:
-        body, complete, pending = await asgi.read_body(receive)
-        if complete and _valid_for(node, token):
-            try:
-                parsed = asgi.parse_json(body)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict) and "message" in parsed:
-                message = parsed["message"]
-                if scope["path"].endswith("/broadcast"):
-                    recipients = [n for n in stack.nodes.values() if n is not node]
-                else:
-                    recipients = _recipients(stack, node, parsed.get("recipients"))
+    parsed = await call.read_json() if call.claims() is not None else None
+    if isinstance(parsed, dict) and "message" in parsed:
+        message = parsed["message"]
+        if path.endswith("/broadcast"):
+            recipients = [n for n in stack.nodes.values() if n is not node]
+        else:
+            recipients = _recipients(stack, node, parsed.get("recipients"))
     if recipients is None:
-        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+        await call.pass_on()
         return
-    stack.broker.accept(node, recipients, message, broadcast=scope["path"].endswith("/broadcast"))
-    await asgi.send_empty(send, 202)
+    stack.broker.accept(node, recipients, message, broadcast=path.endswith("/broadcast"))
+    await asgi.send_empty(call.send, 202)
 
 
-async def fast_setup(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
+async def fast_setup(call: FastCall) -> None:
     """What every node asks its broker at start-up and stop, as plain ASGI (see :mod:`flame.sim.asgi`).
 
     ``GET .../participants`` (the encoded list kept by :meth:`Broker.participants_body`),
     ``GET .../participants/self``, ``POST .../messages/subscriptions`` and
     ``DELETE .../messages/subscriptions/{id}``; anything the routes would refuse goes to the broker app.
     """
-    token = asgi.bearer(scope)
-    method, path = scope["method"], scope["path"]
-    if token is None or not _valid_for(node, token):
-        await fallback()(scope, receive, send)
+    stack, node, send = call.stack, call.node, call.send
+    method, path = call.scope["method"], call.scope["path"]
+    if call.claims() is None:
+        await call.pass_on()
     elif method == "GET" and path.endswith("/participants"):
         await asgi.send_encoded_json(send, stack.broker.participants_body())
     elif method == "GET" and path.endswith("/participants/self"):
@@ -597,48 +575,25 @@ async def fast_setup(
     elif method == "DELETE":
         sid = path.rpartition("/")[2]
         if not _UUID.match(sid):
-            await fallback()(scope, receive, send)
+            await call.pass_on()
             return
         stack.broker.unsubscribe(node, str(uuid.UUID(sid)))
         await asgi.send_empty(send, 204)
     else:
-        await _fast_subscribe(stack, node, scope, receive, send, fallback)
+        await _fast_subscribe(call)
 
 
-async def _fast_subscribe(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
-    url: Any = None
-    body, complete, pending = b"", False, None
-    if asgi.is_json(scope) and asgi.announced_length(scope) is not None:
-        body, complete, pending = await asgi.read_body(receive)
-        if complete:
-            try:
-                parsed = asgi.parse_json(body)
-            except ValueError:
-                parsed = None
-            url = parsed.get("webhookUrl") if isinstance(parsed, dict) else None
+async def _fast_subscribe(call: FastCall) -> None:
+    parsed = await call.read_json()
+    url = parsed.get("webhookUrl") if isinstance(parsed, dict) else None
     if not isinstance(url, str) or not _absolute_http_url(url):
-        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+        await call.pass_on()
         return
-    subscription = stack.broker.subscribe(node, node.analysis_id, url)
+    scope = call.scope
+    subscription = call.stack.broker.subscribe(call.node, call.node.analysis_id, url)
     base = URL(scope=scope)
     location = f"{base.scheme}://{base.netloc}{scope['path']}/{subscription['subscriptionId']}"
-    await asgi.send_json(send, subscription, 201, [(b"location", location.encode("latin-1"))])
-
-
-def _valid_for(node: SimNode, token: str) -> bool:
-    """Whether ``token`` passes the broker's check at ``node`` (see :func:`~flame.sim.auth.broker_claims`)."""
-    try:
-        claims = node.issuer.verify(token)
-    except InvalidToken:
-        return False
-    return analysis_mismatch(claims, node.analysis_id) is None
+    await asgi.send_json(call.send, subscription, 201, [(b"location", location.encode("latin-1"))])
 
 
 def _recipients(stack: FlameStack, node: SimNode, ids: Any) -> list[SimNode] | None:

@@ -55,16 +55,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from flame.sim import asgi
-from flame.sim.asgi import ASGIApp, Receive, Scope, Send
-from flame.sim.auth import analysis_mismatch, current_node, service_claims
+from flame.sim.asgi import FastCall
+from flame.sim.auth import current_node, service_claims
 from flame.sim.fhir_search import FHIR_JSON, FhirLoadError, FhirStore, operation_outcome
-from flame.sim.issuer import InvalidToken
 from flame.sim.node import DataSource, SimNode
 from flame.sim.proxy import forward
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from fastapi import FastAPI
 
     from flame.sim.stack import FlameStack
@@ -176,34 +173,19 @@ def data_stores(stack: FlameStack, node: SimNode, project_id: str, detailed: boo
     return {"data": services, "next": None}
 
 
-async def fast_data_stores(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
+async def fast_data_stores(call: FastCall) -> None:
     """``GET /kong/datastore/{project_id}`` as plain ASGI (see :mod:`flame.sim.asgi`): the answer for a
     valid token and a plain ``detailed`` flag (or none); anything else goes to the hub adapter app."""
-    detailed = _PLAIN_FLAGS.get(scope.get("query_string", b""))
-    token = asgi.bearer(scope)
-    if detailed is None or token is None or not _token_valid(node, token):
-        await fallback()(scope, receive, send)
+    detailed = _PLAIN_FLAGS.get(call.scope.get("query_string", b""))
+    if detailed is None or call.claims() is None:
+        await call.pass_on()
         return
-    await asgi.send_json(send, data_stores(stack, node, scope["path"].rpartition("/")[2], detailed))
+    project_id = call.scope["path"].rpartition("/")[2]
+    await asgi.send_json(call.send, data_stores(call.stack, call.node, project_id, detailed))
 
 
 #: the query strings the plain handler of the data stores reads itself: ``detailed`` as SDKs send it
 _PLAIN_FLAGS = {b"": False, b"detailed=false": False, b"detailed=true": True}
-
-
-def _token_valid(node: SimNode, token: str) -> bool:
-    try:
-        claims = node.issuer.verify(token)
-    except InvalidToken:
-        return False
-    return analysis_mismatch(claims, node.analysis_id) is None
 
 
 # -- Kong ------------------------------------------------------------------------------------------------
@@ -226,22 +208,16 @@ def create_kong_app(stack: FlameStack) -> FastAPI:
 _KONG_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-async def fast_kong(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
+async def fast_kong(call: FastCall) -> None:
     """Kong as plain ASGI (see :mod:`flame.sim.asgi`): the same answers as :func:`create_kong_app`'s
     route, which takes every path; a method it does not route goes to the app."""
+    scope = call.scope
     if scope["method"] not in _KONG_METHODS:
-        await fallback()(scope, receive, send)
+        await call.pass_on()
         return
-    request = Request(scope, receive)
-    response = await _kong_of(stack).answer(request, scope["path"][1:])
-    await response(scope, receive, send)
+    request = Request(scope, call.receive)
+    response = await _kong_of(call.stack).answer(request, scope["path"][1:])
+    await response(scope, call.receive, call.send)
 
 
 class _Kong:

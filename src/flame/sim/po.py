@@ -36,16 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import httpx
 
 from flame.sim import asgi
-from flame.sim.asgi import ASGIApp, Receive, Scope, Send
-from flame.sim.auth import analysis_mismatch
-from flame.sim.issuer import InvalidToken
+from flame.sim.asgi import FastCall
 from flame.waits import bounded
 
 if TYPE_CHECKING:
@@ -399,41 +396,17 @@ class PodOrchestrator:
         self._bump()
 
 
-async def fast_stream_logs(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
+async def fast_stream_logs(call: FastCall) -> None:
     """``POST /stream_logs`` as plain ASGI (see :mod:`flame.sim.asgi`): a valid entry is taken here,
     anything else goes to the PO app."""
-    entry: dict[str, Any] | None = None
-    body, complete, pending = b"", False, None
-    token = asgi.bearer(scope)
-    if token is not None and asgi.is_json(scope) and asgi.announced_length(scope) is not None:
-        body, complete, pending = await asgi.read_body(receive)
-        if complete and _token_valid(node, token):
-            try:
-                entry = plain_entry(asgi.parse_json(body))
-            except ValueError:
-                entry = None
-            if entry is not None and entry["analysis_id"] != node.analysis_id:
-                entry = None
-    if entry is None:
-        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
+    node = call.node
+    parsed = await call.read_json() if call.claims() is not None else None
+    entry = plain_entry(parsed)
+    if entry is None or entry["analysis_id"] != node.analysis_id:
+        await call.pass_on()
         return
-    await stack.po.receive_log(node, entry)
-    await asgi.send_json(send, {"status": "ok"})
-
-
-def _token_valid(node: SimNode, token: str) -> bool:
-    try:
-        claims = node.issuer.verify(token)
-    except InvalidToken:
-        return False
-    return analysis_mismatch(claims, node.analysis_id) is None
+    await call.stack.po.receive_log(node, entry)
+    await asgi.send_json(call.send, {"status": "ok"})
 
 
 def create_app(stack: FlameStack) -> FastAPI:

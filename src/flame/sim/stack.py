@@ -49,7 +49,7 @@ except ModuleNotFoundError as exc:  # the emulator's packages are an extra: neve
         f"the emulated node stack needs {exc.name}: pip install 'flame-python-sdk[sim]'", name=exc.name
     ) from exc
 from flame.sim import broker, data, po, storage
-from flame.sim.asgi import FastHandler
+from flame.sim.asgi import FastCall, FastHandler
 from flame.sim.events import EventLog
 from flame.sim.faults import FaultPlan, NodeRestart, TokenExpiry
 from flame.sim.issuer import JWKS_PATH, TokenIssuer
@@ -605,7 +605,7 @@ class StackApp:
         if fast is None:
             fast = self._fast_by_service.get(service)
         if fast is not None:
-            await fast(stack, node, inner, receive, send, lambda: stack.service_apps[service])
+            await fast(FastCall(stack, node, inner, receive, send, lambda: stack.service_apps[service]))
         else:
             await stack.service_apps[service](inner, receive, send)
 

@@ -85,10 +85,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from flame.sim import asgi
-from flame.sim.asgi import ASGIApp
-from flame.sim.auth import analysis_mismatch
+from flame.sim.asgi import FastCall
 from flame.sim.backends import check_key
-from flame.sim.issuer import InvalidToken
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -468,101 +466,60 @@ def _service_of(stack: FlameStack) -> _Service:
     return service
 
 
-async def fast_put_local(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
+async def fast_put_local(call: FastCall) -> None:
     """``PUT /local`` as plain ASGI (see :mod:`flame.sim.asgi`): a small upload the route would store is
     stored here; anything else (a refusal, a large or unannounced body) goes to the storage app."""
-    await _fast_upload(stack, node, scope, receive, send, fallback, final=False)
-
-
-async def fast_put_final(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
-    """``PUT /final`` as plain ASGI, as :func:`fast_put_local` (204 for a stored result)."""
-    await _fast_upload(stack, node, scope, receive, send, fallback, final=True)
-
-
-async def _fast_upload(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-    *,
-    final: bool,
-) -> None:
-    body, complete, pending = b"", False, None
-    token = asgi.bearer(scope)
-    answer: dict[str, str] | None = None
-    if token is not None and asgi.announced_length(scope) is not None:
-        body, complete, pending = await asgi.read_body(receive)
-        analysis_id = _analysis_of(node, token) if complete else None
-        if analysis_id is not None:
-            answer = await _put_form(stack, node, scope, body, analysis_id, final)
+    answer = await _fast_upload(call, final=False)
     if answer is None:
-        await fallback()(scope, asgi.replay(receive, body, complete, pending), send)
-    elif final:
-        await asgi.send_empty(send, 204)
+        await call.pass_on()
     else:
-        await asgi.send_json(send, answer)
+        await asgi.send_json(call.send, answer)
 
 
-async def fast_get_tags(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
-    """``GET /local/tags`` as plain ASGI: the answer for a valid token, anything else to the storage app."""
-    token = asgi.bearer(scope)
-    analysis_id = _analysis_of(node, token) if token is not None else None
-    project = project_of(stack, analysis_id) if analysis_id is not None else None
-    if project is None:
-        await fallback()(scope, receive, send)
-        return
-    await asgi.send_json(send, await _service_of(stack).tags(node, project, _base_url_of(scope)))
+async def fast_put_final(call: FastCall) -> None:
+    """``PUT /final`` as plain ASGI, as :func:`fast_put_local` (204 for a stored result)."""
+    if await _fast_upload(call, final=True) is None:
+        await call.pass_on()
+    else:
+        await asgi.send_empty(call.send, 204)
 
 
-async def fast_get_tagged(
-    stack: FlameStack,
-    node: SimNode,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    fallback: Callable[[], ASGIApp],
-) -> None:
-    """``GET /local/tags/{tag}`` as plain ASGI: the answer for a valid token, anything else to the storage app."""
-    tag = scope["path"][len("/local/tags/") :]
-    token = asgi.bearer(scope)
-    analysis_id = _analysis_of(node, token) if token is not None and tag else None
-    project = project_of(stack, analysis_id) if analysis_id is not None else None
-    if project is None:
-        await fallback()(scope, receive, send)
-        return
-    await asgi.send_json(send, await _service_of(stack).tagged(node, project, tag, _base_url_of(scope)))
-
-
-def _analysis_of(node: SimNode, token: str) -> str | None:
-    """The analysis of a token that passes the service's check at ``node``; None otherwise."""
-    try:
-        claims = node.issuer.verify(token)
-    except InvalidToken:
+async def _fast_upload(call: FastCall, *, final: bool) -> dict[str, str] | None:
+    """What the route answers for the upload of ``call`` once stored; None if the route would refuse it."""
+    claims = call.claims()
+    if claims is None:
         return None
-    return None if analysis_mismatch(claims, node.analysis_id) is not None else str(claims["client_id"])
+    body = await call.read_body()
+    if body is None:
+        return None
+    return await _put_form(call.stack, call.node, call.scope, body, str(claims["client_id"]), final)
+
+
+async def fast_get_tags(call: FastCall) -> None:
+    """``GET /local/tags`` as plain ASGI: the answer for a valid token, anything else to the storage app."""
+    project = _project_of(call)
+    if project is None:
+        await call.pass_on()
+        return
+    tags = await _service_of(call.stack).tags(call.node, project, _base_url_of(call.scope))
+    await asgi.send_json(call.send, tags)
+
+
+async def fast_get_tagged(call: FastCall) -> None:
+    """``GET /local/tags/{tag}`` as plain ASGI: the answer for a valid token, anything else to the storage app."""
+    tag = call.scope["path"][len("/local/tags/") :]
+    project = _project_of(call) if tag else None
+    if project is None:
+        await call.pass_on()
+        return
+    tagged = await _service_of(call.stack).tagged(call.node, project, tag, _base_url_of(call.scope))
+    await asgi.send_json(call.send, tagged)
+
+
+def _project_of(call: FastCall) -> str | None:
+    """The project of the analysis whose valid token ``call`` carries; None for any other request."""
+    claims = call.claims()
+    return project_of(call.stack, str(claims["client_id"])) if claims is not None else None
 
 
 async def _put_form(
