@@ -291,6 +291,11 @@ def _auth(stack: FlameStack, node: str, token: str | None = None) -> dict[str, s
     return {"Authorization": f"Bearer {token or stack.node(node).token}"}
 
 
+def _raw(stack: FlameStack, body: bytes, content_type: str) -> dict[str, Any]:
+    """A request spec of node-1 with ``body`` as it is, sent as ``content_type``."""
+    return {"content": body, "headers": {**_auth(stack, "node-1"), "Content-Type": content_type}}
+
+
 def _foreign(stack: FlameStack, node: str) -> str:
     """A valid token of ``node``'s Keycloak, for another analysis."""
     return stack.node(node).issuer.mint("00000000-0000-4000-8000-000000000000")
@@ -309,25 +314,19 @@ BROKER_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
     ),
     (
         "not json",
-        lambda s: {"content": b"{}", "headers": {**_auth(s, "node-1"), "Content-Type": "text/plain"}},
+        lambda s: _raw(s, b"{}", "text/plain"),
     ),
     (
         "empty",
-        lambda s: {"content": b" ", "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"}},
+        lambda s: _raw(s, b" ", "application/json"),
     ),
     (
         "NaN",
-        lambda s: {
-            "content": b'{"message": NaN}',
-            "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"},
-        },
+        lambda s: _raw(s, b'{"message": NaN}', "application/json"),
     ),
     (
         "broken",
-        lambda s: {
-            "content": b'{"message": ',
-            "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"},
-        },
+        lambda s: _raw(s, b'{"message": ', "application/json"),
     ),
     ("no message", lambda s: {"json": {"recipients": [s.node("node-2").node_id]}}),
     ("no recipients", lambda s: {"json": {"message": 1}}),
@@ -339,10 +338,7 @@ BROKER_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
     ("a list", lambda s: {"json": [1]}),
     (
         "vendor json",
-        lambda s: {
-            "content": b'{"message": 2}',
-            "headers": {**_auth(s, "node-1"), "Content-Type": "application/vnd.x+json; charset=utf-8"},
-        },
+        lambda s: _raw(s, b'{"message": 2}', "application/vnd.x+json; charset=utf-8"),
     ),
 ]
 
@@ -431,19 +427,29 @@ PO_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
     ("foreign token", lambda s: {"json": {}, "headers": _auth(s, "node-1", _foreign(s, "node-1"))}),
     (
         "not json",
-        lambda s: {"content": b"{}", "headers": {**_auth(s, "node-1"), "Content-Type": "text/plain"}},
+        lambda s: _raw(s, b"{}", "text/plain"),
     ),
     (
         "broken",
-        lambda s: {"content": b"{", "headers": {**_auth(s, "node-1"), "Content-Type": "application/json"}},
+        lambda s: _raw(s, b"{", "application/json"),
     ),
 ]
 
 
-@pytest.mark.parametrize("case", [c[0] for c in PO_CASES])
+LOG = {"log": "hi", "log_type": "info", "status": "executing", "progress": 7}
+MORE_PO_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
+    ("progress true", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "progress": True}}),
+    ("progress 7.0", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "progress": 7.0}}),
+    ("no status", lambda s: {"json": {**{k: v for k, v in LOG.items() if k != "status"}, "analysis_id": 1}}),
+    ("extra field", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "extra": [1]}}),
+    ("log a number", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "log": 5}}),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in PO_CASES + MORE_PO_CASES])
 async def test_log_lines_answer_as_the_po_route(case: str) -> None:
     fast, slow = _pair()
-    build = dict(PO_CASES)[case]
+    build = dict(PO_CASES + MORE_PO_CASES)[case]
     async with fast, slow:
 
         async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
@@ -458,6 +464,8 @@ async def test_log_lines_answer_as_the_po_route(case: str) -> None:
         assert logs[0] == logs[1]
 
 
+#: one multipart part of a file, without the closing boundary
+_PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.csv"\r\n\r\nxy'
 STORAGE_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
     ("upload", lambda s: {"files": {"file": ("r.bin", b"\x00\x01" * 10)}}),
     ("tagged", lambda s: {"files": {"file": ("r.csv", b"a,b")}, "data": {"tag": "round-1"}}),
@@ -474,24 +482,15 @@ STORAGE_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
     ("two files", lambda s: {"files": [("file", ("a.csv", b"1")), ("file", ("b.csv", b"22"))]}),
     (
         "quoted boundary",
-        lambda s: {
-            "content": b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.csv"\r\n\r\nxy\r\n--b--\r\n',
-            "headers": {**_auth(s, "node-1"), "Content-Type": 'multipart/form-data; boundary="b"'},
-        },
+        lambda s: _raw(s, _PART + b"\r\n--b--\r\n", 'multipart/form-data; boundary="b"'),
     ),
     (
         "plain boundary",
-        lambda s: {
-            "content": b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.csv"\r\n\r\nxy\r\n--b--\r\n',
-            "headers": {**_auth(s, "node-1"), "Content-Type": "multipart/form-data; boundary=b"},
-        },
+        lambda s: _raw(s, _PART + b"\r\n--b--\r\n", "multipart/form-data; boundary=b"),
     ),
     (
         "cut off",
-        lambda s: {
-            "content": b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.csv"\r\n\r\nxy',
-            "headers": {**_auth(s, "node-1"), "Content-Type": "multipart/form-data; boundary=b"},
-        },
+        lambda s: _raw(s, _PART, "multipart/form-data; boundary=b"),
     ),
     ("no token", lambda s: {"files": {"file": ("r.csv", b"x")}, "headers": {}}),
     ("bad token", lambda s: {"files": {"file": ("r.csv", b"x")}, "headers": {"Authorization": "Bearer x"}}),
@@ -533,33 +532,6 @@ async def test_local_uploads_answer_as_the_storage_route(case: str) -> None:
                 ]
             stored.append((uploads, [t["name"] for t in tags["tags"]], names))
         assert stored[0] == stored[1]
-
-
-LOG = {"log": "hi", "log_type": "info", "status": "executing", "progress": 7}
-MORE_PO_CASES: list[tuple[str, Callable[[FlameStack], dict[str, Any]]]] = [
-    ("progress true", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "progress": True}}),
-    ("progress 7.0", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "progress": 7.0}}),
-    ("no status", lambda s: {"json": {**{k: v for k, v in LOG.items() if k != "status"}, "analysis_id": 1}}),
-    ("extra field", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "extra": [1]}}),
-    ("log a number", lambda s: {"json": {**LOG, "analysis_id": s.analysis_id, "log": 5}}),
-]
-
-
-@pytest.mark.parametrize("case", [c[0] for c in MORE_PO_CASES])
-async def test_more_log_lines_answer_as_the_po_route(case: str) -> None:
-    fast, slow = _pair()
-    build = dict(MORE_PO_CASES)[case]
-    async with fast, slow:
-
-        async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
-            spec = build(stack)
-            return await client.post(
-                "/po/stream_logs", headers=spec.pop("headers", _auth(stack, "node-1")), **spec
-            )
-
-        mine, theirs = await _both(fast, slow, "node-1", send)
-        assert mine == theirs
-        assert fast.po.record("node-1").logs == slow.po.record("node-1").logs
 
 
 # -- the requests of a run's start-up and end answer as the FastAPI routes do ------------------------------
