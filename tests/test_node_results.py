@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,20 @@ async def test_a_federation_submits_a_dataframe_as_a_table(tmp_path: Path, outpu
     else:
         table = pd.DataFrame.from_records(json.loads(raw))
     pd.testing.assert_frame_equal(table, expected)
+
+
+def test_a_text_result_without_pandas_objects_does_not_import_pandas() -> None:
+    # pandas (with pyarrow) takes about 0.4 s to import: a plain result must not pay that at submission
+    code = (
+        "import sys\n"
+        "from flame.node.results import serialise\n"
+        "assert serialise({'n': [1, 2]}, 'str') == b\"{'n': [1, 2]}\"\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+    frame = pd.DataFrame({"x": range(100)})
+    assert serialise(frame, "str").decode() == frame.to_string()

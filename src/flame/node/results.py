@@ -13,6 +13,7 @@ import io
 import json
 import math
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -142,9 +143,8 @@ def result_to_jsonable(obj: Any, *, path: str = "result") -> Any:
 
 def _text(result: Any) -> str:
     """``str(result)``; a DataFrame or Series whole, since pandas shortens its repr of long ones."""
-    import pandas as pd
-
-    if isinstance(result, pd.DataFrame | pd.Series):
+    pd = sys.modules.get("pandas")  # not imported: the result holds no pandas object (importing costs ~1 s)
+    if pd is not None and isinstance(result, pd.DataFrame | pd.Series):
         return str(result.to_string())
     return str(result)
 
