@@ -216,21 +216,25 @@ class Federation:
         return [by_round[r] for r in sorted(by_round)]
 
     async def _until_decided(self) -> str | None:
-        """Until the outcome is decided: None when every node's incarnation ended, else the failure."""
+        """Until the outcome is decided: None when every node's incarnation ended, else the failure.
+
+        Wakes only when an incarnation ends or starts (``_changed``) or the set of failed nodes
+        changes: not on every log line, and without waiting on every node's task each time (at 1,000
+        nodes that was a fifth of the loop's time).
+        """
         po = self.stack.po
         while True:
             self._changed.clear()
-            seen = po.version
+            seen = po.failures
             reason = cannot_finish(self.stack, self.options, po.failed())
             if reason is not None:
                 return reason
-            current = [t for t in self._tasks.values() if not t.done()]
-            if not current and not self._restarting:
+            if not self._restarting and all(t.done() for t in self._tasks.values()):
                 return None
             changed = asyncio.ensure_future(self._changed.wait())
-            po_changed = asyncio.ensure_future(po.wait_changed(seen))
+            po_changed = asyncio.ensure_future(po.wait_failures_changed(seen))
             try:
-                await asyncio.wait([*current, changed, po_changed], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([changed, po_changed], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in (changed, po_changed):
                     waiter.cancel()
@@ -245,7 +249,8 @@ class Federation:
                 outcome.error = outcome.error or why
 
     def _launch(self, name: str) -> None:
-        self._tasks[name] = asyncio.ensure_future(self._run_node(name))
+        task = self._tasks[name] = asyncio.ensure_future(self._run_node(name))
+        task.add_done_callback(lambda _: self._changed.set())
         self._changed.set()
 
     def _stop(self, task: asyncio.Task[None], reason: str) -> None:

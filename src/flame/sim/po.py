@@ -110,6 +110,8 @@ class PodOrchestrator:
         self.max_restarts = stack.settings.po_max_restarts if max_restarts is None else max_restarts
         self.records: dict[str, NodeRecord] = {name: NodeRecord() for name in stack.nodes}
         self._version = 0
+        self._failed: set[str] = set()
+        self._failures = 0
         self._event = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -159,8 +161,27 @@ class PodOrchestrator:
         await bounded(changed(), timeout)
         return self._version
 
-    def _bump(self) -> None:
-        """A record changed: wake every waiter."""
+    @property
+    def failures(self) -> int:
+        """Counts the changes of the set of failed nodes (for :meth:`wait_failures_changed`)."""
+        return self._failures
+
+    async def wait_failures_changed(self, seen: int) -> int:
+        """Wait until :attr:`failures` differs from ``seen``; the new count. A waiter here is not woken
+        by every log line of every node, only by a node that failed or stopped being failed."""
+        while self._failures == seen:
+            await self._event.wait()
+        return self._failures
+
+    def _bump(self, name: str) -> None:
+        """Node ``name``'s record changed (every change of a record goes through here): wake every waiter."""
+        failed = self.records[name].status == "failed"
+        if failed != (name in self._failed):
+            if failed:
+                self._failed.add(name)
+            else:
+                self._failed.discard(name)
+            self._failures += 1
         self._version += 1
         event, self._event = self._event, asyncio.Event()
         event.set()
@@ -182,7 +203,7 @@ class PodOrchestrator:
         self.stack.events.record(
             "po.incarnation.start", name, incarnation=record.incarnation, deployment=node.deployment_name
         )
-        self._bump()
+        self._bump(name)
         return record.incarnation
 
     def incarnation_ended(
@@ -227,7 +248,7 @@ class PodOrchestrator:
                 self.stack.events.record("po.failed", name, reason=record.error)
         elif not stopped and record.status == "failed" and error is not None and record.error is None:
             record.error = error
-        self._bump()
+        self._bump(name)
 
     # -- logs -----------------------------------------------------------------------------------------
 
@@ -246,7 +267,7 @@ class PodOrchestrator:
         self.stack.events.record(
             "po.log", node.name, log_type=entry["log_type"], status=status, progress=progress
         )
-        self._bump()
+        self._bump(node.name)
 
     # -- the periodic checks --------------------------------------------------------------------------
 
@@ -333,7 +354,7 @@ class PodOrchestrator:
                 record.status = "failed"
                 record.error = record.error or f"the analysis reported {reported}"
                 self.stack.events.record("po.failed", node.name, reason=reason)
-                self._bump()
+                self._bump(node.name)
             return
         assert health is not None
         partners = {
@@ -376,7 +397,7 @@ class PodOrchestrator:
         record.restarts += 1
         self.stack.events.record("po.restart", node.name, reason=reason, restarts=record.restarts)
         await self.stack.restart_node(node.name, reason=reason)
-        self._bump()
+        self._bump(node.name)
 
     async def _fail(self, node: SimNode, reason: str) -> None:
         """Mark ``node`` failed and stop its pod (its analysis API is no longer reachable)."""
@@ -384,7 +405,7 @@ class PodOrchestrator:
         record.status = "failed"
         record.error = f"the pod orchestrator stopped the analysis: {reason}"
         self.stack.events.record("po.failed", node.name, reason=reason)
-        self._bump()
+        self._bump(node.name)
         await self.stack.stop_node(node.name, record.error)
 
     def deployment_restarted(self, name: str) -> None:
@@ -393,7 +414,7 @@ class PodOrchestrator:
         record.executing = False
         record.status = "starting"
         record.error = None
-        self._bump()
+        self._bump(name)
 
 
 async def fast_stream_logs(call: FastCall) -> None:
