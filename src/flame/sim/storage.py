@@ -63,6 +63,7 @@ object_id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import math
@@ -429,20 +430,30 @@ class _Service:
         object_id = str(uuid.uuid4())
         size = await self.put_upload(local_key(node.node_id, project, object_id), upload)
         if tag is not None:
-            await self.write_marker(node, project, tag, object_id, filename)
+            await self.write_marker(node, project, tag, object_id, filename, new=True)
         self.record("storage.upload", node, area="local", size=size, object_id=object_id, tag=tag)
         return {"url": f"{base_url}/local/{object_id}", "object_id": object_id}
 
     async def write_marker(
-        self, node: SimNode, project: str, tag: str, object_id: str, filename: str | None
+        self,
+        node: SimNode,
+        project: str,
+        tag: str,
+        object_id: str,
+        filename: str | None,
+        *,
+        new: bool = False,
     ) -> str:
-        """Put ``object_id`` under ``tag``; returns the filename the marker records."""
+        """Put ``object_id`` under ``tag``; returns the filename the marker records.
+
+        ``new``: the object was stored just now under a fresh id, so it has no marker to keep yet.
+        """
         key = tag_marker_key(node.node_id, project, tag, object_id)
         created = _now()
-        try:
-            existing = json.loads(await self.backend.get(key))
-        except (KeyError, ValueError):
-            existing = None
+        existing = None
+        if not new:
+            with contextlib.suppress(KeyError, ValueError):
+                existing = json.loads(await self.backend.get(key))
         if isinstance(existing, dict):
             created = str(existing.get("created", created))
             if filename is None:
