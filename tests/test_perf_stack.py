@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -971,3 +971,61 @@ async def test_a_local_upload_reads_back_byte_for_byte(data: bytes) -> None:
         assert back.content == data
         tagged = (await client.get("/storage/local/tags/x1", headers=auth)).json()["results"]
         assert [r["filename"] for r in tagged] == ["r.bin"]
+
+
+EXPIRING_CASES: list[tuple[str, str, str, bytes, str]] = [
+    ("send", "POST", "/messages", b'{"recipients": [], "message": 1}', "application/json"),
+    ("broadcast", "POST", "/messages/broadcast", b'{"message": 1}', "application/json"),
+    (
+        "subscribe",
+        "POST",
+        "/messages/subscriptions",
+        b'{"webhookUrl": "http://x.example/w"}',
+        "application/json",
+    ),
+    ("log", "POST", "/po/stream_logs", b"", "application/json"),
+    ("local", "PUT", "/storage/local", _PART + b"\r\n--b--\r\n", "multipart/form-data; boundary=b"),
+    ("final", "PUT", "/storage/final", _PART + b"\r\n--b--\r\n", "multipart/form-data; boundary=b"),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in EXPIRING_CASES])
+async def test_a_token_that_expires_while_the_body_arrives_is_refused_as_the_route_refuses_it(
+    case: str,
+) -> None:
+    _, method, path, body, content_type = next(c for c in EXPIRING_CASES if c[0] == case)
+    fast, slow = _pair()
+    async with fast, slow:
+
+        async def send(stack: FlameStack, client: httpx.AsyncClient) -> httpx.Response:
+            data = body
+            if case == "send":
+                data = json.dumps({"recipients": [stack.node("aggregator").node_id], "message": 1}).encode()
+            elif case == "log":
+                data = json.dumps({**LOG, "analysis_id": stack.analysis_id}).encode()
+            url = (
+                path
+                if path.startswith(("/po", "/storage"))
+                else (f"/message-broker/analyses/{stack.analysis_id}" + path)
+            )
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield data[:5]
+                stack.node("node-1").issuer.expire_all()  # while the handler waits for the rest
+                yield data[5:]
+
+            headers = {
+                **_auth(stack, "node-1"),
+                "Content-Type": content_type,
+                "Content-Length": str(len(data)),
+            }
+            return await client.request(method, url, headers=headers, content=chunks())
+
+        mine, theirs = await _both(fast, slow, "node-1", send)
+        assert mine[0] == theirs[0], (mine, theirs)
+        if path.startswith(("/po", "/storage")):  # FastAPI services: the token is checked after the body
+            assert mine == theirs
+            assert mine[0] in (401, 403), mine
+            assert [e for e in fast.events.to_list() if e["kind"] in ("storage.upload", "po.log")] == []
+        else:  # the broker checks it first (Spring Security's filter), so it took the request (a new id)
+            assert 200 <= mine[0] < 300, mine

@@ -67,9 +67,19 @@ class FastCall:
         self._complete = False
         self._pending: Message | None = None
 
+    def has_token(self) -> bool:
+        """Whether the request carries a bearer token at all (valid or not)."""
+        return bearer(self.scope) is not None
+
     def claims(self) -> dict[str, Any] | None:
         """The claims of the request's bearer token if the node's issuer signed it for the node's
-        analysis; None for no token, a bad or expired one, or one of another analysis."""
+        analysis; None for no token, a bad or expired one, or one of another analysis.
+
+        When to ask is the service's: a FastAPI service (storage, PO) checks the token once the body
+        is in, since FastAPI reads the body before it runs the dependencies, while the broker (Spring
+        Security's filter) checks it before the body. A token that expires while the body arrives is
+        then refused, or not, as the route does.
+        """
         token = bearer(self.scope)
         if token is None:
             return None

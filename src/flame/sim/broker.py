@@ -543,6 +543,7 @@ async def fast_send(call: FastCall) -> None:
     stack, node, path = call.stack, call.node, call.scope["path"]
     message: Any = None
     recipients: list[SimNode] | None = None
+    # the broker checks the token before it reads the body (Spring Security's filter comes first)
     parsed = await call.read_json() if call.claims() is not None else None
     if isinstance(parsed, dict) and "message" in parsed:
         message = parsed["message"]
@@ -566,8 +567,10 @@ async def fast_setup(call: FastCall) -> None:
     """
     stack, node, send = call.stack, call.node, call.send
     method, path = call.scope["method"], call.scope["path"]
-    if call.claims() is None:
+    if call.claims() is None:  # before any body, as for a message
         await call.pass_on()
+    elif method == "POST":
+        await _fast_subscribe(call)
     elif method == "GET" and path.endswith("/participants"):
         await asgi.send_encoded_json(send, stack.broker.participants_body())
     elif method == "GET" and path.endswith("/participants/self"):
@@ -579,8 +582,6 @@ async def fast_setup(call: FastCall) -> None:
             return
         stack.broker.unsubscribe(node, str(uuid.UUID(sid)))
         await asgi.send_empty(send, 204)
-    else:
-        await _fast_subscribe(call)
 
 
 async def _fast_subscribe(call: FastCall) -> None:

@@ -421,9 +421,8 @@ async def fast_stream_logs(call: FastCall) -> None:
     """``POST /stream_logs`` as plain ASGI (see :mod:`flame.sim.asgi`): a valid entry is taken here,
     anything else goes to the PO app."""
     node = call.node
-    parsed = await call.read_json() if call.claims() is not None else None
-    entry = plain_entry(parsed)
-    if entry is None or entry["analysis_id"] != node.analysis_id:
+    entry = plain_entry(await call.read_json()) if call.has_token() else None
+    if entry is None or entry["analysis_id"] != node.analysis_id or call.claims() is None:
         await call.pass_on()
         return
     await call.stack.po.receive_log(node, entry)

@@ -497,11 +497,9 @@ async def fast_put_final(call: FastCall) -> None:
 
 async def _fast_upload(call: FastCall, *, final: bool) -> dict[str, str] | None:
     """What the route answers for the upload of ``call`` once stored; None if the route would refuse it."""
-    claims = call.claims()
-    if claims is None:
-        return None
-    body = await call.read_body()
-    if body is None:
+    body = await call.read_body() if call.has_token() else None
+    claims = call.claims() if body is not None else None
+    if body is None or claims is None:
         return None
     return await _put_form(call.stack, call.node, call.scope, body, str(claims["client_id"]), final)
 
