@@ -112,6 +112,7 @@ class PodOrchestrator:
         self._version = 0
         self._failed: set[str] = set()
         self._failures = 0
+        self._failures_event = asyncio.Event()
         self._event = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -168,9 +169,9 @@ class PodOrchestrator:
 
     async def wait_failures_changed(self, seen: int) -> int:
         """Wait until :attr:`failures` differs from ``seen``; the new count. A waiter here is not woken
-        by every log line of every node, only by a node that failed or stopped being failed."""
+        by every log line of every node, only when a node fails or stops being failed."""
         while self._failures == seen:
-            await self._event.wait()
+            await self._failures_event.wait()
         return self._failures
 
     def _bump(self, name: str) -> None:
@@ -182,6 +183,8 @@ class PodOrchestrator:
             else:
                 self._failed.discard(name)
             self._failures += 1
+            event, self._failures_event = self._failures_event, asyncio.Event()
+            event.set()
         self._version += 1
         event, self._event = self._event, asyncio.Event()
         event.set()
